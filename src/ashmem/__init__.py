@@ -1,0 +1,45 @@
+"""ashmem: anonymous shared memory for Python on Linux, modelled on Android's Ashmem.
+
+Regions have a name for debugging only, are shared by handing their file descriptor to
+another process, can be restricted to read-only for good, and are freed when the last
+descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM_RIGHTS.
+
+Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
+(libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes.
+"""
+
+from . import fdpass as fdpass
+from . import region as region
+from ._errors import BusyError as BusyError
+from ._errors import ClosedError as ClosedError
+from ._errors import Error as Error
+from ._errors import MessageError as MessageError
+from ._errors import ProtectionError as ProtectionError
+from ._errors import UnsupportedPlatformError as UnsupportedPlatformError
+from ._memory_file import MemoryFile as MemoryFile
+from ._shared_memory import Mapping as Mapping
+from ._shared_memory import SharedMemory as SharedMemory
+from .region import PROT_EXEC as PROT_EXEC
+from .region import PROT_NONE as PROT_NONE
+from .region import PROT_READ as PROT_READ
+from .region import PROT_WRITE as PROT_WRITE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_WRITE",
+    "BusyError",
+    "ClosedError",
+    "Error",
+    "Mapping",
+    "MemoryFile",
+    "MessageError",
+    "ProtectionError",
+    "SharedMemory",
+    "UnsupportedPlatformError",
+    "fdpass",
+    "region",
+]

@@ -1,0 +1,385 @@
+"""The android.os.SharedMemory layer: a region object and its mappings.
+
+A ``SharedMemory`` owns one region fd; ``Mapping`` objects made from it are independent
+``mmap`` windows that stay valid after the ``SharedMemory`` is closed, as on Android. The
+region's memory is freed by the kernel when the last fd *and* the last mapping of it are gone,
+in every process.
+
+Exported buffers: ``Mapping`` is an ``mmap.mmap``, so every ``memoryview``, numpy array or
+ctypes object made from it holds a buffer export. ``Mapping.close()`` refuses to unmap while
+any export is alive and raises ``BusyError`` saying so; the pages can therefore never vanish
+under a live view, and no access can segfault. Release the views, then close.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import sys
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import _sys, region
+from ._errors import BusyError, ClosedError, ProtectionError
+from .region import PROT_READ, PROT_WRITE
+
+__all__ = ["Mapping", "SharedMemory"]
+
+PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
+_MADV_POPULATE_READ = 22
+
+
+class Mapping(mmap.mmap):
+    """A window of a region mapped into this process (``MAP_SHARED``).
+
+    It is a buffer: ``memoryview(m)``, ``numpy.frombuffer(m, ...)``, ``m[a:b]``,
+    ``m[a:b] = data``, ``len(m)``. A read-only mapping has ``readonly`` True and any write
+    raises ``TypeError``, like every read-only buffer. After ``close()`` every access raises
+    ``ValueError``. ``close()`` raises ``BusyError`` while views into it are alive.
+
+    >>> import ashmem
+    >>> with ashmem.SharedMemory.create("frames", 4096) as shm, shm.map_read_write() as m:
+    ...     m[0:5] = b"hello"
+    ...     bytes(m[0:5])
+    b'hello'
+    """
+
+    # Class-level defaults so repr() and close() work even if __new__ failed half-way.
+    _region: str | None = None
+    _readonly: bool = True
+    _offset: int = 0
+
+    def __new__(
+        cls, fd: int, length: int, prot: int, offset: int = 0, name: str | None = None
+    ) -> Mapping:
+        kwargs: dict[str, Any] = {}
+        if sys.version_info >= (3, 13):
+            kwargs["trackfd"] = False  # no hidden dup of the region fd per mapping
+        try:
+            self = super().__new__(
+                cls, fd, length, flags=mmap.MAP_SHARED, prot=prot, offset=offset, **kwargs
+            )
+        except OSError as exc:
+            doing = "map read-write" if prot & PROT_WRITE else "map read-only"
+            raise _sys.translate(exc, doing, name) from exc
+        self._region = name
+        self._readonly = not prot & PROT_WRITE
+        self._offset = offset
+        return self
+
+    @property
+    def readonly(self) -> bool:
+        """True if this mapping was made without ``PROT_WRITE``."""
+        return self._readonly
+
+    @property
+    def offset(self) -> int:
+        """Offset of this window in its region."""
+        return self._offset
+
+    @property
+    def region_name(self) -> str | None:
+        """Debug name of the region this maps."""
+        return self._region
+
+    def close(self) -> None:
+        """Unmap. Idempotent. Raises ``BusyError`` while exported buffers are alive."""
+        try:
+            super().close()
+        except BufferError as exc:
+            raise BusyError(
+                f"cannot unmap {_sys.describe(self._region)}: memoryviews or arrays made from "
+                "this mapping are still alive; release them (del, or memoryview.release()) "
+                "and close again",
+                self._region,
+            ) from exc
+
+    def __enter__(self) -> Mapping:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a Mapping cannot be pickled; send its SharedMemory and map it on the other side"
+        )
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<ashmem.Mapping of {_sys.describe(self._region)} closed>"
+        mode = "read-only" if self._readonly else "read-write"
+        return (
+            f"<ashmem.Mapping of {_sys.describe(self._region)} offset={self._offset} "
+            f"length={len(self)} {mode}>"
+        )
+
+
+def _rebuild(dupfd: Any) -> SharedMemory:
+    return SharedMemory.from_fd(dupfd.detach())
+
+
+class SharedMemory:
+    """An anonymous shared memory region: a name for debugging, no global name, shared by
+    handing its fd to another process, restrictable to read-only for good, freed when the
+    last fd and mapping are gone.
+
+    Owns its fd: ``close()`` closes it (live mappings stay valid). Picklable for
+    ``multiprocessing`` under fork, spawn and forkserver: the receiver gets a duplicate fd of
+    the same region, with the same protection.
+
+    >>> import ashmem
+    >>> shm = ashmem.SharedMemory.create("frames", 1 << 20)
+    >>> m = shm.map_read_write(); m[0] = 42
+    >>> shm.set_protect(ashmem.PROT_READ)
+    True
+    >>> shm.map_read_only()[0]
+    42
+    >>> m.close(); shm.close()
+    """
+
+    _fd: int = -1
+    _name: str | None = None
+    _size: int = 0
+    _populate: bool = False
+
+    def __init__(self, fd: int, *, name: str, size: int, populate: bool = False) -> None:
+        """Private: use ``create``, ``from_fd`` or ``from_pid``."""
+        self._fd = fd
+        self._name = name
+        self._size = size
+        self._populate = populate
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, name: str | None, size: int, *, reserve: bool = True, populate: bool = False
+    ) -> SharedMemory:
+        """Create a region of ``size`` bytes; ``name`` is for debugging only.
+
+        ``reserve`` (default True) allocates the pages now with ``fallocate``, so that a full
+        tmpfs or memory cgroup raises ``OSError(ENOSPC/ENOMEM)`` here instead of SIGBUS on
+        first touch. ``populate`` prefaults every mapping made from this object
+        (``MADV_POPULATE_WRITE``/``READ``), trading map time for fault-free access.
+        """
+        fd = region.create_region(name, size)
+        label = region.kernel_name(name)
+        try:
+            if reserve:
+                region.reserve_region(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, name=label, size=size, populate=populate)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> SharedMemory:
+        """Wrap an existing region fd, taking ownership of it (``close()`` closes it).
+
+        Raises ``ValueError`` if ``fd`` is not a region (a memfd with its size sealed); the
+        fd is then left open and still belongs to the caller."""
+        if not region.valid(fd):
+            raise ValueError(
+                f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
+                "F_SEAL_SHRINK, as created by create_region)"
+            )
+        return cls._adopt(fd)
+
+    @classmethod
+    def _adopt(cls, fd: int) -> SharedMemory:
+        """Wrap an fd already checked with ``region.valid``; never raises, so the caller
+        cannot be left unsure who owns ``fd``."""
+        try:
+            name = region.get_name_region(fd)
+            size = region.get_size_region(fd)
+        except (OSError, ValueError):  # cannot happen for a valid fd; keep ownership sane
+            name, size = "none", 0
+        return cls(fd, name=name, size=size)
+
+    @classmethod
+    def from_pid(cls, pid: int, fd: int) -> SharedMemory:
+        """Copy fd number ``fd`` out of process ``pid`` (``pidfd_getfd``, Linux 5.6).
+
+        Needs ptrace access to ``pid`` (same uid and a permissive ``kernel.yama.ptrace_scope``,
+        or CAP_SYS_PTRACE); raises ``PermissionError`` saying so otherwise,
+        ``ProcessLookupError`` if there is no such process, ``ValueError`` if that fd is not a
+        region."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            raise _sys.translate(exc, f"open process {pid}") from exc
+        try:
+            newfd = _sys.pidfd_getfd(pidfd, fd)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:  # ptrace policy
+                raise PermissionError(
+                    exc.errno,
+                    f"cannot take fd {fd} from process {pid}: ptrace access denied (run as the "
+                    "same uid with kernel.yama.ptrace_scope <= 1 and the target as a "
+                    "descendant, or with CAP_SYS_PTRACE); pass the fd over a socket instead "
+                    "(ashmem.fdpass)",
+                ) from exc
+            raise _sys.translate(exc, f"take fd {fd} from process {pid}") from exc
+        finally:
+            os.close(pidfd)
+        try:
+            return cls.from_fd(newfd)
+        except BaseException:
+            os.close(newfd)
+            raise
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"{_sys.describe(self._name)} is closed", self._name)
+
+    @property
+    def name(self) -> str | None:
+        """Debug name (as the kernel keeps it: at most 249 UTF-8 bytes)."""
+        return self._name
+
+    @property
+    def size(self) -> int:
+        """Size in bytes; fixed for the region's lifetime."""
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """The region fd, borrowed: still owned by this object."""
+        if self._fd < 0:
+            raise self._closed_error()
+        return self._fd
+
+    def get_protect(self) -> int:
+        """Current protection: ``PROT_READ | PROT_EXEC``, plus ``PROT_WRITE`` if writable."""
+        return region.get_prot_region(self.fileno())
+
+    def set_protect(self, prot: int) -> bool:
+        """Restrict the region to ``prot`` for every holder in every process.
+
+        Removing ``PROT_WRITE`` is irreversible; existing writable mappings keep working.
+        Returns False (changing nothing) when ``prot`` asks for ``PROT_WRITE`` back. Raises
+        ``ValueError`` for invalid bits, ``ClosedError`` when closed."""
+        fd = self.fileno()
+        region.check_prot(prot)
+        try:
+            region.set_prot_region(fd, prot)
+        except ProtectionError:
+            return False
+        return True
+
+    # -- mapping --------------------------------------------------------------------------
+
+    def map(
+        self,
+        prot: int,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        populate: bool | None = None,
+    ) -> Mapping:
+        """Map ``length`` bytes (default: to the end) starting at ``offset``.
+
+        ``prot`` must include ``PROT_READ``. ``offset`` must be a multiple of the page size
+        (``mmap.ALLOCATIONGRANULARITY``). Raises, in this order: ``ClosedError``;
+        ``ValueError`` for invalid prot, negative offset, ``length <= 0``, a window past the
+        end, or an unaligned offset; ``ProtectionError`` for a writable map of a
+        write-protected region."""
+        fd = self.fileno()
+        region.check_prot(prot)
+        if not prot & PROT_READ:
+            raise ValueError(
+                f"cannot map {_sys.describe(self._name)} without PROT_READ: Python reads "
+                "through every buffer it exposes"
+            )
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if length is None:
+            length = self._size - offset
+            if length <= 0:
+                raise ValueError(
+                    f"offset {offset} is at or past the end of {_sys.describe(self._name)} "
+                    f"({self._size} bytes)"
+                )
+        elif length <= 0:
+            raise ValueError(f"length must be > 0, got {length}")
+        if offset + length > self._size:
+            raise ValueError(
+                f"window [{offset}, {offset + length}) is past the end of "
+                f"{_sys.describe(self._name)} ({self._size} bytes)"
+            )
+        if offset % PAGE_SIZE:
+            raise ValueError(
+                f"offset {offset} is not a multiple of the page size ({PAGE_SIZE}); map from "
+                f"{offset - offset % PAGE_SIZE} and slice the mapping"
+            )
+        mapping = Mapping(fd, length, prot, offset, self._name)
+        if self._populate if populate is None else populate:
+            _populate(mapping)
+        return mapping
+
+    def map_read_write(self, *, populate: bool | None = None) -> Mapping:
+        """Map the whole region read-write."""
+        return self.map(PROT_READ | PROT_WRITE, populate=populate)
+
+    def map_read_only(self, *, populate: bool | None = None) -> Mapping:
+        """Map the whole region read-only."""
+        return self.map(PROT_READ, populate=populate)
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def dup(self) -> SharedMemory:
+        """A new ``SharedMemory`` owning a duplicate (CLOEXEC) fd of the same region."""
+        try:
+            fd = os.dup(self.fileno())
+        except OSError as exc:
+            raise _sys.translate(exc, "duplicate the fd", self._name) from exc
+        return SharedMemory(fd, name=self._name or "none", size=self._size, populate=self._populate)
+
+    def close(self) -> None:
+        """Close the fd. Idempotent. Mappings made from this object stay valid."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> SharedMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Callable[[Any], SharedMemory], tuple[Any]]:
+        # multiprocessing's DupFd sends the fd to the child under every start method: through
+        # the spawning Popen for spawn/forkserver, through the resource sharer otherwise.
+        from multiprocessing import reduction
+
+        return (_rebuild, (reduction.DupFd(self.fileno()),))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<ashmem.SharedMemory {self._name!r} size={self._size} {state}>"
+
+
+def _populate(mapping: Mapping) -> None:
+    if mapping.readonly:
+        try:
+            mapping.madvise(_MADV_POPULATE_READ)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # kernel < 5.14: nothing to do
+                raise _sys.translate(exc, "populate a mapping", mapping.region_name) from exc
+    else:
+        region.populate_region(mapping)

@@ -1,0 +1,285 @@
+"""The libcutils layer: ``ashmem_create_region`` and friends, as functions on raw fds.
+
+A *region* is a memfd created with ``MFD_CLOEXEC | MFD_ALLOW_SEALING`` (and
+``MFD_NOEXEC_SEAL`` where the kernel has it) whose size is sealed with
+``F_SEAL_GROW | F_SEAL_SHRINK``: it has a name for debugging only, no path anyone can open,
+and it is freed when its last descriptor and last mapping are gone.
+
+Protection follows modern Android's memfd backend: removing ``PROT_WRITE`` adds
+``F_SEAL_FUTURE_WRITE``. Mappings that are already writable keep working; no new writable
+access (``mmap`` with ``PROT_WRITE``, ``mprotect``, ``write``, ``fallocate`` punch-hole,
+reopening ``/proc/self/fd/N`` for writing) can ever be created through any descriptor of the
+region, in any process. Seals cannot be removed, so this is irreversible. ``PROT_READ``
+cannot be revoked on a memfd (the kernel has no seal for it), so ``set_prot_region`` only
+ever removes ``PROT_WRITE``; ``PROT_EXEC`` is reported but not enforced, as on Android.
+
+Fd ownership: every function here *borrows* its ``fd`` (never closes it), except
+``create_region``, whose caller owns the returned fd.
+
+>>> from ashmem import region
+>>> fd = region.create_region("frames", 4096)
+>>> region.get_size_region(fd), region.get_name_region(fd)
+(4096, 'frames')
+>>> region.set_prot_region(fd, region.PROT_READ)
+>>> region.get_prot_region(fd) == region.PROT_READ | region.PROT_EXEC
+True
+>>> import os; os.close(fd)
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+
+from . import _sys
+from ._errors import ProtectionError
+
+__all__ = [
+    "NAME_MAX",
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_WRITE",
+    "create_region",
+    "get_name_region",
+    "get_prot_region",
+    "get_size_region",
+    "kernel_name",
+    "populate_region",
+    "reserve_region",
+    "set_prot_region",
+    "valid",
+]
+
+PROT_NONE: int = mmap.PROT_NONE if hasattr(mmap, "PROT_NONE") else 0
+PROT_READ: int = mmap.PROT_READ
+PROT_WRITE: int = mmap.PROT_WRITE
+PROT_EXEC: int = mmap.PROT_EXEC
+PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC
+
+#: Longest name the kernel keeps: NAME_MAX (255) minus the "memfd:" prefix.
+NAME_MAX = 249
+
+_SIZE_SEALS = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
+_WRITE_SEALS = _sys.F_SEAL_WRITE | _sys.F_SEAL_FUTURE_WRITE
+_MEMFD_PREFIX = "/memfd:"
+_DELETED_SUFFIX = " (deleted)"
+
+# Flags for memfd_create, narrowed once if the kernel predates MFD_NOEXEC_SEAL (6.3).
+_memfd_flags = _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING | _sys.MFD_NOEXEC_SEAL
+
+
+def _encode_name(name: str | None) -> bytes:
+    if name is None:
+        return b"none"
+    if not isinstance(name, str):
+        raise TypeError(f"region name must be str or None, not {type(name).__name__}")
+    if "\0" in name:
+        raise ValueError(f"region name {name!r} contains a NUL byte")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= NAME_MAX:
+        return raw
+    # Cut at a UTF-8 boundary: never keep half of a multi-byte character.
+    cut = NAME_MAX
+    while cut > 0 and (raw[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return raw[:cut]
+
+
+def kernel_name(name: str | None) -> str:
+    """The name the kernel will keep for a region created as ``name``: ``"none"`` for None,
+    cut to 249 UTF-8 bytes at a character boundary. ``ValueError`` for a NUL byte."""
+    return _encode_name(name).decode("utf-8", "surrogateescape")
+
+
+def _check_size(size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"region size must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise ValueError(f"region size must be > 0, got {size}")
+    return size
+
+
+def create_region(name: str | None, size: int) -> int:
+    """Create a region of ``size`` bytes named ``name`` (debug only; ``None`` means "none").
+
+    Returns a new CLOEXEC fd that the caller owns. Names longer than 249 UTF-8 bytes are cut
+    at a character boundary. Raises ``ValueError`` for a NUL in the name or ``size <= 0``,
+    ``TypeError`` for a non-int size, and ``OSError`` (errno kept) when the kernel refuses;
+    no fd is left open on any failure.
+
+    >>> fd = create_region("log", 1 << 20); get_size_region(fd)
+    1048576
+    >>> import os; os.close(fd)
+    """
+    global _memfd_flags
+    raw = _encode_name(name)
+    size = _check_size(size)
+    label = raw.decode("utf-8", "surrogateescape")
+    try:
+        fd = os.memfd_create(label, _memfd_flags)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or not _memfd_flags & _sys.MFD_NOEXEC_SEAL:
+            raise _sys.translate(exc, "create", label) from exc
+        # Kernel older than 6.3: no MFD_NOEXEC_SEAL. Remember and retry without it.
+        _memfd_flags &= ~_sys.MFD_NOEXEC_SEAL
+        try:
+            fd = os.memfd_create(label, _memfd_flags)
+        except OSError as exc2:
+            raise _sys.translate(exc2, "create", label) from exc2
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, _sys.F_ADD_SEALS, _SIZE_SEALS)
+    except OSError as exc:
+        os.close(fd)
+        raise _sys.translate(exc, f"size to {size} bytes", label) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reserve_region(fd: int) -> None:
+    """Allocate every page of the region now (``fallocate``), so that a full tmpfs or memory
+    cgroup fails here with ``OSError(ENOSPC)`` or ``OSError(ENOMEM)`` instead of killing the
+    process with SIGBUS on first touch later. Borrows ``fd``."""
+    size = get_size_region(fd)
+    try:
+        _sys.fallocate(fd, 0, 0, size)
+    except OSError as exc:
+        raise _sys.translate(exc, f"reserve {size} bytes", _name_or_none(fd)) from exc
+
+
+def populate_region(mapping: mmap.mmap) -> bool:
+    """Prefault a writable shared mapping of a region (``MADV_POPULATE_WRITE``, Linux 5.14).
+
+    Returns False where the kernel lacks the advice (nothing done). Raises ``OSError`` with
+    ENOMEM/EFAULT when memory cannot be had, instead of a later SIGBUS."""
+    try:
+        mapping.madvise(_sys.MADV_POPULATE_WRITE)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise _sys.translate(exc, "populate a mapping") from exc
+    return True
+
+
+def get_size_region(fd: int) -> int:
+    """Size in bytes of the region behind ``fd``. Borrows ``fd``."""
+    try:
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise _sys.translate(exc, "get the size") from exc
+
+
+def _link(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            exc = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        raise _sys.translate(exc, f"read the name of fd {fd}") from exc
+
+
+def _name_from_link(link: str) -> str | None:
+    if not link.startswith(_MEMFD_PREFIX):
+        return None
+    name = link[len(_MEMFD_PREFIX) :]
+    if name.endswith(_DELETED_SUFFIX):
+        name = name[: -len(_DELETED_SUFFIX)]
+    return name
+
+
+def _name_or_none(fd: int) -> str | None:
+    try:
+        return _name_from_link(_link(fd))
+    except OSError:
+        return None
+
+
+def get_name_region(fd: int) -> str:
+    """The debug name of the region behind ``fd``, without the ``memfd:`` prefix.
+
+    Raises ``ValueError`` if ``fd`` is not a memfd. Borrows ``fd``."""
+    name = _name_from_link(_link(fd))
+    if name is None:
+        raise ValueError(f"fd {fd} is not an ashmem region (not a memfd)")
+    return name
+
+
+def _seals(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise ValueError(f"fd {fd} is not an ashmem region (it has no file seals)") from None
+        raise _sys.translate(exc, f"read the seals of fd {fd}") from exc
+
+
+def get_prot_region(fd: int) -> int:
+    """``PROT_READ | PROT_EXEC``, plus ``PROT_WRITE`` unless the region is write-sealed.
+
+    Borrows ``fd``."""
+    prot = PROT_READ | PROT_EXEC
+    if not _seals(fd) & _WRITE_SEALS:
+        prot |= PROT_WRITE
+    return prot
+
+
+def valid(fd: int) -> bool:
+    """True only if ``fd`` is an open ashmem region: a memfd whose size is sealed.
+
+    Unlike libcutils' ``ashmem_valid`` this is False for any other kind of fd, including a
+    memfd made elsewhere whose size is not sealed (shrinking it could SIGBUS a mapping).
+    Never raises for a bad fd. Borrows ``fd``."""
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        if _name_from_link(os.readlink(f"/proc/self/fd/{fd}")) is None:
+            return False
+        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except OSError:
+        return False
+    return seals & _SIZE_SEALS == _SIZE_SEALS
+
+
+def check_prot(prot: object) -> int:
+    """Validate protection bits; ``ValueError`` for anything outside READ|WRITE|EXEC."""
+    if not isinstance(prot, int) or isinstance(prot, bool):
+        raise TypeError(f"prot must be an int of PROT_* bits, not {type(prot).__name__}")
+    if prot & ~PROT_MASK or prot < 0:
+        raise ValueError(
+            f"invalid prot {prot:#x}: only PROT_READ, PROT_WRITE and PROT_EXEC may be combined"
+        )
+    return prot
+
+
+def set_prot_region(fd: int, prot: int) -> None:
+    """Restrict the region to ``prot``. Removing ``PROT_WRITE`` is irreversible (it adds
+    ``F_SEAL_FUTURE_WRITE``); asking for ``PROT_WRITE`` on a write-protected region raises
+    ``ProtectionError``. Invalid bits raise ``ValueError``. Borrows ``fd``.
+
+    ``PROT_READ`` cannot be revoked on a memfd: leaving it out is accepted and does nothing,
+    as on modern Android."""
+    check_prot(prot)
+    seals = _seals(fd)
+    if prot & PROT_WRITE:
+        if seals & _WRITE_SEALS:
+            name = _name_or_none(fd)
+            raise ProtectionError(
+                f"cannot add PROT_WRITE back to {_sys.describe(name)}: write protection is "
+                "irreversible (F_SEAL_FUTURE_WRITE); create a new region to write again",
+                name,
+            )
+        return
+    if seals & _WRITE_SEALS:
+        return
+    try:
+        fcntl.fcntl(fd, _sys.F_ADD_SEALS, _sys.F_SEAL_FUTURE_WRITE)
+    except OSError as exc:
+        raise _sys.translate(exc, "write-protect", _name_or_none(fd)) from exc
