@@ -63,6 +63,7 @@ PROT_MASK = PROT_READ | PROT_WRITE | PROT_EXEC
 #: Longest name the kernel keeps: NAME_MAX (255) minus the "memfd:" prefix.
 NAME_MAX = 249
 
+_MAX_SIZE = (1 << 63) - 1  # off_t
 _SIZE_SEALS = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
 _WRITE_SEALS = _sys.F_SEAL_WRITE | _sys.F_SEAL_FUTURE_WRITE
 _MEMFD_PREFIX = "/memfd:"
@@ -97,9 +98,11 @@ def kernel_name(name: str | None) -> str:
 
 def _check_size(size: object) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"region size must be an int, not {type(size).__name__}")
+        raise ValueError(f"region size must be an int, not {type(size).__name__}")
     if size <= 0:
         raise ValueError(f"region size must be > 0, got {size}")
+    if size > _MAX_SIZE:
+        raise ValueError(f"region size {size} is too large (at most {_MAX_SIZE} bytes)")
     return size
 
 
@@ -107,9 +110,9 @@ def create_region(name: str | None, size: int) -> int:
     """Create a region of ``size`` bytes named ``name`` (debug only; ``None`` means "none").
 
     Returns a new CLOEXEC fd that the caller owns. Names longer than 249 UTF-8 bytes are cut
-    at a character boundary. Raises ``ValueError`` for a NUL in the name or ``size <= 0``,
-    ``TypeError`` for a non-int size, and ``OSError`` (errno kept) when the kernel refuses;
-    no fd is left open on any failure.
+    at a character boundary. Raises ``ValueError`` for a NUL in the name, a size that is not
+    an int, or ``size <= 0``; ``TypeError`` for a name that is not a str; ``OSError`` (errno
+    kept) when the kernel refuses. No fd is left open on any failure.
 
     >>> fd = create_region("log", 1 << 20); get_size_region(fd)
     1048576

@@ -1,0 +1,250 @@
+"""ashmem.fdpass: regions and fds over AF_UNIX, on SEQPACKET and STREAM, against bad peers."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import os
+import resource
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+import ashmem
+from ashmem import SharedMemory, fdpass
+
+from .conftest import Children, open_fd_count
+
+SOCK_TYPES = [socket.SOCK_SEQPACKET, socket.SOCK_STREAM]
+HEADER = struct.Struct("<4sBBHI")
+
+
+@pytest.fixture(params=SOCK_TYPES, ids=["seqpacket", "stream"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, request.param)
+    a.settimeout(30)
+    b.settimeout(30)
+    with a, b:
+        yield a, b
+
+
+def _close_items(items: list[SharedMemory | int]) -> None:
+    for item in items:
+        if isinstance(item, SharedMemory):
+            item.close()
+        else:
+            os.close(item)
+
+
+def test_regions_fds_and_data(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    with SharedMemory.create("sent", 4096) as shm, shm.map_read_write() as m:
+        m[0:4] = b"ping"
+        fdpass.send(a, [shm, r], b"payload")
+        data, items = fdpass.recv(b, maxfds=2)
+        assert data == b"payload"
+        got, raw = items
+        assert isinstance(got, SharedMemory) and isinstance(raw, int)
+        for fd in (got.fileno(), raw):
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert got.name == "sent" and got.size == 4096
+        with got.map_read_write() as theirs:
+            assert theirs[0:4] == b"ping"
+            theirs[0:4] = b"pong"
+        assert m[0:4] == b"pong"
+        os.write(w, b"!")
+        assert os.read(raw, 1) == b"!"
+        got.close()
+        os.close(raw)
+    os.close(r)
+    os.close(w)
+
+
+def test_empty_message(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    fdpass.send(a, [])
+    assert fdpass.recv(b, 0) == (b"", [])
+
+
+def test_messages_sent_together_stay_apart(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    regions = [SharedMemory.create(f"r{i}", 4096 * (i + 1)) for i in range(3)]
+    try:
+        for i, shm in enumerate(regions):
+            fdpass.send(a, [shm] * (i + 1), f"message {i}".encode())
+        fdpass.send(a, [], b"no fds")
+        for i in range(3):
+            data, items = fdpass.recv(b, maxfds=10)
+            assert data == f"message {i}".encode()
+            assert len(items) == i + 1
+            assert all(isinstance(s, SharedMemory) and s.name == f"r{i}" for s in items)
+            _close_items(items)
+        assert fdpass.recv(b, maxfds=10) == (b"no fds", [])
+    finally:
+        for shm in regions:
+            shm.close()
+
+
+def test_more_than_253_fds_are_chunked(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    before = open_fd_count()
+    with SharedMemory.create("many", 4096) as shm:
+        fdpass.send(a, [shm] * 600, b"tail")
+        data, items = fdpass.recv(b, maxfds=600)
+        assert data == b"tail" and len(items) == 600
+        assert len({s.fileno() for s in items if isinstance(s, SharedMemory)}) == 600
+        _close_items(items)
+    assert open_fd_count() == before
+
+
+def test_large_data_on_stream() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    payload = os.urandom(3 << 20)
+    with a, b, SharedMemory.create("big", 4096) as shm:
+        import threading
+
+        sender = threading.Thread(target=fdpass.send, args=(a, [shm], payload))
+        sender.start()
+        data, items = fdpass.recv(b, 1)
+        sender.join(30)
+        assert data == payload and len(items) == 1
+        _close_items(items)
+
+
+def test_too_many_fds_are_refused_and_closed(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    before = open_fd_count()
+    with SharedMemory.create("flood", 4096) as shm:
+        fdpass.send(a, [shm] * 5)
+        with pytest.raises(ashmem.MessageError, match="more than 4"):
+            fdpass.recv(b, maxfds=4)
+        # chunked flood: refused after the first frame already exceeds the limit
+        fdpass.send(a, [shm] * 300)
+        with pytest.raises(ashmem.MessageError):
+            fdpass.recv(b, maxfds=10)
+    with contextlib.suppress(BlockingIOError, TimeoutError):
+        b.setblocking(False)
+        while b.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    assert open_fd_count() == before
+
+
+def _raw_frame(nfds: int, kinds: bytes, data: bytes, flags: int = 0) -> bytes:
+    return HEADER.pack(b"ASF1", flags, 0, nfds, len(data)) + kinds + data
+
+
+def _send_raw(sock: socket.socket, frame: bytes, fds: list[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([frame], anc)
+
+
+@pytest.mark.parametrize(
+    ("frame", "nfds_sent", "match"),
+    [
+        (b"GARBAGE!garbage!", 0, "not an ashmem fdpass frame"),
+        (_raw_frame(2, b"\x01\x01", b""), 1, "declares 2 descriptors but carried 1"),
+        (_raw_frame(0, b"", b""), 2, "declares 0 descriptors but carried 2"),
+        (_raw_frame(1, b"\x07", b""), 1, "unknown descriptor kind 7"),
+        (_raw_frame(1, b"\x01", b""), 1, "not one"),  # a pipe claimed to be a region
+        (_raw_frame(1, b"\x00", b"x", flags=1), 1, "MORE carries"),
+    ],
+    ids=["garbage", "fewer-fds", "extra-fds", "bad-kind", "fake-region", "more-with-data"],
+)
+def test_malformed_frames_close_everything(
+    pair: tuple[socket.socket, socket.socket], frame: bytes, nfds_sent: int, match: str
+) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    before = open_fd_count()
+    _send_raw(a, frame, [r] * nfds_sent)
+    with pytest.raises(ashmem.MessageError, match=match):
+        fdpass.recv(b, maxfds=10)
+    assert open_fd_count() == before
+    os.close(r)
+    os.close(w)
+
+
+def test_short_datagram_is_refused() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.send(b"ASF1")
+        with pytest.raises(ashmem.MessageError, match="shorter than its header"):
+            fdpass.recv(b, 1)
+        fdpass.send(a, [], b"next")  # the socket is still usable
+        assert fdpass.recv(b, 1) == (b"next", [])
+
+
+def test_truncated_stream_frame() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with b:
+        a.sendall(_raw_frame(0, b"", b"0123456789")[:-4])
+        a.close()
+        with pytest.raises(ashmem.MessageError, match="middle of a frame"):
+            fdpass.recv(b, 1)
+
+
+def test_eof_between_messages(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    a.close()
+    with pytest.raises(EOFError):
+        fdpass.recv(b, 1)
+
+
+def test_cut_descriptors_are_detected_not_lost(pair: tuple[socket.socket, socket.socket]) -> None:
+    """When the receiver has no room for the fds, the kernel cuts them (MSG_CTRUNC)."""
+    a, b = pair
+    with SharedMemory.create("cut", 4096) as shm:
+        fdpass.send(a, [shm] * 20)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        before = open_fd_count()
+        used = {int(n) for n in os.listdir("/proc/self/fd")}
+        free = [n for n in range(len(used) + 10) if n not in used]
+        # Room for exactly 3 more descriptors: the kernel installs 3 and cuts the rest.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free[3], hard))
+        try:
+            with pytest.raises(ashmem.MessageError, match="MSG_CTRUNC"):
+                fdpass.recv(b, maxfds=20)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert open_fd_count() == before
+
+
+def test_bad_items() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        with pytest.raises(TypeError, match="cannot send str"):
+            fdpass.send(a, ["nope"])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="cannot send fd -1"):
+            fdpass.send(a, [-1])
+        with pytest.raises(ValueError):
+            fdpass.recv(b, -1)
+        closed = SharedMemory.create("closed", 1)
+        closed.close()
+        with pytest.raises(ashmem.ClosedError):
+            fdpass.send(a, [closed])
+
+
+def _receive_and_reply(sock: socket.socket) -> None:
+    data, items = fdpass.recv(sock, 4)
+    (shm,) = items
+    assert isinstance(shm, SharedMemory)
+    with shm, shm.map_read_write() as m:
+        assert m[0 : len(data)] == data
+        m[0:5] = b"reply"
+    fdpass.send(sock, [], b"done")
+
+
+def test_across_processes(mp_context: object, children: Children) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.settimeout(30)
+    with a, b, SharedMemory.create("cross", 4096) as shm, shm.map_read_write() as m:
+        m[0:7] = b"request"
+        proc = children.start(mp_context, _receive_and_reply, b)  # type: ignore[arg-type]
+        fdpass.send(a, [shm], b"request")
+        assert fdpass.recv(a, 0) == (b"done", [])
+        children.join(proc)
+        assert m[0:7] == b"replyst"

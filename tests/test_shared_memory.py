@@ -1,0 +1,342 @@
+"""SharedMemory and Mapping: the android.os.SharedMemory layer."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import mmap
+import os
+import pickle
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import ashmem
+from ashmem import PROT_EXEC, PROT_READ, PROT_WRITE, SharedMemory
+
+from .conftest import Children, open_fd_count
+
+PAGE = mmap.ALLOCATIONGRANULARITY
+
+
+@pytest.fixture
+def shm() -> Iterator[SharedMemory]:
+    with SharedMemory.create("frames", 4 * PAGE) as shm:
+        yield shm
+
+
+def test_create_properties(shm: SharedMemory) -> None:
+    assert shm.name == "frames"
+    assert shm.size == 4 * PAGE
+    assert not shm.closed
+    assert ashmem.region.valid(shm.fileno())
+    assert shm.get_protect() == PROT_READ | PROT_WRITE | PROT_EXEC
+    assert "frames" in repr(shm)
+
+
+def test_create_none_name_and_long_name() -> None:
+    with SharedMemory.create(None, 1) as a, SharedMemory.create("n" * 400, 1) as b:
+        assert a.name == "none"
+        assert b.name == "n" * 249
+
+
+def test_reserve_and_populate_options() -> None:
+    with SharedMemory.create("lazy", 16 * PAGE, reserve=False) as lazy:
+        assert os.fstat(lazy.fileno()).st_blocks == 0
+    with SharedMemory.create("reserved", 16 * PAGE) as reserved:
+        assert os.fstat(reserved.fileno()).st_blocks * 512 >= 16 * PAGE
+    with SharedMemory.create("populated", 16 * PAGE, reserve=False, populate=True) as pop:
+        with pop.map_read_write() as m:
+            assert os.fstat(pop.fileno()).st_blocks * 512 >= 16 * PAGE
+            m[-1] = 7
+        # populate=False overrides the object's default for one mapping
+        with pop.map_read_only(populate=False) as r:
+            assert r[-1] == 7
+
+
+def test_close_is_idempotent_and_everything_after_raises_closed() -> None:
+    shm = SharedMemory.create("gone", PAGE)
+    shm.close()
+    shm.close()
+    assert shm.closed
+    assert "closed" in repr(shm)
+    for call in (
+        shm.fileno,
+        shm.map_read_write,
+        shm.map_read_only,
+        lambda: shm.map(PROT_READ),
+        lambda: shm.map(0xFFFF),  # closed is checked before prot
+        lambda: shm.set_protect(PROT_READ),
+        lambda: shm.set_protect(0xFFFF),
+        shm.dup,
+        shm.get_protect,
+    ):
+        with pytest.raises(ashmem.ClosedError, match="'gone' is closed") as info:
+            call()
+        assert isinstance(info.value, ValueError)
+        assert info.value.region == "gone"
+
+
+def test_map_argument_checks_in_order(shm: SharedMemory) -> None:
+    size = shm.size
+    cases: list[tuple[dict[str, int], type[Exception], str]] = [
+        ({"prot": 0x100, "offset": -1, "length": 0}, ValueError, "invalid prot"),
+        ({"prot": PROT_WRITE, "offset": -1}, ValueError, "without PROT_READ"),
+        ({"prot": PROT_READ, "offset": -1, "length": 0}, ValueError, "offset must be >= 0"),
+        ({"prot": PROT_READ, "offset": 0, "length": 0}, ValueError, "length must be > 0"),
+        ({"prot": PROT_READ, "offset": 0, "length": -5}, ValueError, "length must be > 0"),
+        ({"prot": PROT_READ, "offset": PAGE, "length": size}, ValueError, "past the end"),
+        ({"prot": PROT_READ, "offset": size}, ValueError, "past the end"),
+        ({"prot": PROT_READ, "offset": 0, "length": size + 1}, ValueError, "past the end"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            shm.map(**kwargs)
+    shm.set_protect(PROT_READ)
+    with pytest.raises(ashmem.ProtectionError) as info:
+        shm.map(PROT_READ | PROT_WRITE)
+    assert info.value.errno == errno.EPERM
+    assert "'frames'" in str(info.value) and "map_read_only()" in str(info.value)
+    # argument errors still come first on a protected region
+    with pytest.raises(ValueError, match="past the end"):
+        shm.map(PROT_READ | PROT_WRITE, 0, size + 1)
+
+
+def test_windows_see_the_right_bytes(shm: SharedMemory) -> None:
+    with shm.map_read_write() as whole:
+        for page in range(4):
+            whole[page * PAGE : (page + 1) * PAGE] = bytes([page + 1]) * PAGE
+    with shm.map(PROT_READ, 2 * PAGE) as tail:
+        assert len(tail) == 2 * PAGE and tail.offset == 2 * PAGE
+        assert tail[0] == 3 and tail[-1] == 4
+    with shm.map(PROT_READ | PROT_WRITE, PAGE, 10) as small:
+        assert len(small) == 10 and small[:] == bytes([2]) * 10
+        small[0:2] = b"ab"
+    with shm.map_read_only() as whole:
+        assert whole[PAGE : PAGE + 3] == b"ab\x02"
+
+
+def test_unaligned_offset_is_refused_with_the_fix(shm: SharedMemory) -> None:
+    with pytest.raises(ValueError, match="multiple of the page size"):
+        shm.map(PROT_READ, 100, 10)
+
+
+def test_mapping_is_a_buffer(shm: SharedMemory) -> None:
+    with shm.map_read_write() as m:
+        assert not m.readonly
+        assert len(m) == shm.size
+        view = memoryview(m)
+        view[0:3] = b"abc"
+        array = np.frombuffer(m, dtype=np.uint8)
+        array[3] = ord("d")
+        assert m[0:4] == b"abcd"
+        assert m[3] == ord("d")
+        assert "read-write" in repr(m)
+        del view, array
+
+
+def test_read_only_mapping_rejects_writes(shm: SharedMemory) -> None:
+    with shm.map_read_write() as rw:
+        rw[0] = 1
+    with shm.map_read_only() as ro:
+        assert ro.readonly
+        assert "read-only" in repr(ro)
+        with pytest.raises(TypeError):
+            ro[0] = 2
+        with pytest.raises(TypeError):
+            ro[0:1] = b"x"
+        view = memoryview(ro)
+        assert view.readonly
+        with pytest.raises(TypeError):
+            view[0] = 2
+        array = np.frombuffer(ro, dtype=np.uint8)
+        assert not array.flags.writeable
+        with pytest.raises(ValueError):
+            array[0] = 2
+        assert ro[0] == 1
+        del view, array
+
+
+def test_close_refuses_while_views_are_alive(shm: SharedMemory) -> None:
+    m = shm.map_read_write()
+    view = memoryview(m)[10:20]
+    array = np.frombuffer(m, dtype=np.uint8)
+    with pytest.raises(ashmem.BusyError, match="still alive") as info:
+        m.close()
+    assert isinstance(info.value, BufferError)
+    assert info.value.region == "frames"
+    view[0] = 5  # still perfectly usable: nothing was unmapped
+    assert array[10] == 5
+    view.release()
+    with pytest.raises(ashmem.BusyError):
+        m.close()
+    del array
+    gc.collect()
+    m.close()
+    m.close()  # idempotent
+    assert m.closed
+    assert "closed" in repr(m)
+
+
+def test_access_after_close_raises_not_crashes(shm: SharedMemory) -> None:
+    m = shm.map_read_write()
+    m.close()
+    for access in (
+        lambda: m[0],
+        lambda: m[0:4],
+        lambda: m.__setitem__(0, 1),
+        lambda: memoryview(m),
+        lambda: np.frombuffer(m, dtype=np.uint8),
+        lambda: len(m),
+    ):
+        with pytest.raises(ValueError):
+            access()
+
+
+def test_mappings_outlive_the_shared_memory() -> None:
+    shm = SharedMemory.create("outlive", PAGE)
+    m = shm.map_read_write()
+    shm.close()
+    m[0:5] = b"still"
+    assert m[0:5] == b"still"
+    m.close()
+
+
+def test_set_protect(shm: SharedMemory) -> None:
+    rw = shm.map_read_write()
+    assert shm.set_protect(PROT_READ | PROT_WRITE | PROT_EXEC)  # nothing removed
+    with pytest.raises(ValueError, match="invalid prot"):
+        shm.set_protect(0x80)
+    assert shm.set_protect(PROT_READ)
+    assert shm.get_protect() == PROT_READ | PROT_EXEC
+    assert shm.set_protect(PROT_READ)  # idempotent
+    assert shm.set_protect(PROT_READ | PROT_WRITE) is False
+    assert shm.get_protect() == PROT_READ | PROT_EXEC
+    # the existing writable mapping keeps working, and new readers see its writes
+    rw[0:4] = b"live"
+    with shm.map_read_only() as ro:
+        assert ro[0:4] == b"live"
+    rw.close()
+
+
+def test_protection_is_shared_by_dups(shm: SharedMemory) -> None:
+    with shm.dup() as other:
+        assert other.fileno() != shm.fileno()
+        assert other.name == shm.name and other.size == shm.size
+        shm.set_protect(PROT_READ)
+        with pytest.raises(ashmem.ProtectionError):
+            other.map_read_write()
+
+
+def test_from_fd_takes_ownership_and_checks() -> None:
+    fd = ashmem.region.create_region("adopted", PAGE)
+    shm = SharedMemory.from_fd(fd)
+    assert shm.fileno() == fd and shm.name == "adopted" and shm.size == PAGE
+    shm.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    r, w = os.pipe()
+    with pytest.raises(ValueError, match="not an ashmem region"):
+        SharedMemory.from_fd(r)
+    os.fstat(r)  # left open: still the caller's
+    os.close(r)
+    os.close(w)
+
+
+def _hold_region_and_wait(conn: object, name: str) -> None:
+    import multiprocessing.connection
+
+    assert isinstance(conn, multiprocessing.connection.Connection)
+    shm = SharedMemory.create(name, PAGE)
+    with shm.map_read_write() as m:
+        m[0:5] = b"child"
+    conn.send(shm.fileno())
+    conn.recv()  # wait until the parent took it
+
+
+def test_from_pid_copies_an_fd_out_of_a_child(children: Children) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = children.start(ctx, _hold_region_and_wait, child, "from-pid")
+    assert parent.poll(30)
+    child_fd = parent.recv()
+    try:
+        shm = SharedMemory.from_pid(proc.pid, child_fd)
+    finally:
+        parent.send("done")
+    children.join(proc)
+    with shm, shm.map_read_only() as m:
+        assert shm.name == "from-pid"
+        assert m[0:5] == b"child"
+
+
+def test_from_pid_errors() -> None:
+    with pytest.raises(ProcessLookupError):
+        SharedMemory.from_pid(2**22 + 12345, 0)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="not an ashmem region"):
+            SharedMemory.from_pid(os.getpid(), r)
+        before = open_fd_count()
+        with pytest.raises(OSError) as info:
+            SharedMemory.from_pid(os.getpid(), 9999)
+        assert info.value.errno == errno.EBADF
+        assert open_fd_count() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _try_from_pid_as_nobody(pid: int, fd: int) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        SharedMemory.from_pid(pid, fd)
+    except PermissionError as exc:
+        assert "ptrace" in str(exc)
+        os._exit(0)
+    os._exit(1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+def test_from_pid_without_ptrace_access_is_permission_error(
+    shm: SharedMemory, children: Children
+) -> None:
+    import multiprocessing
+
+    children.run(
+        multiprocessing.get_context("fork"), _try_from_pid_as_nobody, os.getpid(), shm.fileno()
+    )
+
+
+def _check_pickled(shm: SharedMemory, expected: bytes) -> None:
+    with shm, shm.map_read_write() as m:
+        assert shm.name == "pickled"
+        assert m[0 : len(expected)] == expected
+        m[0:5] = b"reply"
+
+
+def test_pickles_to_children_under_every_start_method(
+    mp_context: object, children: Children
+) -> None:
+    with SharedMemory.create("pickled", PAGE) as shm, shm.map_read_write() as m:
+        m[0:7] = b"message"
+        children.run(mp_context, _check_pickled, shm, b"message")  # type: ignore[arg-type]
+        assert m[0:7] == b"replyge"
+
+
+def test_mapping_does_not_pickle(shm: SharedMemory) -> None:
+    with shm.map_read_only() as m, pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(m)
+
+
+def test_failed_construction_is_safe_to_collect() -> None:
+    # class-level defaults make close()/__del__ safe on half-built objects
+    half = SharedMemory.__new__(SharedMemory)
+    half.close()
+    assert half.closed
+    del half
+    gc.collect()
