@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import errno
 import gc
+import glob
 import mmap
 import os
+import pathlib
 import pickle
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -117,9 +122,82 @@ def test_windows_see_the_right_bytes(shm: SharedMemory) -> None:
         assert whole[PAGE : PAGE + 3] == b"ab\x02"
 
 
-def test_unaligned_offset_is_refused_with_the_fix(shm: SharedMemory) -> None:
-    with pytest.raises(ValueError, match="multiple of the page size"):
+UNALIGNED_SCRIPT = """
+import io, mmap, ashmem
+P = mmap.PAGESIZE
+with ashmem.SharedMemory.create("win", 3 * P) as shm:
+    with shm.map_read_write() as m:
+        m[:] = bytes(i % 251 for i in range(3 * P))
+    w = shm.map(ashmem.PROT_READ | ashmem.PROT_WRITE, P + 100, 50)
+    assert len(w) == 50 and len(memoryview(w)) == 50 and w.offset == P + 100
+    assert w[0] == (P + 100) % 251 and w[-1] == (P + 149) % 251
+    assert w[0:3] == bytes((P + 100 + i) % 251 for i in range(3))
+    w[0:2] = b"XY"
+    with shm.map_read_only() as whole:
+        assert whole[P + 100 : P + 102] == b"XY"
+    view = memoryview(w)
+    try:
+        w.close()
+        raise AssertionError("closed under a live view")
+    except ashmem.BusyError:
+        pass
+    view.release()
+    try:
+        w.seek(0)
+        raise AssertionError("file methods must be refused on a window")
+    except io.UnsupportedOperation:
+        pass
+    w.close()
+    try:
+        w[0]
+        raise AssertionError("access after close")
+    except ValueError:
+        pass
+    ro = shm.map(ashmem.PROT_READ, 7, 2 * P)
+    assert len(ro) == 2 * P and ro[-1] == (7 + 2 * P - 1) % 251
+    for write in (lambda: ro.__setitem__(0, 1), lambda: memoryview(ro).__setitem__(0, 1)):
+        try:
+            write()
+            raise AssertionError("wrote through a read-only window")
+        except TypeError:
+            pass
+    ro.close()
+print("ok")
+"""
+
+
+def _newer_pythons() -> list[str]:
+    found = []
+    candidates = glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[2-9]*/bin/python3"))
+    candidates += [p for p in (shutil.which(f"python3.{m}") for m in (12, 13, 14)) if p]
+    for exe in candidates:
+        probe = subprocess.run(
+            [exe, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if probe.stdout.strip() == "True":
+            found.append(exe)
+    return found[:1]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the refusal is for Python < 3.12")
+def test_unaligned_offset_is_refused_with_the_fix_before_312(shm: SharedMemory) -> None:
+    with pytest.raises(ValueError, match=r"not a multiple of the page size.*\[100:\]"):
         shm.map(PROT_READ, 100, 10)
+
+
+def test_unaligned_offset_exposes_exactly_the_window_on_312() -> None:
+    pythons = [sys.executable] if sys.version_info >= (3, 12) else _newer_pythons()
+    if not pythons:
+        pytest.skip("no Python >= 3.12 on this machine")
+    src = pathlib.Path(ashmem.__file__).parent.parent
+    result = subprocess.run(
+        [pythons[0], "-c", UNALIGNED_SCRIPT],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_mapping_is_a_buffer(shm: SharedMemory) -> None:

@@ -14,6 +14,7 @@ under a live view, and no access can segfault. Release the views, then close.
 from __future__ import annotations
 
 import errno
+import io
 import mmap
 import os
 import sys
@@ -115,6 +116,60 @@ class Mapping(mmap.mmap):
             f"<ashmem.Mapping of {_sys.describe(self._region)} offset={self._offset} "
             f"length={len(self)} {mode}>"
         )
+
+
+# Python 3.12 (PEP 688) lets a Python class export a buffer, so a window that starts inside a
+# page can expose exactly its bytes: the kernel maps whole pages from the page boundary below
+# the offset, and __buffer__ hands out the slice that was asked for. The slice holds an export
+# of the underlying mmap, so close() still refuses to unmap under a live view. Older Pythons
+# have no way to do this without a C extension, and map() refuses unaligned offsets there.
+_UNALIGNED_OK = sys.version_info >= (3, 12)
+
+# mmap's file-like methods count positions from the page boundary, not from the window start;
+# on a window they would silently read the wrong bytes, so they are refused.
+_FILE_METHODS = (
+    "find", "move", "read", "read_byte", "readline", "resize", "rfind", "seek", "tell",
+    "write", "write_byte",
+)  # fmt: skip
+
+
+class _Window(Mapping):
+    """A Mapping whose offset is not page-aligned (Python >= 3.12 only)."""
+
+    _skip: int = 0
+    _length: int = 0
+
+    def __buffer__(self, flags: int) -> memoryview:
+        whole = mmap.mmap.__buffer__(self, flags)
+        return whole[self._skip : self._skip + self._length]
+
+    def __len__(self) -> int:
+        with memoryview(self) as view:
+            return len(view)
+
+    def __getitem__(self, key: Any) -> Any:
+        with memoryview(self) as view:
+            item = view[key]
+            return item if isinstance(item, int) else item.tobytes()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with memoryview(self) as view:
+            view[key] = value
+
+
+def _refuse_file_method(name: str) -> Callable[..., Any]:
+    def refused(self: _Window, *args: Any, **kwargs: Any) -> Any:
+        raise io.UnsupportedOperation(
+            f"Mapping.{name}() is not available on a window at an unaligned offset; "
+            "use slicing or memoryview()"
+        )
+
+    refused.__name__ = name
+    return refused
+
+
+for _name in _FILE_METHODS:
+    setattr(_Window, _name, _refuse_file_method(_name))
 
 
 def _rebuild(dupfd: Any) -> SharedMemory:
@@ -286,11 +341,15 @@ class SharedMemory:
     ) -> Mapping:
         """Map ``length`` bytes (default: to the end) starting at ``offset``.
 
-        ``prot`` must include ``PROT_READ``. ``offset`` must be a multiple of the page size
-        (``mmap.ALLOCATIONGRANULARITY``). Raises, in this order: ``ClosedError``;
-        ``ValueError`` for invalid prot, negative offset, ``length <= 0``, a window past the
-        end, or an unaligned offset; ``ProtectionError`` for a writable map of a
-        write-protected region."""
+        ``prot`` must include ``PROT_READ``. Raises, in this order: ``ClosedError``;
+        ``ValueError`` for invalid prot, negative offset, ``length <= 0`` or a window past
+        the end; ``ProtectionError`` for a writable map of a write-protected region.
+
+        An ``offset`` that is not a multiple of the page size works on Python >= 3.12: the
+        pages around the window are mapped and exactly ``length`` bytes are exposed (the
+        mmap file-position methods such as ``read``/``seek`` are then refused). Python 3.10
+        and 3.11 cannot expose such a window and raise ``ValueError`` saying how to slice
+        instead."""
         fd = self.fileno()
         region.check_prot(prot)
         if not prot & PROT_READ:
@@ -314,12 +373,18 @@ class SharedMemory:
                 f"window [{offset}, {offset + length}) is past the end of "
                 f"{_sys.describe(self._name)} ({self._size} bytes)"
             )
-        if offset % PAGE_SIZE:
+        skip = offset % PAGE_SIZE
+        if not skip:
+            mapping = Mapping(fd, length, prot, offset, self._name)
+        elif _UNALIGNED_OK:
+            mapping = _Window(fd, skip + length, prot, offset - skip, self._name)
+            mapping._offset, mapping._skip, mapping._length = offset, skip, length
+        else:
             raise ValueError(
-                f"offset {offset} is not a multiple of the page size ({PAGE_SIZE}); map from "
-                f"{offset - offset % PAGE_SIZE} and slice the mapping"
+                f"offset {offset} is not a multiple of the page size ({PAGE_SIZE}); Python "
+                f"< 3.12 cannot expose a window that starts inside a page: map from "
+                f"{offset - skip} and slice memoryview(mapping)[{skip}:]"
             )
-        mapping = Mapping(fd, length, prot, offset, self._name)
         if self._populate if populate is None else populate:
             _populate(mapping)
         return mapping
