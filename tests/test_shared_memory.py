@@ -418,3 +418,54 @@ def test_failed_construction_is_safe_to_collect() -> None:
     assert half.closed
     del half
     gc.collect()
+
+
+RESERVE_IN_CGROUP = """
+import os, sys
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+import ashmem
+try:
+    ashmem.SharedMemory.create("too-big", 256 << 20, reserve=True)
+except OSError as exc:
+    print(exc.errno, exc)
+else:
+    print("created")
+"""
+
+
+def _memory_cgroup_v1() -> pathlib.Path | None:
+    for line in pathlib.Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return base if (base / "memory.oom_control").exists() else None
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a memory cgroup")
+def test_reserve_fails_with_enomem_in_a_full_memory_cgroup() -> None:
+    """reserve=True allocates at creation: a memory cgroup that cannot grant the pages makes
+    creation fail with ENOMEM, instead of a later write stalling or dying in a page fault."""
+    parent = _memory_cgroup_v1()
+    if parent is None:
+        pytest.skip("no writable cgroup v1 memory controller (oom_control) here")
+    cgroup = parent / f"ashmem-test-{os.getpid()}"
+    try:
+        cgroup.mkdir()
+        (cgroup / "memory.limit_in_bytes").write_text(str(32 << 20))
+        (cgroup / "memory.oom_control").write_text("1")  # ENOMEM instead of the OOM killer
+    except OSError as exc:
+        pytest.skip(f"cannot configure a memory cgroup: {exc}")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", RESERVE_IN_CGROUP, str(cgroup)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{errno.ENOMEM} "), result.stdout
+        assert "'too-big'" in result.stdout and "reserve" in result.stdout
+        # the child is gone and the cgroup holds nothing of the failed region
+        assert int((cgroup / "memory.usage_in_bytes").read_text()) < 8 << 20
+    finally:
+        cgroup.rmdir()
