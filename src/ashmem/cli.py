@@ -13,9 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ls = commands.add_parser(
-        "ls", help="list the regions this user can see, across processes"
-    )
+    ls = commands.add_parser("ls", help="list the regions this user can see, across processes")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     commands.add_parser(
