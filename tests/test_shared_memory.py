@@ -469,3 +469,37 @@ def test_reserve_fails_with_enomem_in_a_full_memory_cgroup() -> None:
         assert int((cgroup / "memory.usage_in_bytes").read_text()) < 8 << 20
     finally:
         cgroup.rmdir()
+
+
+def _first_byte(shm: SharedMemory) -> int:
+    with shm, shm.map_read_only() as m:
+        return m[0]
+
+
+def _put_region(queue: object) -> None:
+    shm = SharedMemory.create("queued", PAGE)
+    with shm.map_read_write() as m:
+        m[0] = 99
+    queue.put(shm)  # type: ignore[attr-defined]
+    queue.join()  # type: ignore[attr-defined]  # keep the sender alive until it is taken
+
+
+def test_pool_tasks_and_queues_carry_regions(mp_context: object) -> None:
+    regions = [SharedMemory.create(f"task{i}", PAGE) for i in range(4)]
+    for i, shm in enumerate(regions):
+        with shm.map_read_write() as m:
+            m[0] = i + 10
+    with mp_context.Pool(2) as pool:  # type: ignore[attr-defined]
+        assert pool.map_async(_first_byte, regions).get(timeout=60) == [10, 11, 12, 13]
+    for shm in regions:
+        shm.close()
+    queue = mp_context.JoinableQueue()  # type: ignore[attr-defined]
+    proc = mp_context.Process(target=_put_region, args=(queue,), daemon=True)  # type: ignore[attr-defined]
+    proc.start()
+    try:
+        got = queue.get(timeout=60)
+        queue.task_done()
+        with got, got.map_read_only() as m:
+            assert got.name == "queued" and m[0] == 99
+    finally:
+        Children.join(proc)
