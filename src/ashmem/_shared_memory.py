@@ -320,13 +320,16 @@ class SharedMemory:
 
         Removing ``PROT_WRITE`` is irreversible; existing writable mappings keep working.
         Returns False (changing nothing) when ``prot`` asks for ``PROT_WRITE`` back. Raises
-        ``ValueError`` for invalid bits, ``ClosedError`` when closed."""
+        ``ValueError`` for invalid bits, ``ClosedError`` when closed, ``PermissionError``
+        when a holder has forbidden new seals (``F_SEAL_SEAL``) so it cannot be protected."""
         fd = self.fileno()
         region.check_prot(prot)
         try:
             region.set_prot_region(fd, prot)
         except ProtectionError:
-            return False
+            if prot & PROT_WRITE:
+                return False
+            raise
         return True
 
     # -- mapping --------------------------------------------------------------------------

@@ -265,7 +265,9 @@ def check_prot(prot: object) -> int:
 def set_prot_region(fd: int, prot: int) -> None:
     """Restrict the region to ``prot``. Removing ``PROT_WRITE`` is irreversible (it adds
     ``F_SEAL_FUTURE_WRITE``); asking for ``PROT_WRITE`` on a write-protected region raises
-    ``ProtectionError``. Invalid bits raise ``ValueError``. Borrows ``fd``.
+    ``ProtectionError``. Invalid bits raise ``ValueError``. ``PermissionError`` (not
+    ProtectionError) if the region cannot be protected because some holder sealed its seals
+    (``F_SEAL_SEAL``). Borrows ``fd``.
 
     ``PROT_READ`` cannot be revoked on a memfd: leaving it out is accepted and does nothing,
     as on modern Android."""
@@ -285,4 +287,14 @@ def set_prot_region(fd: int, prot: int) -> None:
     try:
         fcntl.fcntl(fd, _sys.F_ADD_SEALS, _sys.F_SEAL_FUTURE_WRITE)
     except OSError as exc:
-        raise _sys.translate(exc, "write-protect", _name_or_none(fd)) from exc
+        name = _name_or_none(fd)
+        if exc.errno == errno.EPERM:
+            # Not "already protected": a holder of a writable fd set F_SEAL_SEAL, which
+            # forbids every new seal. The region stays writable; say so, loudly.
+            raise PermissionError(
+                errno.EPERM,
+                f"cannot write-protect {_sys.describe(name)}: a holder of its fd set "
+                "F_SEAL_SEAL, so no seal can be added and it stays writable; create a new "
+                "region and share it only after set_protect",
+            ) from exc
+        raise _sys.translate(exc, "write-protect", name) from exc
