@@ -22,6 +22,14 @@ def _check_index(value: object, what: str) -> int:
     return value
 
 
+def _check_copy(src_offset: object, dest_offset: object, count: object) -> tuple[int, int, int]:
+    return (
+        _check_index(src_offset, "src_offset"),
+        _check_index(dest_offset, "dest_offset"),
+        _check_index(count, "count"),
+    )
+
+
 def _byte_view(buffer: Any, writable: bool) -> memoryview:
     view = memoryview(buffer)
     if writable and view.readonly:
@@ -107,9 +115,7 @@ class MemoryFile:
         ``dest_offset``. Returns ``count``. ``IndexError`` if either range is out of bounds
         (nothing copied)."""
         mapping = self._live()
-        src_offset = _check_index(src_offset, "src_offset")
-        dest_offset = _check_index(dest_offset, "dest_offset")
-        count = _check_index(count, "count")
+        src_offset, dest_offset, count = _check_copy(src_offset, dest_offset, count)
         with _byte_view(buffer, writable=True) as dest:
             self._check_range(src_offset, count, len(mapping), "file")
             self._check_range(dest_offset, count, len(dest), "buffer")
@@ -121,9 +127,7 @@ class MemoryFile:
         """Copy ``count`` bytes from ``buffer`` at ``src_offset`` into the file at
         ``dest_offset``. ``IndexError`` if either range is out of bounds (nothing written)."""
         mapping = self._live()
-        src_offset = _check_index(src_offset, "src_offset")
-        dest_offset = _check_index(dest_offset, "dest_offset")
-        count = _check_index(count, "count")
+        src_offset, dest_offset, count = _check_copy(src_offset, dest_offset, count)
         with _byte_view(buffer, writable=False) as src:
             self._check_range(src_offset, count, len(src), "buffer")
             self._check_range(dest_offset, count, len(mapping), "file")
