@@ -101,8 +101,9 @@ def test_more_than_253_fds_are_chunked(pair: tuple[socket.socket, socket.socket]
     assert open_fd_count() == before
 
 
-def test_large_data_on_stream() -> None:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+@pytest.mark.parametrize("kind", SOCK_TYPES, ids=["seqpacket", "stream"])
+def test_large_data_in_many_frames(kind: int) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
     payload = os.urandom(3 << 20)
     with a, b, SharedMemory.create("big", 4096) as shm:
         import threading
@@ -150,9 +151,9 @@ def _send_raw(sock: socket.socket, frame: bytes, fds: list[int]) -> None:
         (_raw_frame(0, b"", b""), 2, "declares 0 descriptors but carried 2"),
         (_raw_frame(1, b"\x07", b""), 1, "unknown descriptor kind 7"),
         (_raw_frame(1, b"\x01", b""), 1, "not one"),  # a pipe claimed to be a region
-        (_raw_frame(1, b"\x00", b"x", flags=1), 1, "MORE carries"),
+        (_raw_frame(1, b"\x01", b"")[:-1], 1, "but has|middle of a frame"),  # cut short
     ],
-    ids=["garbage", "fewer-fds", "extra-fds", "bad-kind", "fake-region", "more-with-data"],
+    ids=["garbage", "fewer-fds", "extra-fds", "bad-kind", "fake-region", "short-frame"],
 )
 def test_malformed_frames_close_everything(
     pair: tuple[socket.socket, socket.socket], frame: bytes, nfds_sent: int, match: str
@@ -161,6 +162,7 @@ def test_malformed_frames_close_everything(
     r, w = os.pipe()
     before = open_fd_count()
     _send_raw(a, frame, [r] * nfds_sent)
+    a.shutdown(socket.SHUT_WR)  # on a stream, a frame cut short would otherwise just wait
     with pytest.raises(ashmem.MessageError, match=match):
         fdpass.recv(b, maxfds=10)
     assert open_fd_count() == before
@@ -168,11 +170,14 @@ def test_malformed_frames_close_everything(
     os.close(w)
 
 
-def test_short_datagram_is_refused() -> None:
+def test_short_and_oversized_datagrams_are_refused() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
         a.send(b"ASF1")
         with pytest.raises(ashmem.MessageError, match="shorter than its header"):
+            fdpass.recv(b, 1)
+        a.send(_raw_frame(0, b"", bytes(100_000)))
+        with pytest.raises(ashmem.MessageError, match="larger than a frame"):
             fdpass.recv(b, 1)
         fdpass.send(a, [], b"next")  # the socket is still usable
         assert fdpass.recv(b, 1) == (b"next", [])
@@ -248,3 +253,15 @@ def test_across_processes(mp_context: object, children: Children) -> None:
         assert fdpass.recv(a, 0) == (b"done", [])
         children.join(proc)
         assert m[0:7] == b"replyst"
+
+
+def test_received_region_keeps_its_name_after_close() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, SharedMemory.create("named", 4096) as shm:
+        fdpass.send(a, [shm])
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        got.close()
+        assert got.name == "named"
+        with pytest.raises(ashmem.ClosedError, match="'named' is closed"):
+            got.fileno()

@@ -220,8 +220,12 @@ def test_valid_is_only_true_for_regions(fd: int) -> None:
     r, w = os.pipe()
     a, b = socket.socketpair()
     unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC)
-    with tempfile.TemporaryFile() as regular, open(os.devnull) as null:
-        others = [r, w, a.fileno(), regular.fileno(), null.fileno(), unsealed]
+    with (
+        tempfile.TemporaryFile() as regular,
+        tempfile.TemporaryFile(dir="/dev/shm") as tmpfs,  # shmem, but born F_SEAL_SEAL
+        open(os.devnull) as null,
+    ):
+        others = [r, w, a.fileno(), regular.fileno(), tmpfs.fileno(), null.fileno(), unsealed]
         for other in others:
             assert not region.valid(other), other
     for other in (r, w, unsealed):

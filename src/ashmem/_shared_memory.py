@@ -197,10 +197,11 @@ class SharedMemory:
 
     _fd: int = -1
     _name: str | None = None
+    _name_pending: bool = False
     _size: int = 0
     _populate: bool = False
 
-    def __init__(self, fd: int, *, name: str, size: int, populate: bool = False) -> None:
+    def __init__(self, fd: int, *, name: str | None, size: int, populate: bool = False) -> None:
         """Private: use ``create``, ``from_fd`` or ``from_pid``."""
         self._fd = fd
         self._name = name
@@ -236,23 +237,22 @@ class SharedMemory:
 
         Raises ``ValueError`` if ``fd`` is not a region (a memfd with its size sealed); the
         fd is then left open and still belongs to the caller."""
-        if not region.valid(fd):
+        size = region.region_size(fd) if isinstance(fd, int) and fd >= 0 else None
+        if size is None:
             raise ValueError(
                 f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
                 "F_SEAL_SHRINK, as created by create_region)"
             )
-        return cls._adopt(fd)
+        return cls._adopt(fd, size)
 
     @classmethod
-    def _adopt(cls, fd: int) -> SharedMemory:
-        """Wrap an fd already checked with ``region.valid``; never raises, so the caller
-        cannot be left unsure who owns ``fd``."""
-        try:
-            name = region.get_name_region(fd)
-            size = region.get_size_region(fd)
-        except (OSError, ValueError):  # cannot happen for a valid fd; keep ownership sane
-            name, size = "none", 0
-        return cls(fd, name=name, size=size)
+    def _adopt(cls, fd: int, size: int) -> SharedMemory:
+        """Wrap an fd already checked with ``region.region_size``. Never raises, so the caller
+        cannot be left unsure who owns ``fd``. The name is read from ``/proc`` only when
+        first needed (or at ``close()``), keeping that lookup off the hand-off path."""
+        shm = cls(fd, name=None, size=size)
+        shm._name_pending = True
+        return shm
 
     @classmethod
     def from_pid(cls, pid: int, fd: int) -> SharedMemory:
@@ -289,11 +289,18 @@ class SharedMemory:
     # -- state ----------------------------------------------------------------------------
 
     def _closed_error(self) -> ClosedError:
-        return ClosedError(f"{_sys.describe(self._name)} is closed", self._name)
+        return ClosedError(f"{_sys.describe(self.name)} is closed", self.name)
 
     @property
     def name(self) -> str | None:
         """Debug name (as the kernel keeps it: at most 249 UTF-8 bytes)."""
+        if self._name_pending:
+            self._name_pending = False
+            if self._fd >= 0:
+                try:
+                    self._name = region.get_name_region(self._fd)
+                except (OSError, ValueError):
+                    self._name = None
         return self._name
 
     @property
@@ -357,7 +364,7 @@ class SharedMemory:
         region.check_prot(prot)
         if not prot & PROT_READ:
             raise ValueError(
-                f"cannot map {_sys.describe(self._name)} without PROT_READ: Python reads "
+                f"cannot map {_sys.describe(self.name)} without PROT_READ: Python reads "
                 "through every buffer it exposes"
             )
         if offset < 0:
@@ -366,7 +373,7 @@ class SharedMemory:
             length = self._size - offset
             if length <= 0:
                 raise ValueError(
-                    f"offset {offset} is at or past the end of {_sys.describe(self._name)} "
+                    f"offset {offset} is at or past the end of {_sys.describe(self.name)} "
                     f"({self._size} bytes)"
                 )
         elif length <= 0:
@@ -374,13 +381,13 @@ class SharedMemory:
         if offset + length > self._size:
             raise ValueError(
                 f"window [{offset}, {offset + length}) is past the end of "
-                f"{_sys.describe(self._name)} ({self._size} bytes)"
+                f"{_sys.describe(self.name)} ({self._size} bytes)"
             )
         skip = offset % PAGE_SIZE
         if not skip:
-            mapping = Mapping(fd, length, prot, offset, self._name)
+            mapping = Mapping(fd, length, prot, offset, self.name)
         elif _UNALIGNED_OK:
-            mapping = _Window(fd, skip + length, prot, offset - skip, self._name)
+            mapping = _Window(fd, skip + length, prot, offset - skip, self.name)
             mapping._offset, mapping._skip, mapping._length = offset, skip, length
         else:
             raise ValueError(
@@ -407,11 +414,13 @@ class SharedMemory:
         try:
             fd = os.dup(self.fileno())
         except OSError as exc:
-            raise _sys.translate(exc, "duplicate the fd", self._name) from exc
-        return SharedMemory(fd, name=self._name or "none", size=self._size, populate=self._populate)
+            raise _sys.translate(exc, "duplicate the fd", self.name) from exc
+        return SharedMemory(fd, name=self.name, size=self._size, populate=self._populate)
 
     def close(self) -> None:
         """Close the fd. Idempotent. Mappings made from this object stay valid."""
+        if self._name_pending and self._fd >= 0:
+            self.name  # noqa: B018 - resolve the debug name while the fd still exists
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
@@ -439,7 +448,7 @@ class SharedMemory:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<ashmem.SharedMemory {self._name!r} size={self._size} {state}>"
+        return f"<ashmem.SharedMemory {self.name!r} size={self._size} {state}>"
 
 
 def _populate(mapping: Mapping) -> None:

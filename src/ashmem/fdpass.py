@@ -7,17 +7,21 @@ A message is one or more *frames*. Each frame is::
     4      1     flags: bit 0 MORE = another frame of this message follows
     5      1     reserved, 0
     6      2     nfds: descriptors attached to this frame (<= 253, the kernel's SCM_MAX_FD)
-    8      4     data_len: payload bytes in this frame (only the last frame carries data)
+    8      4     data_len: payload bytes in this frame
     12     nfds  kind of each descriptor: 0 raw fd, 1 region (becomes a SharedMemory)
     ..     data_len  payload
 
-little-endian, with the frame's descriptors attached to its first byte. Messages of more than
-253 descriptors are split into frames of at most 253.
+little-endian, with the frame's descriptors attached to its first byte. The message's payload
+is the concatenation of its frames' payloads, and its descriptors those of its frames, in
+order. A frame carries at most 253 descriptors; on datagram sockets (``SOCK_SEQPACKET``) it
+also carries at most 64 KiB of payload, so that the receiver can take every frame with one
+``recvmsg`` into a fixed buffer and a larger message still goes through, in several frames.
 
-Works on ``SOCK_SEQPACKET`` (one frame per datagram: the receiver peeks the header, then
-receives the frame whole, so nothing is truncated) and on ``SOCK_STREAM`` (the receiver reads
-exactly one frame's bytes at a time, so descriptors sent with the next message are never
-mixed into this one, even when several sends arrive together).
+Works on ``SOCK_SEQPACKET`` (one frame per datagram; a datagram larger than a frame may be is
+refused, never silently cut) and on ``SOCK_STREAM`` (the receiver reads exactly one frame's
+bytes at a time, so descriptors sent with the next message are never mixed into this one,
+even when several sends arrive together). Frames of one message are sent back to back: do
+not let two threads send on one socket at the same time.
 
 The peer is untrusted: a frame with a bad header, fewer or more descriptors than it declares,
 descriptors cut by the kernel (``MSG_CTRUNC``), more descriptors than ``maxfds``, or a
@@ -35,6 +39,7 @@ message brought. Received descriptors are always CLOEXEC.
 
 from __future__ import annotations
 
+import _socket
 import array
 import contextlib
 import os
@@ -56,7 +61,17 @@ _MORE = 0x01
 _KIND_FD = 0
 _KIND_REGION = 1
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4)
+# Plain ints: socket's IntFlag members make every `flags & ...` a slow Python-level call.
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_PEEK = int(socket.MSG_PEEK)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOCK_STREAM = int(socket.SOCK_STREAM)
 _MAX_DATA = 0xFFFFFFFF
+_DGRAM_DATA = 64 * 1024  # payload per frame on datagram sockets
+_DGRAM_FRAME = 12 + MAX_FDS_PER_FRAME + _DGRAM_DATA
 
 Item = SharedMemory | MemoryFile | int
 
@@ -89,28 +104,34 @@ def send(sock: socket.socket, items: Iterable[Item], data: bytes = b"") -> None:
     payload = memoryview(data).cast("B")
     if len(payload) > _MAX_DATA:
         raise ValueError(f"data of {len(payload)} bytes is too large; put it in a region")
-    stream = sock.type == socket.SOCK_STREAM
-    start = 0
+    stream = _socket_type(sock) == _SOCK_STREAM
+    data_step = _MAX_DATA if stream else _DGRAM_DATA
+    fd_at = data_at = 0
     while True:
-        chunk = fds[start : start + MAX_FDS_PER_FRAME]
-        last = start + MAX_FDS_PER_FRAME >= len(fds)
-        body = payload if last else memoryview(b"")
-        header = _HEADER.pack(_MAGIC, 0 if last else _MORE, 0, len(chunk), len(body))
-        frame: list[bytes | memoryview] = [header + bytes(kinds[start : start + len(chunk)]), body]
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", chunk))] if chunk else []
+        chunk = fds[fd_at : fd_at + MAX_FDS_PER_FRAME]
+        body = payload[data_at : data_at + data_step]
+        fd_at += len(chunk)
+        data_at += len(body)
+        last = fd_at >= len(fds) and data_at >= len(payload)
+        head = _HEADER.pack(_MAGIC, 0 if last else _MORE, 0, len(chunk), len(body))
+        head += kinds[fd_at - len(chunk) : fd_at]
+        anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", chunk))] if chunk else []
         try:
-            sent = sock.sendmsg(frame, anc)
-            total = len(frame[0]) + len(body)
+            sent = sock.sendmsg([head, body], anc)
+            total = len(head) + len(body)
             if sent < total and stream:
                 # The descriptors went with the first byte; the rest is plain data.
-                sock.sendall(b"".join(frame)[sent:])
+                sock.sendall(b"".join((head, body))[sent:])
             elif sent < total:
                 raise MessageError(f"socket sent {sent} of {total} bytes of a frame")
         except OSError as exc:
             raise _sys.translate(exc, "send descriptors") from exc
         if last:
             return
-        start += MAX_FDS_PER_FRAME
+
+
+# socket.socket.type wraps the kind in an IntEnum on every access; the C getter does not.
+_socket_type = _socket.socket.type.__get__
 
 
 def _close_all(fds: Iterable[int]) -> None:
@@ -121,23 +142,26 @@ def _close_all(fds: Iterable[int]) -> None:
 
 def _take_fds(ancdata: list[tuple[int, int, bytes]], into: list[int]) -> None:
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
             into.extend(fds)
 
 
-def _recv_chunk(sock: socket.socket, size: int, fds: list[int]) -> bytes:
-    """Receive exactly ``size`` bytes from a stream socket, collecting descriptors."""
+def _recv_chunk(sock: socket.socket, size: int, fds: list[int], eof_ok: bool) -> bytes:
+    """Receive exactly ``size`` bytes from a stream socket, collecting descriptors.
+
+    End of stream before the first byte is ``EOFError`` where ``eof_ok`` (between
+    messages), ``MessageError`` anywhere else."""
     parts: list[bytes] = []
     remaining = size
     while remaining:
-        data, ancdata, flags, _ = sock.recvmsg(remaining, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, flags, _ = sock.recvmsg(remaining, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
         _take_fds(ancdata, fds)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
         if not data:
-            if remaining == size and not parts:
+            if eof_ok and remaining == size:
                 raise EOFError("peer closed the connection")
             raise MessageError(
                 f"connection closed in the middle of a frame ({remaining} bytes missing)"
@@ -147,36 +171,36 @@ def _recv_chunk(sock: socket.socket, size: int, fds: list[int]) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _recv_frame(sock: socket.socket, fds: list[int]) -> tuple[int, bytes, bytes]:
-    """One frame: (flags, kinds, data). Descriptors go to ``fds``."""
+def _recv_frame(sock: socket.socket, fds: list[int], first: bool) -> tuple[int, bytes, bytes]:
+    """One frame: (flags, kinds, data). Descriptors go to ``fds``. ``first``: the frame
+    starts a message, so end of stream before it is a clean ``EOFError``."""
     before = len(fds)
-    if sock.type == socket.SOCK_STREAM:
-        head = _recv_chunk(sock, _HEADER.size, fds)
+    if _socket_type(sock) == _SOCK_STREAM:
+        head = _recv_chunk(sock, _HEADER.size, fds, eof_ok=first)
         magic, flags, _, nfds, data_len = _HEADER.unpack(head)
         if magic != _MAGIC:
             raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
-        rest = _recv_chunk(sock, nfds + data_len, fds) if nfds + data_len else b""
+        rest = _recv_chunk(sock, nfds + data_len, fds, eof_ok=False) if nfds + data_len else b""
     else:
-        head = sock.recv(_HEADER.size, socket.MSG_PEEK)
-        if not head:
-            # A zero-length datagram is consumed; EOF is also empty.
-            sock.recv(1)
-            raise EOFError("peer closed the connection")
-        if len(head) < _HEADER.size:
-            sock.recvmsg(1, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-            raise MessageError(f"frame of {len(head)} bytes is shorter than its header")
-        magic, flags, _, nfds, data_len = _HEADER.unpack(head)
-        total = _HEADER.size + nfds + data_len
-        if magic != _MAGIC:
-            total = _HEADER.size  # drop the datagram; MSG_TRUNC discards the rest
-        data, ancdata, rflags, _ = sock.recvmsg(total, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
         _take_fds(ancdata, fds)
+        if not data:
+            if first:
+                raise EOFError("peer closed the connection")  # or sent an empty datagram
+            raise MessageError("connection closed in the middle of a message")
+        if rflags & _MSG_CTRUNC:
+            raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
+        if rflags & _MSG_TRUNC:
+            raise MessageError(f"datagram larger than a frame may be ({_DGRAM_FRAME} bytes)")
+        if len(data) < _HEADER.size:
+            raise MessageError(f"frame of {len(data)} bytes is shorter than its header")
+        magic, flags, _, nfds, data_len = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
-        if rflags & socket.MSG_CTRUNC:
-            raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
-        if rflags & socket.MSG_TRUNC or len(data) != total:
-            raise MessageError(f"frame truncated: {len(data)} of {total} bytes")
+        if len(data) != _HEADER.size + nfds + data_len:
+            raise MessageError(
+                f"frame declares {_HEADER.size + nfds + data_len} bytes but has {len(data)}"
+            )
         rest = data[_HEADER.size :]
     if nfds > MAX_FDS_PER_FRAME:
         raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
@@ -197,28 +221,35 @@ def recv(sock: socket.socket, maxfds: int) -> tuple[bytes, list[SharedMemory | i
         raise ValueError(f"maxfds must be >= 0, got {maxfds}")
     fds: list[int] = []
     kinds = bytearray()
+    parts: list[bytes] = []
     try:
         while True:
-            flags, frame_kinds, data = _recv_frame(sock, fds)
+            flags, frame_kinds, frame_data = _recv_frame(sock, fds, first=not parts)
             kinds += frame_kinds
+            parts.append(frame_data)
             if len(fds) > maxfds:
                 raise MessageError(f"peer sent more than {maxfds} descriptors")
             if not flags & _MORE:
                 break
-            if data:
-                raise MessageError("a frame marked MORE carries data")
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         # Check every descriptor before wrapping any, so that on failure all of them are
         # still plain fds that we own and can close.
+        sizes: list[int | None] = []
         for fd, kind in zip(fds, kinds, strict=True):
-            if kind == _KIND_REGION and not region.valid(fd):
-                raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
-            if kind not in (_KIND_REGION, _KIND_FD):
+            if kind == _KIND_REGION:
+                size = region.region_size(fd)
+                if size is None:
+                    raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
+                sizes.append(size)
+            elif kind == _KIND_FD:
+                sizes.append(None)
+            else:
                 raise MessageError(f"unknown descriptor kind {kind}")
     except BaseException:
         _close_all(fds)
         raise
     items: list[SharedMemory | int] = [
-        SharedMemory._adopt(fd) if kind == _KIND_REGION else fd
-        for fd, kind in zip(fds, kinds, strict=True)
+        fd if size is None else SharedMemory._adopt(fd, size)
+        for fd, size in zip(fds, sizes, strict=True)
     ]
     return data, items

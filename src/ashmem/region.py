@@ -49,6 +49,7 @@ __all__ = [
     "get_size_region",
     "kernel_name",
     "populate_region",
+    "region_size",
     "reserve_region",
     "set_prot_region",
     "valid",
@@ -232,6 +233,25 @@ def get_prot_region(fd: int) -> int:
     return prot
 
 
+def region_size(fd: int) -> int | None:
+    """Size of the region behind ``fd``, or None if ``fd`` is not a region. Never raises for
+    a bad fd. Borrows ``fd``.
+
+    Two syscalls, no ``/proc`` lookup: only shmem and hugetlbfs files support seals, and every
+    such file except a memfd created with ``MFD_ALLOW_SEALING`` starts with ``F_SEAL_SEAL``,
+    which forbids adding any other seal. So a regular file whose seals include
+    ``F_SEAL_GROW | F_SEAL_SHRINK`` is a sealable memfd with a fixed size: a region.
+    """
+    try:
+        st = os.fstat(fd)
+        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or seals & _SIZE_SEALS != _SIZE_SEALS:
+        return None
+    return st.st_size
+
+
 def valid(fd: int) -> bool:
     """True only if ``fd`` is an open ashmem region: a memfd whose size is sealed.
 
@@ -240,15 +260,7 @@ def valid(fd: int) -> bool:
     Never raises for a bad fd. Borrows ``fd``."""
     if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
         return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        if _name_from_link(os.readlink(f"/proc/self/fd/{fd}")) is None:
-            return False
-        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
-    except OSError:
-        return False
-    return seals & _SIZE_SEALS == _SIZE_SEALS
+    return region_size(fd) is not None
 
 
 def check_prot(prot: object) -> int:
