@@ -29,6 +29,9 @@ from .region import PROT_READ, PROT_WRITE
 __all__ = ["Mapping", "SharedMemory"]
 
 PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
+_MAP_SHARED = mmap.MAP_SHARED
+# Python 3.13+: no hidden dup of the region fd per mapping (older mmap always keeps one).
+_MMAP_EXTRA: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _MADV_POPULATE_READ = 22
 
 
@@ -55,12 +58,9 @@ class Mapping(mmap.mmap):
     def __new__(
         cls, fd: int, length: int, prot: int, offset: int = 0, name: str | None = None
     ) -> Mapping:
-        kwargs: dict[str, Any] = {}
-        if sys.version_info >= (3, 13):
-            kwargs["trackfd"] = False  # no hidden dup of the region fd per mapping
         try:
             self = super().__new__(
-                cls, fd, length, flags=mmap.MAP_SHARED, prot=prot, offset=offset, **kwargs
+                cls, fd, length, flags=_MAP_SHARED, prot=prot, offset=offset, **_MMAP_EXTRA
             )
         except OSError as exc:
             doing = "map read-write" if prot & PROT_WRITE else "map read-only"
