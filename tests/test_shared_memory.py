@@ -60,6 +60,21 @@ def test_reserve_and_populate_options() -> None:
             assert r[-1] == 7
 
 
+def test_populate_default_prefaults_large_writable_mappings_only() -> None:
+    big = ashmem.POPULATE_AUTO_MIN
+    with SharedMemory.create("auto-big", big, reserve=False) as shm:
+        with shm.map_read_only():
+            assert os.fstat(shm.fileno()).st_blocks == 0  # read-only: never prefaulted
+        with shm.map_read_write():
+            assert os.fstat(shm.fileno()).st_blocks * 512 >= big
+    with SharedMemory.create("auto-small", big - PAGE, reserve=False) as shm:
+        with shm.map_read_write():
+            assert os.fstat(shm.fileno()).st_blocks == 0
+    with SharedMemory.create("never", big, reserve=False, populate=False) as shm:
+        with shm.map_read_write():
+            assert os.fstat(shm.fileno()).st_blocks == 0
+
+
 def test_close_is_idempotent_and_everything_after_raises_closed() -> None:
     shm = SharedMemory.create("gone", PAGE)
     shm.close()

@@ -17,6 +17,7 @@ from ._errors import MessageError as MessageError
 from ._errors import ProtectionError as ProtectionError
 from ._errors import UnsupportedPlatformError as UnsupportedPlatformError
 from ._memory_file import MemoryFile as MemoryFile
+from ._shared_memory import POPULATE_AUTO_MIN as POPULATE_AUTO_MIN
 from ._shared_memory import Mapping as Mapping
 from ._shared_memory import SharedMemory as SharedMemory
 from .region import PROT_EXEC as PROT_EXEC
@@ -27,6 +28,7 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 __all__ = [
+    "POPULATE_AUTO_MIN",
     "PROT_EXEC",
     "PROT_NONE",
     "PROT_READ",

@@ -30,6 +30,9 @@ __all__ = ["Mapping", "SharedMemory"]
 
 PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
 _MAP_SHARED = mmap.MAP_SHARED
+#: With ``create(populate=None)`` (the default), read-write mappings at least this large are
+#: prefaulted.
+POPULATE_AUTO_MIN = 1 << 20
 # Python 3.13+: no hidden dup of the region fd per mapping (older mmap always keeps one).
 _MMAP_EXTRA: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _MADV_POPULATE_READ = 22
@@ -50,18 +53,19 @@ class Mapping(mmap.mmap):
     b'hello'
     """
 
-    # Class-level defaults so repr() and close() work even if __new__ failed half-way.
-    _region: str | None = None
-    _readonly: bool = True
-    _offset: int = 0
+    # Slots, not a __dict__: a Mapping is made and dropped on every hand-off. __new__ sets
+    # all three before anyone can see the object (if mmap fails there is no object).
+    __slots__ = ("_offset", "_readonly", "_region")
+    _region: str | None
+    _readonly: bool
+    _offset: int
 
     def __new__(
         cls, fd: int, length: int, prot: int, offset: int = 0, name: str | None = None
     ) -> Mapping:
         try:
-            self = super().__new__(
-                cls, fd, length, flags=_MAP_SHARED, prot=prot, offset=offset, **_MMAP_EXTRA
-            )
+            # Positional arguments: mmap parses keywords noticeably slower.
+            self = super().__new__(cls, fd, length, _MAP_SHARED, prot, 0, offset, **_MMAP_EXTRA)
         except OSError as exc:
             doing = "map read-write" if prot & PROT_WRITE else "map read-only"
             raise _sys.translate(exc, doing, name) from exc
@@ -136,8 +140,9 @@ _FILE_METHODS = (
 class _Window(Mapping):
     """A Mapping whose offset is not page-aligned (Python >= 3.12 only)."""
 
-    _skip: int = 0
-    _length: int = 0
+    __slots__ = ("_length", "_skip")
+    _skip: int
+    _length: int
 
     def __buffer__(self, flags: int) -> memoryview:
         whole = mmap.mmap.__buffer__(self, flags)
@@ -212,20 +217,29 @@ class SharedMemory:
 
     @classmethod
     def create(
-        cls, name: str | None, size: int, *, reserve: bool = True, populate: bool = False
+        cls,
+        name: str | None,
+        size: int,
+        *,
+        reserve: bool = True,
+        populate: bool | None = None,
     ) -> SharedMemory:
         """Create a region of ``size`` bytes; ``name`` is for debugging only.
 
         ``reserve`` (default True) allocates the pages now with ``fallocate``, so that a full
         tmpfs or memory cgroup raises ``OSError(ENOSPC/ENOMEM)`` here instead of SIGBUS on
-        first touch. ``populate`` prefaults every mapping made from this object
-        (``MADV_POPULATE_WRITE``/``READ``), trading map time for fault-free access.
+        first touch. ``populate=True`` prefaults every mapping made from this object
+        (``MADV_POPULATE_WRITE``/``READ``), trading map time for fault-free access;
+        ``False`` never does; ``None`` (default) prefaults read-write mappings of at least
+        ``POPULATE_AUTO_MIN`` (1 MiB), where one madvise costs less than a fault per page
+        while filling them (see benchmarks/bench_fill.py). A large region that is mapped but
+        barely touched pays for mapping all its pages: pass ``populate=False`` there.
         """
         fd = region.create_region(name, size)
         label = region.kernel_name(name)
         try:
             if reserve:
-                region.reserve_region(fd)
+                region.reserve_region(fd, size)
         except BaseException:
             os.close(fd)
             raise
@@ -395,7 +409,10 @@ class SharedMemory:
                 f"< 3.12 cannot expose a window that starts inside a page: map from "
                 f"{offset - skip} and slice memoryview(mapping)[{skip}:]"
             )
-        if self._populate if populate is None else populate:
+        want = self._populate if populate is None else populate
+        if want is None:  # create()'s default: prefault where faults would cost more
+            want = bool(prot & PROT_WRITE) and length >= POPULATE_AUTO_MIN
+        if want:
             _populate(mapping)
         return mapping
 

@@ -1,8 +1,8 @@
 """The only module that talks to libc directly, and the only one that turns OSError into
 ashmem errors.
 
-Everything the standard library wraps (``os.memfd_create``, ``fcntl``, ``mmap``) is used as
-is; ctypes fills the gaps: ``fallocate`` with flags, ``pidfd_getfd``.
+Everything the standard library wraps (``os.memfd_create``, ``fcntl``, ``mmap``,
+``os.posix_fallocate``) is used as is; ctypes fills the gap: ``pidfd_getfd``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ F_SEAL_GROW = 0x0004
 F_SEAL_WRITE = 0x0008
 F_SEAL_FUTURE_WRITE = 0x0010  # Linux 5.1
 
-# fallocate(2) modes.
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-
 # madvise(2) advice not all Python versions name.
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 
@@ -48,16 +44,7 @@ MADV_POPULATE_WRITE = 23  # Linux 5.14
 _PIDFD_GETFD = 438
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc.fallocate.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    """fallocate(2). Borrows ``fd``. Raises the raw OSError; callers translate it."""
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

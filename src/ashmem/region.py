@@ -146,13 +146,17 @@ def create_region(name: str | None, size: int) -> int:
     return fd
 
 
-def reserve_region(fd: int) -> None:
-    """Allocate every page of the region now (``fallocate``), so that a full tmpfs or memory
-    cgroup fails here with ``OSError(ENOSPC)`` or ``OSError(ENOMEM)`` instead of killing the
-    process with SIGBUS on first touch later. Borrows ``fd``."""
-    size = get_size_region(fd)
+def reserve_region(fd: int, size: int | None = None) -> None:
+    """Allocate every page of the region now, so that a memory cgroup (or a size-limited
+    tmpfs) that cannot grant them fails here with ``OSError(ENOMEM/ENOSPC)`` instead of a
+    later write stalling or dying in a page fault. ``size``: the region's size if the caller
+    knows it (saves an ``fstat``). Borrows ``fd``."""
+    if size is None:
+        size = get_size_region(fd)
     try:
-        _sys.fallocate(fd, 0, 0, size)
+        # fallocate(2) mode 0 on tmpfs; unlike a bare ctypes call it retries on EINTR,
+        # which a large reservation can get from any signal.
+        os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         raise _sys.translate(exc, f"reserve {size} bytes", _name_or_none(fd)) from exc
 
