@@ -67,12 +67,13 @@ def test_populate_default_prefaults_large_writable_mappings_only() -> None:
             assert os.fstat(shm.fileno()).st_blocks == 0  # read-only: never prefaulted
         with shm.map_read_write():
             assert os.fstat(shm.fileno()).st_blocks * 512 >= big
-    with SharedMemory.create("auto-small", big - PAGE, reserve=False) as shm:
-        with shm.map_read_write():
-            assert os.fstat(shm.fileno()).st_blocks == 0
-    with SharedMemory.create("never", big, reserve=False, populate=False) as shm:
-        with shm.map_read_write():
-            assert os.fstat(shm.fileno()).st_blocks == 0
+    with SharedMemory.create("auto-small", big - PAGE, reserve=False) as shm, shm.map_read_write():
+        assert os.fstat(shm.fileno()).st_blocks == 0
+    with (
+        SharedMemory.create("never", big, reserve=False, populate=False) as shm,
+        shm.map_read_write(),
+    ):
+        assert os.fstat(shm.fileno()).st_blocks == 0
 
 
 def test_close_is_idempotent_and_everything_after_raises_closed() -> None:
