@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean test-versions
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,18 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# The suite again under the oldest and newest other CPythons this machine has (pyenv), if any:
+# 3.10 is the floor we promise, 3.13+ takes other mmap paths (trackfd, PEP 688 windows).
+OTHER_PYTHONS := $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python3 $(HOME)/.pyenv/versions/3.13.*/bin/python3)
+
+test-versions:
+	@for py in $(OTHER_PYTHONS); do \
+	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  echo "== Python $$v: $$py"; \
+	  [ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v || exit 1; \
+	  .venv-$$v/bin/python -m pip install --quiet -e '.[test]' || exit 1; \
+	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider tests || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-3.* build .mypy_cache .ruff_cache .pytest_cache .hypothesis

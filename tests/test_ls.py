@@ -255,7 +255,17 @@ def map_files_readable() -> bool:
 
 
 def can_run_as_nobody() -> bool:
-    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+    """Root, setpriv, and an interpreter that nobody may run (a Python built with a shared
+    libpython under root's home cannot load it as nobody)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(
+        [*_user_prefix(NOBODY), sys.executable, "-c", "import ashmem"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return probe.returncode == 0
 
 
 class Scene:
@@ -420,7 +430,7 @@ def test_table_lists_the_regions(procs: Procs) -> None:
     assert by_name[mapped_only].split()[2] == "-"  # fd: held only as a mapping
 
 
-@pytest.mark.skipif(not can_run_as_nobody(), reason="needs root and setpriv to become nobody")
+@pytest.mark.skipif(not can_run_as_nobody(), reason="needs root, setpriv and a Python that nobody may run")
 def test_unprivileged_user_sees_own_regions_with_unknowns(procs: Procs) -> None:
     scene = Scene(procs, as_user=NOBODY)
     check_scene(scene, ls_json(as_user=NOBODY), privileged=False)
