@@ -13,6 +13,7 @@ under a live view, and no access can segfault. Release the views, then close.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import mmap
@@ -68,6 +69,9 @@ class Mapping(mmap.mmap):
             self = super().__new__(cls, fd, length, _MAP_SHARED, prot, 0, offset, **_MMAP_EXTRA)
         except OSError as exc:
             doing = "map read-write" if prot & PROT_WRITE else "map read-only"
+            if name is None:  # a received region whose name nobody asked for yet
+                with contextlib.suppress(OSError, ValueError):
+                    name = region.get_name_region(fd)
             raise _sys.translate(exc, doing, name) from exc
         self._region = name
         self._readonly = not prot & PROT_WRITE
@@ -86,7 +90,9 @@ class Mapping(mmap.mmap):
 
     @property
     def region_name(self) -> str | None:
-        """Debug name of the region this maps."""
+        """Debug name of the region this maps. None when it was mapped from a received
+        region before anyone asked for its name: reading it costs a ``/proc`` lookup that
+        the hand-off path does not pay (``SharedMemory.name`` reads it)."""
         return self._region
 
     def close(self) -> None:
@@ -204,9 +210,11 @@ class SharedMemory:
     _name: str | None = None
     _name_pending: bool = False
     _size: int = 0
-    _populate: bool = False
+    _populate: bool | None = False
 
-    def __init__(self, fd: int, *, name: str | None, size: int, populate: bool = False) -> None:
+    def __init__(
+        self, fd: int, *, name: str | None, size: int, populate: bool | None = False
+    ) -> None:
         """Private: use ``create``, ``from_fd`` or ``from_pid``."""
         self._fd = fd
         self._name = name
@@ -399,9 +407,9 @@ class SharedMemory:
             )
         skip = offset % PAGE_SIZE
         if not skip:
-            mapping = Mapping(fd, length, prot, offset, self.name)
+            mapping = Mapping(fd, length, prot, offset, self._name)
         elif _UNALIGNED_OK:
-            mapping = _Window(fd, skip + length, prot, offset - skip, self.name)
+            mapping = _Window(fd, skip + length, prot, offset - skip, self._name)
             mapping._offset, mapping._skip, mapping._length = offset, skip, length
         else:
             raise ValueError(
