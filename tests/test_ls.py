@@ -430,7 +430,9 @@ def test_table_lists_the_regions(procs: Procs) -> None:
     assert by_name[mapped_only].split()[2] == "-"  # fd: held only as a mapping
 
 
-@pytest.mark.skipif(not can_run_as_nobody(), reason="needs root, setpriv and a Python that nobody may run")
+@pytest.mark.skipif(
+    not can_run_as_nobody(), reason="needs root, setpriv and a Python that nobody may run"
+)
 def test_unprivileged_user_sees_own_regions_with_unknowns(procs: Procs) -> None:
     scene = Scene(procs, as_user=NOBODY)
     check_scene(scene, ls_json(as_user=NOBODY), privileged=False)

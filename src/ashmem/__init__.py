@@ -5,7 +5,8 @@ another process, can be restricted to read-only for good, and are freed when the
 descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM_RIGHTS.
 
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
-(libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes.
+(libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
+``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
 """
 
 from . import fdpass as fdpass
@@ -27,6 +28,17 @@ from .region import PROT_WRITE as PROT_WRITE
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
+    # which programs that only share regions should not pay for at import.
+    if name == "binder":
+        import importlib
+
+        return importlib.import_module(".binder", __name__)
+    raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
+
+
 __all__ = [
     "POPULATE_AUTO_MIN",
     "PROT_EXEC",
@@ -42,6 +54,7 @@ __all__ = [
     "ProtectionError",
     "SharedMemory",
     "UnsupportedPlatformError",
+    "binder",
     "fdpass",
     "region",
 ]

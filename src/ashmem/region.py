@@ -43,6 +43,7 @@ __all__ = [
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
+    "contents_sealed_region",
     "create_region",
     "get_name_region",
     "get_prot_region",
@@ -51,6 +52,7 @@ __all__ = [
     "populate_region",
     "region_size",
     "reserve_region",
+    "seal_contents_region",
     "set_prot_region",
     "valid",
 ]
@@ -265,6 +267,23 @@ def valid(fd: int) -> bool:
     if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
         return False
     return region_size(fd) is not None
+
+
+def seal_contents_region(fd: int) -> None:
+    """Freeze the region's bytes for good (``F_SEAL_WRITE | F_SEAL_SEAL``): stronger than
+    removing ``PROT_WRITE``, it also stops writes through mappings that already exist, so the
+    kernel refuses it (``OSError(EBUSY)``) while any writable shared mapping is alive. For
+    payloads written with ``pwrite`` and never mapped. Borrows ``fd``."""
+    try:
+        fcntl.fcntl(fd, _sys.F_ADD_SEALS, _sys.F_SEAL_WRITE | _sys.F_SEAL_SEAL)
+    except OSError as exc:
+        raise _sys.translate(exc, "seal the contents", _name_or_none(fd)) from exc
+
+
+def contents_sealed_region(fd: int) -> bool:
+    """True if the region's bytes are frozen for good (``F_SEAL_WRITE``): no holder, in any
+    process, can change them. Borrows ``fd``."""
+    return bool(_seals(fd) & _sys.F_SEAL_WRITE)
 
 
 def check_prot(prot: object) -> int:

@@ -1,0 +1,873 @@
+"""The binder thread pool: everything this process serves (Android's ``ProcessState`` and
+``IPCThreadState``).
+
+One epoll set holds every listening socket and every connection; the pool's threads all wait
+on it, and each readiness event goes to exactly one thread (``EPOLLONESHOT``: the fd is
+disarmed until that thread re-arms it). The thread that takes a connection's event *owns*
+the connection: only it reads from it, replies on it, re-arms it or closes it. Nobody else
+ever closes a connection; to get rid of one from outside (service removed, pool stopped) we
+``shutdown()`` it, which wakes its owner (or makes it readable), and the owner drops it.
+That rule is what makes fd reuse races impossible.
+
+Latency: after answering a two-way call, the owning thread keeps waiting on that same
+connection for ``LINGER`` seconds with a plain blocking ``recvmsg`` (``SO_RCVTIMEO``), as long
+as another pool thread is idle in epoll to serve everyone else. A client calling in a loop
+then costs the service exactly one ``recvmsg`` and one ``sendmsg`` per call, like a
+hand-written socket server, instead of an extra ``epoll_wait`` and ``epoll_ctl``.
+
+Threads start on demand (one at first, another whenever no thread is left idle) up to
+``set_max_threads`` (default 16); none is created per call.
+
+One-way calls: each served binder has a FIFO. The thread that reads a one-way message
+appends it *before* it reads the next one from that connection, so arrival order is queue
+order; the first thread to find the binder idle delivers the queue one message at a time
+until it is empty, then goes on reading its connection.
+A queue longer than ``ONEWAY_BACKLOG`` stops reading the connections that feed it until it
+drains, so a flood of one-way calls pushes back on its senders instead of eating memory.
+
+Fork: a child forked from a process with a pool gets none (threads do not survive fork);
+``os.register_at_fork`` closes the inherited sockets in the child so that the parent's peers
+still see the parent die, and the child can start its own pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+
+from .._errors import MessageError
+from . import _wire
+from ._binder import (
+    FIRST_CALL_TRANSACTION,
+    FLAG_ONEWAY,
+    INTERFACE_TRANSACTION,
+    LAST_CALL_TRANSACTION,
+    PING_TRANSACTION,
+    Binder,
+    Credentials,
+    Policy,
+    _identity,
+)
+from ._errors import BadParcel
+from ._parcel import Parcel
+
+__all__ = ["get_max_threads", "publish", "set_max_threads"]
+
+logger = logging.getLogger("ashmem.binder")
+
+#: Seconds a thread keeps waiting on a connection it just served before going back to epoll.
+LINGER = 0.01
+#: One-way messages queued for one binder before its senders are made to wait.
+ONEWAY_BACKLOG = 1024
+DEFAULT_MAX_THREADS = 16
+_ACCEPT_BATCH = 64
+_READ = select.EPOLLIN | select.EPOLLONESHOT
+_RECV_NOWAIT = _wire.RECV_FLAGS | _wire.DONTWAIT
+_SEND_NOWAIT = _wire.SEND_FLAGS | _wire.DONTWAIT
+_ERROR_TEXT_MAX = 4096
+_NO_FDS: list[int] = []  # shared, never mutated: what a message without descriptors carries
+_FAST_HEADER = _wire.FAST.unpack_from
+_PREFIX = _wire.PREFIX
+_TRANSACTION = _wire.TRANSACTION
+_HEADER_SIZE = _wire.HEADER_SIZE
+_MAX_MESSAGE = _wire.MAX_MESSAGE
+_CMSG_SPACE = _wire.CMSG_SPACE
+_RECV_FLAGS = _wire.RECV_FLAGS
+_MAX_FDS = _wire.MAX_FDS
+_take_fds = _wire.take_fds
+_new = object.__new__
+_REPLY_HEADER = struct.Struct("<8sII").pack
+_REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+
+_max_threads = DEFAULT_MAX_THREADS
+
+
+def set_max_threads(count: int) -> None:
+    """Let this process's binder thread pool grow to ``count`` threads (default 16), as
+    Android's ``setThreadPoolMaxThreadCount``. Threads start on demand; a smaller value
+    does not stop threads already running. A thread that joined with ``serve`` counts.
+
+    >>> from ashmem.binder import set_max_threads, get_max_threads
+    >>> set_max_threads(8); get_max_threads()
+    8
+    >>> set_max_threads(16)
+    """
+    global _max_threads
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"the thread pool needs at least 1 thread, got {count!r}")
+    _max_threads = count
+    state = _state
+    if state is not None:
+        state.max_threads = count
+
+
+def get_max_threads() -> int:
+    """The most threads this process's binder thread pool may run.
+
+    >>> from ashmem.binder import get_max_threads
+    >>> get_max_threads() >= 1
+    True
+    """
+    return _max_threads
+
+
+class _Node:
+    """One binder served by this process: its token, policy and one-way queue."""
+
+    __slots__ = (
+        "__weakref__",
+        "binder",
+        "closed",
+        "conns",
+        "draining",
+        "label",
+        "lock",
+        "policy",
+        "queue",
+        "ready",
+        "state",
+        "token",
+    )
+
+    def __init__(self, state: _ProcessState, binder: Binder, label: str) -> None:
+        self.state = state
+        self.binder = binder
+        self.label = label
+        self.token = secrets.token_bytes(_wire.TOKEN_SIZE)
+        # None: anyone holding the token (a capability, as an Android binder reference).
+        self.policy: Policy | None = None
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.queue: collections.deque[tuple[Credentials, int, Parcel]] = collections.deque()
+        self.draining = False
+        self.closed = False
+        self.conns: set[_Connection] = set()
+
+
+class _Listener:
+    __slots__ = ("closing", "fd", "node", "sock")
+
+    def __init__(self, sock: socket.socket, node: _Node | None) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.node = node  # None for the host socket, which finds binders by token
+        self.closing = False
+
+
+class _Connection:
+    __slots__ = ("creds", "fd", "greeted", "node", "sock")
+
+    def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.creds = creds
+        self.node = node
+        self.greeted = False
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+class _ProcessState:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.max_threads = _max_threads
+        self._lock = threading.Lock()
+        self._handlers: dict[int, _Listener | _Connection] = {}
+        self._by_token: weakref.WeakValueDictionary[bytes, _Node] = weakref.WeakValueDictionary()
+        self._threads: list[threading.Thread] = []
+        self._nthreads = 0
+        self._idle = 0
+        self._stopping = False
+        self._closed = False
+        self._ep = select.epoll()
+        try:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._ep.register(self._wake, select.EPOLLIN)  # level-triggered: wakes all
+            self.host_address = b"\0ashmem-binder-%d-%s" % (
+                self.pid,
+                secrets.token_hex(8).encode(),
+            )
+            host = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                host.bind(self.host_address)
+                host.listen(socket.SOMAXCONN)
+                host.setblocking(False)
+            except BaseException:
+                host.close()
+                raise
+        except BaseException:
+            self._ep.close()
+            raise
+        self.add_listener(host, None)
+        self._spawn()
+
+    # -- registration -------------------------------------------------------------------
+
+    def node_for(self, binder: Binder, label: str | None = None) -> _Node:
+        """The node serving ``binder`` here, made on first use."""
+        if not isinstance(binder, Binder):
+            raise TypeError(f"expected a Binder, not {type(binder).__name__}")
+        with self._lock:
+            node: _Node | None = binder.__dict__.get("_ashmem_node")
+            if node is None or node.state is not self or node.closed:
+                node = _Node(self, binder, label or type(binder).__name__)
+                # The binder holds its node and the registry holds it weakly: a published
+                # binder lives as long as the application or a connection keeps it.
+                binder.__dict__["_ashmem_node"] = node
+                self._by_token[node.token] = node
+            elif label is not None:
+                node.label = label
+            return node
+
+    def add_listener(self, sock: socket.socket, node: _Node | None) -> _Listener:
+        """Serve connections arriving on ``sock`` (a listening, non-blocking socket; taken)."""
+        listener = _Listener(sock, node)
+        with self._lock:
+            if self._stopping:
+                sock.close()
+                raise RuntimeError("the binder thread pool is stopping")
+            self._handlers[listener.fd] = listener
+            self._ep.register(listener.fd, _READ)
+        return listener
+
+    def remove_listener(self, listener: _Listener) -> None:
+        """Stop accepting on ``listener``; its owner thread closes it (see module doc)."""
+        listener.closing = True
+        with contextlib.suppress(OSError):
+            listener.sock.shutdown(socket.SHUT_RDWR)
+
+    def close_node(self, node: _Node) -> None:
+        """Stop serving ``node``: refuse new connections to it and drop the current ones
+        (their proxies see the binder die)."""
+        with node.lock:
+            node.closed = True
+            conns = list(node.conns)
+            node.ready.notify_all()
+        self._by_token.pop(node.token, None)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._stopping or self._nthreads >= self.max_threads:
+                return
+            self._nthreads += 1
+            thread = threading.Thread(
+                target=self._run, name=f"ashmem-binder-{len(self._threads) + 1}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
+
+    def join(self) -> None:
+        """Run the pool loop in the calling thread until ``stop()`` (``joinThreadPool``)."""
+        with self._lock:
+            self._nthreads += 1
+        self._run()
+
+    def _run(self) -> None:
+        ep, lock = self._ep, self._lock
+        try:
+            while True:
+                with lock:
+                    self._idle += 1
+                try:
+                    events = ep.poll(-1, 1)
+                except OSError:  # the epoll fd was closed under us by stop()
+                    return
+                finally:
+                    with lock:
+                        self._idle -= 1
+                        starve = self._idle == 0 and self._nthreads < self.max_threads
+                if self._stopping:
+                    return
+                if starve:
+                    self._spawn()
+                # In a helper, so that an idle thread keeps no reference to its last
+                # connection (and through it, to a binder).
+                self._dispatch(events)
+        finally:
+            with lock:
+                self._nthreads -= 1
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        for fd, _ in events:
+            if fd == self._wake:
+                continue
+            handler = self._handlers.get(fd)
+            if handler is None:
+                continue
+            if type(handler) is _Connection:
+                try:
+                    self._serve(handler)
+                except Exception:
+                    logger.exception(
+                        "binder thread pool: dropping a connection after an unexpected error"
+                    )
+                    self._drop(handler)
+            else:
+                assert isinstance(handler, _Listener)
+                try:
+                    self._accept(handler)
+                except Exception:
+                    logger.exception("binder thread pool: error accepting connections")
+                    self._rearm_listener(handler)
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def _accept(self, listener: _Listener) -> None:
+        if listener.closing or self._stopping:
+            self._drop_listener(listener)
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listener.sock.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.warning("binder: cannot accept a connection: %s; retrying", exc)
+                    time.sleep(0.01)  # the backlog stays readable: do not spin on it
+                    break
+                raise
+            self._add_connection(sock, listener.node)
+        self._rearm_listener(listener)
+
+    def _rearm_listener(self, listener: _Listener) -> None:
+        if listener.closing or self._stopping:
+            self._drop_listener(listener)
+            return
+        try:
+            self._ep.modify(listener.fd, _READ)
+        except OSError:
+            self._drop_listener(listener)
+
+    def _drop_listener(self, listener: _Listener) -> None:
+        with self._lock:
+            if self._handlers.get(listener.fd) is not listener:
+                return
+            del self._handlers[listener.fd]
+        with contextlib.suppress(OSError, ValueError):
+            self._ep.unregister(listener.fd)
+        listener.sock.close()
+
+    def _add_connection(self, sock: socket.socket, node: _Node | None) -> None:
+        try:
+            sock.setblocking(True)
+            creds = Credentials(*_wire.peer_credentials(sock))
+            _wire.set_receive_timeout(sock, LINGER)
+        except OSError:
+            sock.close()
+            return
+        conn = _Connection(sock, creds, node)
+        with self._lock:
+            if self._stopping:
+                sock.close()
+                return
+            self._handlers[conn.fd] = conn
+        try:
+            self._ep.register(conn.fd, _READ)
+        except (OSError, ValueError):  # stop() closed the epoll set meanwhile
+            with self._lock:
+                self._handlers.pop(conn.fd, None)
+            sock.close()
+
+    def _admit(self, conn: _Connection, node: _Node) -> bool:
+        """Check ``node``'s policy for ``conn``; refuse (and drop) it if it fails."""
+        policy = node.policy
+        if policy is None:
+            return True
+        creds = conn.creds
+        try:
+            allowed = bool(policy(creds))
+        except Exception:
+            logger.exception("binder: access policy of %s raised; refusing the caller", node.label)
+            allowed = False
+        if allowed:
+            return True
+        logger.warning(
+            "binder: refused pid %d (uid %d, gid %d) access to %s: not allowed by %r",
+            creds.pid,
+            creds.uid,
+            creds.gid,
+            node.label,
+            policy,
+        )
+        self._refuse(
+            conn,
+            _wire.REFUSED_PERMISSION,
+            f"{node.label} refuses uid {creds.uid} (gid {creds.gid}); the service must "
+            "allow it (allow_uids / allow_gids / policy)",
+        )
+        return False
+
+    # -- connections --------------------------------------------------------------------
+
+    def _rearm(self, conn: _Connection) -> None:
+        node = conn.node
+        if self._stopping or (node is not None and node.closed):
+            self._drop(conn)
+            return
+        try:
+            self._ep.modify(conn.fd, _READ)
+        except OSError:
+            self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        """Close ``conn``. Only its owner thread calls this."""
+        with self._lock:
+            if self._handlers.get(conn.fd) is conn:
+                del self._handlers[conn.fd]
+        node = conn.node
+        if node is not None:
+            with node.lock:
+                node.conns.discard(conn)
+        with contextlib.suppress(OSError, ValueError):
+            self._ep.unregister(conn.fd)
+        conn.sock.close()
+
+    def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
+        """Tell the peer why, then drop the connection (or close it, if never registered)."""
+        text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
+        sock = conn.sock
+        with contextlib.suppress(OSError):
+            sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
+        # Closing a socket with unread messages resets the peer's end (ECONNRESET), and the
+        # peer would lose our reason: read what it already sent first.
+        for _ in range(_wire.MAX_FDS):
+            try:
+                msg, anc, _, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _RECV_NOWAIT)
+            except OSError:
+                break
+            _wire.close_fds(_wire.take_fds(anc))
+            if not msg:
+                break
+        if conn.fd in self._handlers:
+            self._drop(conn)
+        else:
+            conn.sock.close()
+
+    def _serve(self, conn: _Connection) -> None:
+        """Read and handle messages on ``conn``, which this thread owns until it re-arms or
+        drops it."""
+        sock = conn.sock
+        recvmsg, send = sock.recvmsg, sock.send
+        flags = _RECV_NOWAIT
+        while True:
+            try:
+                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+            except BlockingIOError:  # nothing (more) to read, or the linger expired
+                self._rearm(conn)
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            fds = _take_fds(anc) if anc else _NO_FDS
+            if not mflags and len(msg) >= _HEADER_SIZE and conn.greeted:
+                # The fast path: a two-way user call without descriptors. Every check of
+                # _wire.check for this one shape, and _call, inline: after a context switch
+                # each bytecode costs, and this is most of what a service does.
+                prefix, kind, mflags, nfds, reserved, code, seq = _FAST_HEADER(msg)
+                if (
+                    prefix == _PREFIX
+                    and kind == _TRANSACTION
+                    and not (mflags | reserved)
+                    and nfds == len(fds) <= _MAX_FDS
+                    and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
+                ):
+                    node = conn.node
+                    assert node is not None
+                    data = _new(Parcel)
+                    data.__dict__ = {"_data": msg, "_start": 16, "_pos": 16, "_end": len(msg)}
+                    if fds:
+                        data._fds = fds
+                    reply = _new(Parcel)
+                    _identity.creds = conn.creds
+                    try:
+                        status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
+                    except BaseException as exc:
+                        _identity.creds = None
+                        data.close()
+                        reply.close()
+                        if not self._reply_error(conn, node, code, seq, exc):
+                            return
+                    else:
+                        _identity.creds = None
+                        if reply._buf is None and not reply._fds:
+                            try:  # an empty reply: just the header
+                                send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
+                            except OSError:  # the caller is gone, or does not read replies
+                                data.close()
+                                self._drop(conn)
+                                return
+                        elif not self._reply(conn, node, code, seq, status, reply):
+                            data.close()
+                            return
+                        if data._fds:  # after replying: the caller need not wait for this
+                            data.close()
+                    if self._idle and not self._stopping:
+                        flags = _RECV_FLAGS  # linger: see the module docstring
+                        continue
+                    self._rearm(conn)
+                    return
+            if not msg:
+                _wire.close_fds(fds)
+                self._drop(conn)
+                return
+            try:
+                kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
+            except MessageError as exc:
+                _wire.close_fds(fds)
+                version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
+                reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
+                logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+                self._refuse(conn, reason, str(exc))
+                return
+            if kind == _wire.TRANSACTION and conn.greeted:
+                if mflags & _wire.F_ONEWAY:
+                    if self._oneway(conn, code, mflags, msg, fds):
+                        return
+                elif not self._call(conn, code, mflags, seq, msg, fds):
+                    return
+            elif not conn.greeted:
+                if kind != _wire.HELLO or fds:
+                    _wire.close_fds(fds)
+                    self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
+                    return
+                if not self._hello(conn, msg, seq):
+                    return
+            else:
+                _wire.close_fds(fds)
+                self._refuse(
+                    conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
+                )
+                return
+            # Linger on this connection only while someone else watches the others.
+            if self._idle > 0 and not self._stopping:
+                flags = _wire.RECV_FLAGS
+            else:
+                self._rearm(conn)
+                return
+
+    def _hello(self, conn: _Connection, msg: bytes, seq: int) -> bool:
+        token = msg[_wire.HEADER_SIZE :]
+        node = conn.node
+        if node is None:
+            if len(token) != _wire.TOKEN_SIZE:
+                self._refuse(conn, _wire.REFUSED_PROTOCOL, "HELLO needs a 16-byte binder token")
+                return False
+            node = self._by_token.get(token)
+            if node is None or node.closed:
+                self._refuse(
+                    conn, _wire.REFUSED_NO_SUCH_BINDER, "no such binder here (it was released)"
+                )
+                return False
+            conn.node = node
+            if not self._admit(conn, node):
+                return False
+        elif token:
+            self._refuse(conn, _wire.REFUSED_PROTOCOL, "a named service's HELLO takes no token")
+            return False
+        elif not self._admit(conn, node):
+            return False
+        with node.lock:
+            if node.closed:
+                closed = True
+            else:
+                closed = False
+                node.conns.add(conn)
+        if closed:
+            self._refuse(conn, _wire.REFUSED_NO_SUCH_BINDER, f"{node.label} is shutting down")
+            return False
+        conn.greeted = True
+        welcome = _wire.encode_reference(self.host_address, node.token)
+        try:
+            conn.sock.sendmsg([_wire.pack(_wire.WELCOME, 0, 0, 0, seq), welcome], (), _SEND_NOWAIT)
+        except OSError:
+            self._drop(conn)
+            return False
+        return True
+
+    def _parcel(self, conn: _Connection, msg: bytes, flags: int, fds: list[int]) -> Parcel | None:
+        try:
+            return Parcel._from_message(msg, flags, fds)
+        except (BadParcel, OSError) as exc:
+            logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+            self._refuse(conn, _wire.REFUSED_PROTOCOL, f"bad spilled payload: {exc}")
+            return None
+
+    def _call(
+        self, conn: _Connection, code: int, flags: int, seq: int, msg: bytes, fds: list[int]
+    ) -> bool:
+        """A two-way transaction. False if this thread no longer owns the connection
+        (dropped, or handed back to the pool)."""
+        if flags:
+            spilled = self._parcel(conn, msg, flags, fds)
+            if spilled is None:
+                return False
+            data = spilled
+        else:
+            data = Parcel()
+            data._data = msg
+            data._start = data._pos = _wire.HEADER_SIZE
+            data._end = len(msg)
+            if fds:
+                data._fds = fds
+        node = conn.node
+        assert node is not None
+        reply = Parcel()
+        _identity.creds = conn.creds
+        try:
+            if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
+            else:
+                status = _invoke(node.binder, code, data, reply, 0)
+        except BaseException as exc:
+            _identity.creds = None
+            data.close()
+            reply.close()
+            return self._reply_error(conn, node, code, seq, exc)
+        _identity.creds = None
+        if reply._buf is None and not reply._fds:
+            # The common case, an empty reply: one send of the header.
+            try:
+                conn.sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
+                kept = True
+            except OSError:  # the caller went away, or does not read its replies
+                self._drop(conn)
+                kept = False
+        else:
+            kept = self._reply(conn, node, code, seq, status, reply)
+        if flags:
+            # A spilled payload: unmapping it frees its pages if ours is the last
+            # reference, which takes a while for a large one. Reply first, and let another
+            # thread take the caller's next call meanwhile.
+            if kept:
+                self._rearm(conn)
+            data.close()
+            return False
+        if data._fds:
+            data.close()
+        return kept
+
+    def _reply(
+        self, conn: _Connection, node: _Node, code: int, seq: int, status: int, reply: Parcel
+    ) -> bool:
+        try:
+            try:
+                outgoing = reply._outgoing()
+            except OSError as exc:  # the reply could not be spilled (ENOSPC, EMFILE, ...)
+                return self._reply_error(conn, node, code, seq, exc)
+            try:
+                _wire.send_message(conn.sock, _wire.REPLY, 0, status, seq, outgoing, _SEND_NOWAIT)
+            finally:
+                if outgoing[3] >= 0:
+                    os.close(outgoing[3])
+        except OSError:  # the caller went away, or does not read its replies
+            self._drop(conn)
+            return False
+        finally:
+            reply.close()
+        return True
+
+    def _reply_error(
+        self, conn: _Connection, node: _Node, code: int, seq: int, exc: BaseException
+    ) -> bool:
+        error = _error_parcel(node, code, conn, exc)
+        try:
+            _wire.send_message(
+                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
+            )
+        except OSError:
+            self._drop(conn)
+            return False
+        finally:
+            error.close()
+        return True
+
+    def _oneway(self, conn: _Connection, code: int, flags: int, msg: bytes, fds: list[int]) -> bool:
+        """Queue a one-way transaction, delivering the queue if nobody is. True if this
+        thread let go of the connection."""
+        data = self._parcel(conn, msg, flags, fds)
+        if data is None:
+            return True
+        node = conn.node
+        assert node is not None
+        with node.lock:
+            node.queue.append((conn.creds, code, data))
+            if node.draining:
+                # Someone delivers; keep reading. Push back on the sender if we run ahead.
+                while len(node.queue) >= ONEWAY_BACKLOG and not node.closed and not self._stopping:
+                    node.ready.wait(0.1)
+                return False
+            node.draining = True
+        # Deliver the queue, ours first, then go on reading this connection: one thread
+        # reads and delivers a busy sender's calls, no epoll round trip between them.
+        # Others reading other connections append to the queue meanwhile, and we deliver
+        # theirs too, in the order they were appended.
+        self._drain(node)
+        return False
+
+    def _drain(self, node: _Node) -> None:
+        queue = node.queue
+        while True:
+            with node.lock:
+                if not queue or self._stopping:
+                    node.draining = False
+                    for _, _, data in queue:
+                        data.close()
+                    if self._stopping:
+                        queue.clear()
+                    node.ready.notify_all()
+                    return
+                creds, code, data = queue.popleft()
+                if len(queue) == ONEWAY_BACKLOG - 1:
+                    node.ready.notify_all()
+            _identity.creds = creds
+            try:
+                _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
+            except BaseException:
+                logger.exception(
+                    "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
+                    code,
+                    node.label,
+                    creds.pid,
+                )
+            finally:
+                _identity.creds = None
+                data.close()
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Make every pool thread return (``join`` returns); safe in a signal handler."""
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every thread, close every socket. Services' names are removed by their
+        owners (``Service.close``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+            handlers = list(self._handlers.values())
+            threads = list(self._threads)
+        os.eventfd_write(self._wake, 1)
+        for handler in handlers:  # wake threads lingering on a connection
+            with contextlib.suppress(OSError):
+                handler.sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        for thread in threads:
+            if thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            handlers = list(self._handlers.values())
+            self._handlers.clear()
+        for handler in handlers:
+            handler.sock.close()
+        self._ep.close()
+        os.close(self._wake)
+
+    def abandon(self) -> None:
+        """In a forked child: close the inherited sockets, touch nothing else."""
+        self._stopping = self._closed = True
+        for handler in list(self._handlers.values()):
+            handler.sock.close()
+        self._handlers.clear()
+        self._ep.close()
+        os.close(self._wake)
+
+
+def _invoke(binder: Binder, code: int, data: Parcel, reply: Parcel, flags: int) -> int:
+    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+        if binder.on_transact(code, data, reply, flags):
+            return _wire.STATUS_OK
+        return _wire.STATUS_UNKNOWN_TRANSACTION
+    if code == PING_TRANSACTION:
+        return _wire.STATUS_OK
+    if code == INTERFACE_TRANSACTION:
+        reply.write_string(binder.descriptor)
+        return _wire.STATUS_OK
+    return _wire.STATUS_UNKNOWN_TRANSACTION
+
+
+def _error_parcel(node: _Node, code: int, conn: _Connection, exc: BaseException) -> Parcel:
+    logger.error(
+        "binder: on_transact(code=%d) of %s raised (caller pid %d, uid %d)",
+        code,
+        node.label,
+        conn.creds.pid,
+        conn.creds.uid,
+        exc_info=exc,
+    )
+    error = Parcel()
+    error.write_string(_describe(exc))
+    error.write_string(str(exc)[:_ERROR_TEXT_MAX])
+    return error
+
+
+_state: _ProcessState | None = None
+_state_lock = threading.Lock()
+
+
+def process_state() -> _ProcessState:
+    """This process's pool, started on first use."""
+    global _state
+    state = _state
+    if state is not None:
+        return state
+    with _state_lock:
+        if _state is None:
+            _state = _ProcessState()
+        return _state
+
+
+def current_state() -> _ProcessState | None:
+    return _state
+
+
+def stop_process_state() -> None:
+    """Stop this process's pool (``serve`` returning); a later use starts a new one."""
+    global _state
+    with _state_lock:
+        state, _state = _state, None
+    if state is not None:
+        state.stop()
+
+
+def publish(binder: Binder) -> tuple[bytes, bytes]:
+    """Serve ``binder`` from this process's pool: its reference ``(address, token)``."""
+    state = process_state()
+    node = state.node_for(binder)
+    return state.host_address, node.token
+
+
+def _after_fork_in_child() -> None:
+    global _state, _state_lock
+    _state_lock = threading.Lock()
+    state, _state = _state, None
+    if state is not None:
+        state.abandon()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,926 @@
+"""The client side: ``Proxy``, a remote binder, and the thread that watches for deaths.
+
+A Proxy keeps a small pool of connections (channels) to the process that serves its binder.
+A call takes an idle channel (or opens one), sends one message, waits for one reply on that
+same channel, and gives the channel back; so each channel carries at most one two-way call at
+a time, replies need no routing and no thread is involved but the caller's. Threads calling
+the same Proxy at once simply use different channels, which the service serves in parallel.
+
+One-way calls all go through one dedicated channel, under a lock, so the calls one Proxy
+sends arrive in the order they were sent; the service keeps that order per binder.
+
+Every channel after the first connects to the *reference* the service returned in its
+WELCOME (its process's own abstract socket and the binder's token), never to the service's
+name again: if the service is restarted under the same name, an old Proxy cannot silently
+reach the new process; it is dead, as on Android.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from .._errors import ClosedError, MessageError
+from . import _wire
+from ._binder import (
+    FIRST_CALL_TRANSACTION,
+    FLAG_ONEWAY,
+    INTERFACE_TRANSACTION,
+    LAST_CALL_TRANSACTION,
+    PING_TRANSACTION,
+    Credentials,
+)
+from ._errors import BadParcel, DeadObjectError, RemoteError
+from ._parcel import Parcel
+
+__all__ = ["DeathRecipient", "Proxy"]
+
+logger = logging.getLogger("ashmem.binder")
+
+#: Called once, with the dead Proxy, when the binder's process dies or its connection breaks.
+DeathRecipient = Callable[["Proxy"], object]
+
+#: Idle channels a Proxy keeps open for later calls; more are closed when given back.
+MAX_IDLE_CHANNELS = 8
+#: Seconds to wait for a new connection's WELCOME when the call has no timeout.
+CONNECT_TIMEOUT = 10.0
+
+_EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
+_NO_FDS: list[int] = []  # shared, never mutated
+_FAST_HEADER = _wire.FAST.unpack_from
+_PREFIX = _wire.PREFIX
+_CALL_HEADER = struct.Struct("<8sII").pack
+_CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+# Module-level copies of what the call path reads each time (a global, not two lookups).
+_SEND_FLAGS = _wire.SEND_FLAGS
+_RECV_FLAGS = _wire.RECV_FLAGS
+_MAX_MESSAGE = _wire.MAX_MESSAGE
+_CMSG_SPACE = _wire.CMSG_SPACE
+_HEADER_SIZE = _wire.HEADER_SIZE
+_REPLY = _wire.REPLY
+_STATUS_OK = _wire.STATUS_OK
+_live: weakref.WeakSet[Proxy] = weakref.WeakSet()
+_DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN)
+
+
+class _Channel:
+    __slots__ = ("seq", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.seq = 0
+
+
+def _refusal(msg: bytes, code: int, label: str) -> BaseException:
+    reason = msg[_wire.HEADER_SIZE :].decode("utf-8", "replace") or "no reason given"
+    if code == _wire.REFUSED_PERMISSION:
+        return PermissionError(errno.EACCES, f"{label} refused this process: {reason}")
+    if code == _wire.REFUSED_NO_SUCH_BINDER:
+        return DeadObjectError(f"{label} is gone: {reason}", binder=label)
+    return MessageError(f"{label} rejected a message: {reason}")
+
+
+def _open_channel(
+    address: str | bytes, token: bytes, timeout: float | None, label: str
+) -> tuple[_Channel, bytes, bytes, Credentials]:
+    """Connect and say HELLO: ``(channel, reference address, token, server credentials)``.
+
+    Raises ``FileNotFoundError`` / ``ConnectionRefusedError`` if nobody listens there,
+    ``PermissionError`` if the service refuses this process, ``DeadObjectError`` if the
+    binder is gone, ``TimeoutError``, ``MessageError``.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT if timeout is None else timeout)
+        sock.connect(address)
+        # If the service hung up first, its REFUSED (if any) is still waiting to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendmsg([_wire.pack(_wire.HELLO, 0, 0, 0, 0), token], (), _wire.SEND_FLAGS)
+        msg, anc, mflags, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
+        fds = _wire.take_fds(anc)
+        _wire.close_fds(fds)
+        if not msg:
+            raise DeadObjectError(f"{label} closed the connection before answering", label)
+        kind, _, code, _ = _wire.check(msg, mflags, len(fds))
+        if kind == _wire.REFUSED:
+            raise _refusal(msg, code, label)
+        if kind != _wire.WELCOME or fds:
+            raise MessageError(f"{label} answered HELLO with {_wire.KIND_NAMES[kind]}")
+        try:
+            ref_address, ref_token, _ = _wire.decode_reference(msg, _wire.HEADER_SIZE, len(msg))
+        except BadParcel as exc:
+            raise MessageError(f"{label} sent a bad reference: {exc}") from None
+        creds = Credentials(*_wire.peer_credentials(sock))
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return _Channel(sock), ref_address, ref_token, creds
+
+
+class Proxy:
+    """A binder in another process: call it with ``transact``.
+
+    Get one from ``get_service``, ``start_service`` or ``Parcel.read_binder``; it is not
+    made directly. Thread-safe: any number of threads may call one Proxy at once.
+
+    >>> from ashmem.binder import Binder, Parcel, add_service, get_service
+    >>> class Echo(Binder):
+    ...     def on_transact(self, code, data, reply, flags):
+    ...         reply.write_string(data.read_string())
+    ...         return True
+    >>> service = add_service("doctest.echo", Echo())
+    >>> proxy = get_service("doctest.echo")
+    >>> data, reply = Parcel(), Parcel()
+    >>> data.write_string("hi")
+    >>> proxy.transact(1, data, reply), reply.read_string()
+    (True, 'hi')
+    >>> proxy.close(); service.close()
+
+    Ownership: a Proxy owns its sockets; ``close()`` closes them (garbage collection too).
+    """
+
+    _closed = True  # until __init__ has run: close() and __del__ stay safe
+
+    def __init__(self, address: str | bytes, token: bytes, label: str) -> None:
+        """Private: use ``get_service``, ``start_service`` or ``Parcel.read_binder``."""
+        self._target: tuple[str | bytes, bytes] = (address, token)
+        self._ref: tuple[bytes, bytes] | None = None
+        self._creds: Credentials | None = None
+        self._label = label
+        self._idle: list[_Channel] = []
+        self._lock = threading.Lock()
+        self._oneway_lock = threading.Lock()
+        self._oneway: _Channel | None = None
+        self._recipients: list[DeathRecipient] = []
+        self._watch: socket.socket | None = None
+        self._dead: str | None = None
+        self._closed = False
+        _live.add(self)
+
+    @classmethod
+    def _from_reference(cls, address: bytes, token: bytes) -> Proxy:
+        pid = address.rsplit(b"-", 2)[1].decode()
+        proxy = cls(address, token, f"binder {token[:4].hex()} of pid {pid}")
+        proxy._ref = (address, token)
+        return proxy
+
+    @classmethod
+    def _connect_named(cls, path: str, name: str, timeout: float | None) -> Proxy:
+        """Connect to the service listening at ``path`` (errors as ``_open_channel``)."""
+        label = f"service {name!r}"
+        channel, address, token, creds = _open_channel(path, b"", timeout, label)
+        proxy = cls(path, b"", label)
+        proxy._adopt_reference(address, token, creds)
+        proxy._idle.append(channel)
+        return proxy
+
+    def _adopt_reference(self, address: bytes, token: bytes, creds: Credentials) -> None:
+        if self._ref is None or self._creds is None:
+            self._ref = (address, token)
+            self._target = (address, token)
+            self._creds = creds
+
+    # -- channels -------------------------------------------------------------------------
+
+    def _connect(self, timeout: float | None) -> _Channel:
+        if self._closed:
+            raise ClosedError(f"the Proxy for {self._label} is closed")
+        address, token = self._target
+        try:
+            channel, ref_address, ref_token, creds = _open_channel(
+                address, token, timeout, self._label
+            )
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            reason = f"the process serving {self._label} is gone ({exc.strerror})"
+            self._die(reason)
+            raise DeadObjectError(reason, self._label) from exc
+        except DeadObjectError as exc:
+            self._die(str(exc))
+            raise
+        self._adopt_reference(ref_address, ref_token, creds)
+        return channel
+
+    def _take(self, timeout: float | None) -> _Channel:
+        try:
+            return self._idle.pop()  # list.pop is atomic: no lock on the fast path
+        except IndexError:
+            return self._connect(timeout)
+
+    def _give(self, channel: _Channel) -> None:
+        if len(self._idle) < MAX_IDLE_CHANNELS:
+            self._idle.append(channel)
+            if self._dead is not None or self._closed:
+                self._close_idle()
+        else:
+            channel.sock.close()
+
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                channel = self._idle.pop()
+            except IndexError:
+                return
+            channel.sock.close()
+
+    def _reference(self) -> tuple[bytes, bytes]:
+        """``(address, token)`` to write this binder into a Parcel."""
+        if self._ref is None:
+            self._give(self._take(None))
+        assert self._ref is not None
+        return self._ref
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def transact(
+        self,
+        code: int,
+        data: Parcel | None = None,
+        reply: Parcel | None = None,
+        flags: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """Call ``on_transact(code, data, reply, flags)`` in the service; return what it
+        returned (False: it does not know ``code``).
+
+        ``data`` is borrowed (sent as it is, descriptors included, and left to the caller to
+        close); larger than ``MAX_INLINE`` bytes it travels in a sealed region instead of
+        the socket. ``reply``, if given, is replaced by the reply and owns its descriptors.
+        With ``FLAG_ONEWAY`` the call returns once sent, True, with no reply.
+
+        Raises ``RemoteError`` if ``on_transact`` raised, ``DeadObjectError`` if the
+        service is gone, ``TimeoutError`` after ``timeout`` seconds (the call may still run
+        in the service), ``ValueError`` for a code outside ``FIRST_CALL_TRANSACTION`` ..
+        ``LAST_CALL_TRANSACTION``.
+
+        >>> from ashmem.binder import Binder, Parcel, add_service, get_service
+        >>> class Twice(Binder):
+        ...     def on_transact(self, code, data, reply, flags):
+        ...         reply.write_long(2 * data.read_long())
+        ...         return True
+        >>> with add_service("doctest.twice", Twice()), get_service("doctest.twice") as p:
+        ...     data, reply = Parcel(), Parcel()
+        ...     data.write_long(21)
+        ...     p.transact(1, data, reply, timeout=5), reply.read_long()
+        (True, 42)
+        """
+        if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+            raise ValueError(
+                f"transaction code {code} is outside FIRST_CALL_TRANSACTION .. "
+                "LAST_CALL_TRANSACTION (1 .. 0xFFFFFF)"
+            )
+        return self._transact(code, data, reply, flags, timeout)
+
+    def _transact(
+        self,
+        code: int,
+        data: Parcel | None,
+        reply: Parcel | None,
+        flags: int,
+        timeout: float | None,
+    ) -> bool:
+        if self._dead is not None:
+            raise DeadObjectError(self._dead, self._label)
+        if flags:
+            if flags & ~FLAG_ONEWAY:
+                raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
+            oneway = _EMPTY if data is None else data._outgoing()
+            try:
+                self._send_oneway(code, oneway, timeout)
+            finally:
+                if oneway[3] >= 0:
+                    os.close(oneway[3])
+            return True
+        outgoing = None if data is None else data._outgoing()
+        try:
+            try:
+                channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
+            except IndexError:
+                channel = self._connect(timeout)
+            sock = channel.sock
+            seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                if outgoing is None:
+                    sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
+                else:
+                    _wire.send_message(
+                        sock, _wire.TRANSACTION, 0, code, seq, outgoing, _wire.SEND_FLAGS
+                    )
+                msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                if timeout is not None:
+                    sock.settimeout(None)
+            except BaseException as exc:
+                # The channel's state is unknown (a reply may still come): never reuse it.
+                sock.close()
+                error = self._failure(exc, code, timeout)
+                if error is exc:
+                    raise
+                raise error from exc
+        finally:
+            if outgoing is not None and outgoing[3] >= 0:
+                os.close(outgoing[3])
+        if not anc and not mflags and len(msg) >= _HEADER_SIZE:
+            # Fast path, a reply without descriptors: the checks of _wire.check for this
+            # one shape, inline.
+            prefix, kind, rflags, nfds, reserved, status, rseq = _FAST_HEADER(msg)
+            if (
+                prefix == _PREFIX
+                and kind == _REPLY
+                and rseq == seq
+                and not (rflags | nfds | reserved)
+            ):
+                idle = self._idle
+                if len(idle) < MAX_IDLE_CHANNELS:
+                    idle.append(channel)
+                    if self._dead is not None or self._closed:
+                        self._close_idle()
+                else:
+                    sock.close()
+                if reply is not None:
+                    reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, _NO_FDS))
+                return bool(status == _STATUS_OK)
+        return self._finish(channel, seq, msg, anc, mflags, reply, code)
+
+    def _failure(self, exc: BaseException, code: int, timeout: float | None) -> BaseException:
+        if isinstance(exc, TimeoutError):
+            return TimeoutError(
+                f"transaction {code} to {self._label} got no reply within {timeout} s; it may "
+                "still run in the service"
+            )
+        if isinstance(exc, OSError) and exc.errno in _DEATH_ERRNOS:
+            reason = f"the connection to {self._label} broke ({exc.strerror})"
+            self._die(reason)
+            return DeadObjectError(reason, self._label)
+        return exc
+
+    def _finish(
+        self,
+        channel: _Channel,
+        seq: int,
+        msg: bytes,
+        anc: list[tuple[int, int, bytes]],
+        mflags: int,
+        reply: Parcel | None,
+        code: int,
+    ) -> bool:
+        """Handle the reply to call ``seq`` received on ``channel`` (which this call owns)."""
+        fds = _wire.take_fds(anc) if anc else _NO_FDS
+        try:
+            if not msg:
+                reason = f"{self._label} died or closed the connection"
+                self._die(reason)
+                raise DeadObjectError(reason, self._label)
+            kind, rflags, status, rseq = _wire.check(msg, mflags, len(fds))
+            if rseq != seq or kind not in (_wire.REPLY, _wire.EXCEPTION):
+                if kind == _wire.REFUSED:
+                    raise _refusal(msg, status, self._label)
+                raise MessageError(
+                    f"{self._label} answered call {seq} with {_wire.KIND_NAMES[kind]} {rseq}"
+                )
+        except BaseException:
+            _wire.close_fds(fds)
+            channel.sock.close()
+            raise
+        self._give(channel)
+        if kind == _wire.REPLY:
+            if reply is not None:
+                reply._adopt(Parcel._from_message(msg, rflags, fds))
+            elif fds:
+                _wire.close_fds(fds)
+            return status == _wire.STATUS_OK
+        with Parcel._from_message(msg, rflags, fds) as error:
+            try:
+                type_name, text = error.read_string(), error.read_string()
+            except BadParcel as exc:
+                raise MessageError(f"{self._label} sent a malformed error reply: {exc}") from None
+        raise RemoteError(type_name or "Exception", text or "", code, self._label)
+
+    def _send_oneway(
+        self, code: int, outgoing: tuple[int, list[Any], Sequence[int], int], timeout: float | None
+    ) -> None:
+        with self._oneway_lock:
+            channel = self._oneway
+            if channel is None:
+                channel = self._oneway = self._connect(timeout)
+            sock = channel.sock
+            channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                _wire.send_message(
+                    sock,
+                    _wire.TRANSACTION,
+                    _wire.F_ONEWAY,
+                    code,
+                    channel.seq,
+                    outgoing,
+                    _wire.SEND_FLAGS,
+                )
+                if timeout is not None:
+                    sock.settimeout(None)
+            except BaseException as exc:
+                self._oneway = None
+                sock.close()
+                error = self._failure(exc, code, timeout)
+                if error is exc:
+                    raise
+                raise error from exc
+            if self._dead is not None or self._closed:
+                self._oneway = None
+                sock.close()
+
+    async def transact_async(
+        self,
+        code: int,
+        data: Parcel | None = None,
+        reply: Parcel | None = None,
+        flags: int = 0,
+        *,
+        timeout: float | None = None,
+    ) -> bool:
+        """``transact`` for asyncio: waits for the reply without blocking the event loop (the
+        channel's socket is watched with ``loop.add_reader``). Cancelling, or ``timeout``,
+        abandons the call and its channel; the service may still run it.
+
+        >>> import asyncio
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> class Yes(Binder):
+        ...     def on_transact(self, code, data, reply, flags):
+        ...         return True
+        >>> with add_service("doctest.async", Yes()), get_service("doctest.async") as p:
+        ...     asyncio.run(p.transact_async(1, timeout=5))
+        True
+        """
+        if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+            raise ValueError(f"transaction code {code} is outside 1 .. 0xFFFFFF")
+        if self._dead is not None:
+            raise DeadObjectError(self._dead, self._label)
+        if flags & ~FLAG_ONEWAY:
+            raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
+        loop = asyncio.get_running_loop()
+        outgoing = _EMPTY if data is None else data._outgoing()
+        try:
+            coro = self._call_async(loop, code, outgoing, reply, flags)
+            if timeout is None:
+                return await coro
+            try:
+                return await asyncio.wait_for(coro, timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"transaction {code} to {self._label} got no reply within {timeout} s"
+                ) from None
+        finally:
+            if outgoing[3] >= 0:
+                os.close(outgoing[3])
+
+    async def _call_async(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        code: int,
+        outgoing: tuple[int, list[Any], Sequence[int], int],
+        reply: Parcel | None,
+        flags: int,
+    ) -> bool:
+        if flags:
+            await self._send_oneway_async(loop, code, outgoing)
+            return True
+        try:
+            channel = self._idle.pop()
+        except IndexError:
+            channel = await loop.run_in_executor(None, self._connect, None)
+        sock = channel.sock
+        seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        nowait = _wire.DONTWAIT
+        try:
+            await _retry_blocking(
+                loop,
+                sock,
+                True,
+                lambda: _wire.send_message(
+                    sock, _wire.TRANSACTION, 0, code, seq, outgoing, _wire.SEND_FLAGS | nowait
+                ),
+            )
+            msg, anc, mflags, _ = await _retry_blocking(
+                loop,
+                sock,
+                False,
+                lambda: sock.recvmsg(
+                    _wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS | nowait
+                ),
+            )
+        except BaseException as exc:  # cancelled, timed out or broken: drop the channel
+            sock.close()
+            error = self._failure(exc, code, None)
+            if error is exc:
+                raise
+            raise error from exc
+        return self._finish(channel, seq, msg, anc, mflags, reply, code)
+
+    async def _send_oneway_async(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        code: int,
+        outgoing: tuple[int, list[Any], Sequence[int], int],
+    ) -> None:
+        # Same channel and lock as the blocking one-way path, so one Proxy's one-way calls
+        # stay in order whichever API sent them; the lock is only held for a non-blocking
+        # send, never across an await.
+        while True:
+            with self._oneway_lock:
+                channel = self._oneway
+                if channel is None:
+                    channel = self._oneway = self._connect(None)
+                channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+                try:
+                    _wire.send_message(
+                        channel.sock,
+                        _wire.TRANSACTION,
+                        _wire.F_ONEWAY,
+                        code,
+                        channel.seq,
+                        outgoing,
+                        _wire.SEND_FLAGS | _wire.DONTWAIT,
+                    )
+                    return
+                except BlockingIOError:
+                    pass  # the service's queue is full: wait until it drains
+                except BaseException as exc:
+                    self._oneway = None
+                    channel.sock.close()
+                    error = self._failure(exc, code, None)
+                    if error is exc:
+                        raise
+                    raise error from exc
+            await _wait_ready(loop, channel.sock, True)
+
+    def ping(self, *, timeout: float | None = None) -> bool:
+        """True if the service answers (the library answers for it, not ``on_transact``);
+        False if it is dead.
+
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.ping", Binder()), get_service("doctest.ping") as p:
+        ...     p.ping()
+        True
+        """
+        try:
+            return self._transact(PING_TRANSACTION, None, None, 0, timeout)
+        except DeadObjectError:
+            return False
+
+    def get_interface_descriptor(self, *, timeout: float | None = None) -> str:
+        """The service binder's ``descriptor`` attribute (its interface name).
+
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> class Clock(Binder):
+        ...     descriptor = "demo.IClock"
+        >>> with add_service("doctest.clock", Clock()), get_service("doctest.clock") as p:
+        ...     p.get_interface_descriptor()
+        'demo.IClock'
+        """
+        with Parcel() as reply:
+            self._transact(INTERFACE_TRANSACTION, None, reply, 0, timeout)
+            return reply.read_string() or ""
+
+    # -- death ------------------------------------------------------------------------------
+
+    def is_binder_alive(self) -> bool:
+        """False once the Proxy knows its binder died (a failed call, or a death notice if
+        ``link_to_death`` is in use). It never becomes True again.
+
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.alive", Binder()), get_service("doctest.alive") as p:
+        ...     p.is_binder_alive()
+        True
+        """
+        return self._dead is None and not self._closed
+
+    def link_to_death(self, recipient: DeathRecipient) -> None:
+        """Call ``recipient(proxy)`` once when the service's process dies or the connection
+        breaks. It runs on the "ashmem-binder-death" thread; exceptions are logged. Keeps
+        one extra connection open to notice the death at once. ``DeadObjectError`` if the
+        binder is already dead.
+
+        >>> import threading
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> died = threading.Event()
+        >>> service = add_service("doctest.death", Binder())
+        >>> proxy = get_service("doctest.death")
+        >>> proxy.link_to_death(lambda who: died.set())
+        >>> service.close()
+        >>> died.wait(5), proxy.is_binder_alive()
+        (True, False)
+        """
+        if not callable(recipient):
+            raise TypeError(f"recipient must be callable, not {type(recipient).__name__}")
+        watch: _Channel | None = None
+        if self._watch is None:
+            watch = self._connect(None)
+        with self._lock:
+            if self._dead is not None:
+                dead = True
+            else:
+                dead = False
+                self._recipients.append(recipient)
+                if self._watch is None and watch is not None:
+                    self._watch, watch = watch.sock, None
+                    _watcher().watch(self._watch, self)
+        if watch is not None:
+            watch.sock.close()
+        if dead:
+            raise DeadObjectError(self._dead or "dead", self._label)
+
+    def unlink_to_death(self, recipient: DeathRecipient) -> bool:
+        """Forget ``recipient``; False if it was not linked (or already called).
+
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.unlink", Binder()), get_service("doctest.unlink") as p:
+        ...     callback = print
+        ...     p.link_to_death(callback)
+        ...     p.unlink_to_death(callback), p.unlink_to_death(callback)
+        (True, False)
+        """
+        with self._lock:
+            for i, linked in enumerate(self._recipients):
+                if linked is recipient or linked == recipient:
+                    del self._recipients[i]
+                    break
+            else:
+                return False
+            watch = None
+            if not self._recipients:
+                watch, self._watch = self._watch, None
+        if watch is not None:
+            _watcher().forget(watch)
+        return True
+
+    def _die(self, reason: str) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = reason
+            recipients, self._recipients = self._recipients, []
+            watch, self._watch = self._watch, None
+        self._close_idle()
+        if self._oneway_lock.acquire(blocking=False):
+            try:
+                oneway, self._oneway = self._oneway, None
+            finally:
+                self._oneway_lock.release()
+            if oneway is not None:
+                oneway.sock.close()
+        if watch is not None or recipients:
+            watcher = _watcher()
+            if watch is not None:
+                watcher.forget(watch)
+            if recipients:
+                watcher.notify(self, recipients)
+
+    # -- properties and lifetime ------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Credentials:
+        """pid, uid and gid of the serving process, from the kernel (``SO_PEERCRED``).
+
+        >>> import os
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.creds", Binder()), get_service("doctest.creds") as p:
+        ...     p.credentials.pid == os.getpid()
+        True
+        """
+        if self._creds is None:
+            self._give(self._take(None))
+        assert self._creds is not None
+        return self._creds
+
+    @property
+    def label(self) -> str:
+        """What this Proxy talks to, for messages: ``service 'name'`` or ``binder ...``.
+
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.label", Binder()), get_service("doctest.label") as p:
+        ...     p.label
+        "service 'doctest.label'"
+        """
+        return self._label
+
+    def close(self) -> None:
+        """Close every connection (sockets this Proxy owns). Idempotent; the binder itself
+        is untouched. Calls made after ``close()`` raise ``ClosedError``.
+
+        >>> import ashmem
+        >>> from ashmem.binder import Binder, add_service, get_service
+        >>> with add_service("doctest.pclose", Binder()):
+        ...     proxy = get_service("doctest.pclose")
+        ...     proxy.close()
+        ...     try:
+        ...         proxy.ping()
+        ...     except ashmem.ClosedError:
+        ...         print("closed")
+        closed
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            watch, self._watch = self._watch, None
+            self._recipients = []
+        self._close_idle()
+        with self._oneway_lock:
+            oneway, self._oneway = self._oneway, None
+        if oneway is not None:
+            oneway.sock.close()
+        if watch is not None:
+            _watcher().forget(watch)
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's sockets and death links, keep the target."""
+        self._lock = threading.Lock()
+        self._oneway_lock = threading.Lock()
+        for channel in self._idle:
+            channel.sock.close()
+        self._idle = []
+        if self._oneway is not None:
+            self._oneway.sock.close()
+            self._oneway = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._recipients = []
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Proxy cannot be pickled; send it with Parcel.write_binder")
+
+    def __repr__(self) -> str:
+        state = "dead" if self._dead else "closed" if self._closed else "alive"
+        pid = f" pid={self._creds.pid}" if self._creds else ""
+        return f"<ashmem.binder.Proxy {self._label}{pid} {state}>"
+
+
+async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, write: bool) -> None:
+    future: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    fd = sock.fileno()
+    if write:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await future
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def _retry_blocking(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, write: bool, attempt: Callable[[], Any]
+) -> Any:
+    """Run a non-blocking socket call, waiting for readiness while it would block."""
+    while True:
+        try:
+            return attempt()
+        except BlockingIOError:
+            await _wait_ready(loop, sock, write)
+
+
+class _DeathWatcher:
+    """One thread per process that notices dead binders and runs death recipients."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[socket.socket, weakref.ref[Proxy]]] = {}
+        self._jobs: queue.SimpleQueue[tuple[Proxy, list[DeathRecipient]]] = queue.SimpleQueue()
+        self._ep = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._ep.register(self._wake, select.EPOLLIN)
+        threading.Thread(target=self._run, name="ashmem-binder-death", daemon=True).start()
+
+    def watch(self, sock: socket.socket, proxy: Proxy) -> None:
+        with self._lock:
+            self._watched[sock.fileno()] = (sock, weakref.ref(proxy))
+            self._ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+
+    def forget(self, sock: socket.socket) -> None:
+        """Stop watching ``sock`` and close it."""
+        with self._lock:
+            fd = sock.fileno()
+            entry = self._watched.get(fd)
+            if entry is not None and entry[0] is sock:
+                del self._watched[fd]
+                with contextlib.suppress(OSError, ValueError):
+                    self._ep.unregister(fd)
+            sock.close()
+
+    def notify(self, proxy: Proxy, recipients: list[DeathRecipient]) -> None:
+        self._jobs.put((proxy, recipients))
+        os.eventfd_write(self._wake, 1)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self._ep.poll()
+            except OSError:  # closed after fork
+                return
+            for fd, _ in events:
+                if fd == self._wake:
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake)
+                    self._run_jobs()
+                    continue
+                with self._lock:
+                    entry = self._watched.get(fd)
+                if entry is None:
+                    continue
+                sock, ref = entry
+                try:
+                    # The service never writes on a watch connection: anything readable is
+                    # its end closing (EOF or reset), or noise to discard.
+                    if sock.recv(_wire.MAX_MESSAGE, _wire.DONTWAIT):
+                        continue
+                    reason = "died or closed the connection"
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    reason = f"broke the connection ({exc.strerror})"
+                self.forget(sock)
+                proxy = ref()
+                if proxy is not None:
+                    proxy._die(f"{proxy._label} {reason}")
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                proxy, recipients = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            for recipient in recipients:
+                try:
+                    recipient(proxy)
+                except Exception:
+                    logger.exception("binder: death recipient %r raised", recipient)
+
+
+_death_watcher: _DeathWatcher | None = None
+_death_lock = threading.Lock()
+
+
+def _watcher() -> _DeathWatcher:
+    global _death_watcher
+    watcher = _death_watcher
+    if watcher is None:
+        with _death_lock:
+            if _death_watcher is None:
+                _death_watcher = _DeathWatcher()
+            watcher = _death_watcher
+    return watcher
+
+
+def _after_fork_in_child() -> None:
+    global _death_watcher, _death_lock
+    _death_lock = threading.Lock()
+    watcher, _death_watcher = _death_watcher, None
+    if watcher is not None:
+        for sock, _ in watcher._watched.values():
+            sock.close()
+        watcher._ep.close()
+        os.close(watcher._wake)
+    for proxy in list(_live):
+        proxy._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,426 @@
+"""A live service against hostile clients: garbage, half messages, too many descriptors,
+disconnects mid-call, clients that never read, and thousands of fuzzed messages.
+
+The service runs in its own process. After each attack it must still answer everyone else,
+and its descriptor count (``/proc/<pid>/fd``) must come back to where it was: whatever a
+client sent, every descriptor it carried was closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ashmem import binder
+from ashmem.binder import (
+    FIRST_CALL_TRANSACTION,
+    FLAG_ONEWAY,
+    PING_TRANSACTION,
+    BadParcel,
+    Binder,
+    Parcel,
+    RemoteError,
+    _pool,
+    _wire,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ECHO = FIRST_CALL_TRANSACTION
+DECODE = 2
+SLEEP = 3
+BOOM = 4
+NOTHING = 5
+
+READERS = [
+    "read_int",
+    "read_long",
+    "read_float",
+    "read_double",
+    "read_bool",
+    "read_string",
+    "read_bytes",
+    "read_file_descriptor",
+    "read_shared_memory",
+    "read_binder",
+    "read_int_list",
+    "read_long_list",
+    "read_double_list",
+    "read_bool_list",
+    "read_string_list",
+]
+
+
+class FuzzTarget(Binder):
+    """ECHO, DECODE (decode whatever arrived, entry by entry), SLEEP, BOOM."""
+
+    def __init__(self) -> None:
+        # Thousands of bad calls are the point here: keep the service's log quiet.
+        logging.getLogger("ashmem.binder").setLevel(logging.CRITICAL)
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        if code == ECHO:
+            reply.write_string(data.read_string())
+        elif code == DECODE:
+            reply.write_int(decode_everything(data))
+        elif code == SLEEP:
+            time.sleep(data.read_double())
+        elif code == BOOM:
+            raise RuntimeError("boom")
+        elif code != NOTHING:
+            return False
+        return True
+
+
+def decode_everything(data: Parcel) -> int:
+    entries = 0
+    while data.data_avail():
+        for name in READERS:
+            position = data.data_position()
+            try:
+                value = getattr(data, name)()
+            except BadParcel:
+                data.set_data_position(position)
+                continue
+            if name == "read_file_descriptor":
+                os.close(value)
+            elif hasattr(value, "close"):
+                value.close()
+            entries += 1
+            break
+        else:
+            raise BadParcel(f"nothing decodes at offset {data.data_position()}")
+    return entries
+
+
+def service_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[binder.ServiceProcess]:
+    with binder.start_service(FuzzTarget, f"test.fuzz.{os.getpid()}", timeout=30) as service:
+        yield service
+
+
+@pytest.fixture
+def baseline(target: binder.ServiceProcess) -> Iterator[int]:
+    """The service's fd count before the test; checked again after it."""
+    assert target.binder.ping()
+    target.binder.transact(NOTHING, None, None, FLAG_ONEWAY)  # opens our one-way channel
+    assert target.binder.ping()
+    before = service_fds(target.pid)
+    yield before
+    settle(target, before)
+
+
+def settle(target: binder.ServiceProcess, expected: int, within: float = 5.0) -> None:
+    """Wait for the service to close what the test's clients left behind."""
+    deadline = time.monotonic() + within
+    while service_fds(target.pid) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service_fds(target.pid) == expected, "the service leaked descriptors"
+    assert echo(target.binder, "still here") == "still here"
+
+
+def echo(proxy: binder.Proxy, text: str) -> str | None:
+    with Parcel() as data, Parcel() as reply:
+        data.write_string(text)
+        assert proxy.transact(ECHO, data, reply, timeout=10)
+        return reply.read_string()
+
+
+def path_of(target: binder.ServiceProcess) -> str:
+    return os.path.join(binder.service_directory(), target.name)
+
+
+def header(kind: int, flags: int = 0, nfds: int = 0, code: int = 0, seq: int = 0) -> bytes:
+    return _wire.pack(kind, flags, nfds, code, seq)
+
+
+def raw_client(target: binder.ServiceProcess, hello: bool = True) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(5)
+    sock.connect(path_of(target))
+    if hello:
+        sock.send(header(_wire.HELLO))
+        assert sock.recv(_wire.MAX_MESSAGE)[3] == _wire.WELCOME
+    return sock
+
+
+def responses(sock: socket.socket) -> Iterator[tuple[int, int, int, bytes]]:
+    """Every message the service sends until it hangs up: (kind, code, seq, payload)."""
+    while True:
+        try:
+            msg, anc, mflags, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE)
+        except ConnectionResetError:
+            return
+        fds = _wire.take_fds(anc)
+        _wire.close_fds(fds)
+        if not msg:
+            return
+        kind, _, code, seq = _wire.check(msg, mflags, len(fds))  # always well-formed
+        yield kind, code, seq, msg[_wire.HEADER_SIZE :]
+
+
+# -- deterministic attacks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"x", b"AB", header(_wire.HELLO)[:10], b"GET / HTTP/1.1\r\n\r\n", os.urandom(300)],
+)
+def test_garbage_and_half_messages_are_refused(
+    target: binder.ServiceProcess, baseline: int, garbage: bytes
+) -> None:
+    with raw_client(target, hello=False) as sock:
+        sock.send(garbage)
+        answers = list(responses(sock))
+    assert [kind for kind, *_ in answers] in ([_wire.REFUSED], [])
+
+
+def test_a_message_before_hello_is_refused(target: binder.ServiceProcess, baseline: int) -> None:
+    with raw_client(target, hello=False) as sock:
+        sock.send(header(_wire.TRANSACTION, code=ECHO))
+        ((kind, code, _, reason),) = list(responses(sock))
+    assert (kind, code) == (_wire.REFUSED, _wire.REFUSED_PROTOCOL)
+    assert b"HELLO" in reason
+
+
+def test_a_newer_protocol_version_is_refused_with_a_reason(
+    target: binder.ServiceProcess, baseline: int
+) -> None:
+    with raw_client(target, hello=False) as sock:
+        sock.send(b"AB\x02" + header(_wire.HELLO)[3:])
+        ((kind, code, _, reason),) = list(responses(sock))
+    assert (kind, code) == (_wire.REFUSED, _wire.REFUSED_VERSION)
+    assert b"version 2" in reason
+
+
+def test_too_many_descriptors_are_all_closed(target: binder.ServiceProcess, baseline: int) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with raw_client(target) as sock:
+            sock.sendmsg(
+                [header(_wire.TRANSACTION, nfds=70, code=DECODE)],
+                _wire.rights([read_end] * 70),
+            )
+            ((kind, code, _, reason),) = list(responses(sock))
+        assert (kind, code) == (_wire.REFUSED, _wire.REFUSED_PROTOCOL)
+        assert b"more than 64" in reason
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_declared_and_carried_descriptor_counts_must_match(
+    target: binder.ServiceProcess, baseline: int
+) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with raw_client(target) as sock:
+            sock.sendmsg([header(_wire.TRANSACTION, nfds=3, code=DECODE)], _wire.rights([read_end]))
+            ((kind, _, _, reason),) = list(responses(sock))
+        assert kind == _wire.REFUSED and b"declares 3" in reason
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_fake_spilled_payload_is_refused(target: binder.ServiceProcess, baseline: int) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with raw_client(target) as sock:
+            sock.sendmsg(
+                [header(_wire.TRANSACTION, flags=_wire.F_SPILLED, nfds=1, code=DECODE)],
+                _wire.rights([read_end]),
+            )
+            ((kind, _, _, reason),) = list(responses(sock))
+        assert kind == _wire.REFUSED and b"not an ashmem region" in reason
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_disconnecting_mid_transaction(target: binder.ServiceProcess, baseline: int) -> None:
+    with raw_client(target) as sock, Parcel() as data:
+        data.write_double(1.0)
+        _, parts, _, _ = data._outgoing()
+        sock.sendmsg([header(_wire.TRANSACTION, code=SLEEP, seq=1), *parts])
+    # The sleeping call holds one pool thread; everyone else is still served meanwhile.
+    start = time.monotonic()
+    assert echo(target.binder, "meanwhile") == "meanwhile"
+    assert time.monotonic() - start < 0.5
+
+
+def test_a_client_that_never_reads_its_replies_is_dropped(
+    target: binder.ServiceProcess, baseline: int
+) -> None:
+    with raw_client(target) as sock, Parcel() as data:
+        data.write_string("x" * 1000)
+        _, parts, _, _ = data._outgoing()
+        message = [header(_wire.TRANSACTION, code=ECHO), *parts]
+        deadline = time.monotonic() + 20
+        dropped = False
+        while not dropped and time.monotonic() < deadline:
+            try:
+                sock.sendmsg(message, (), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                time.sleep(0.005)
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+            assert echo(target.binder, "others first") == "others first"
+        assert dropped, "the service kept a client that never reads"
+
+
+def test_exceptions_never_kill_the_pool(target: binder.ServiceProcess, baseline: int) -> None:
+    for _ in range(40):
+        target.binder.transact(BOOM, None, None, FLAG_ONEWAY)
+        with pytest.raises(RemoteError, match=r"RuntimeError.*boom"):
+            target.binder.transact(BOOM, timeout=10)
+    assert echo(target.binder, "alive") == "alive"
+
+
+class Gate(Binder):
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.seen: list[int] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        self.open.wait(20)
+        self.seen.append(data.read_int())
+        return True
+
+
+def test_a_oneway_flood_pushes_back_on_its_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_pool, "ONEWAY_BACKLOG", 4)
+    gate = Gate()
+    name = f"test.flood.{os.getpid()}"
+    with binder.add_service(name, gate), binder.get_service(name) as proxy:
+        sent = 0
+        with pytest.raises(TimeoutError):  # the queue and socket buffers fill, then we wait
+            for sent in range(100_000):
+                with Parcel() as data:
+                    data.write_int(sent)
+                    proxy.transact(ECHO, data, None, FLAG_ONEWAY, timeout=0.5)
+        assert 4 < sent < 100_000
+        gate.open.set()
+        deadline = time.monotonic() + 20
+        while len(gate.seen) < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gate.seen == list(range(sent))  # nothing lost, nothing reordered
+
+
+# -- fuzzing the wire protocol against the live service ----------------------------------------
+
+SENTINEL = 0xC0FFEE
+
+
+def _valid_parcels() -> list[bytes]:
+    parcels = []
+    for write, value in [
+        ("write_string", "hello"),
+        ("write_int_list", [1, 2]),
+        ("write_bytes", b"\x00" * 5),
+        ("write_bool", True),
+    ]:
+        p = Parcel()
+        getattr(p, write)(value)
+        parcels.append(p.marshall())
+    parcels.append(b"\x09\x00\x00\x00\x00")  # an fd entry, index 0
+    parcels.append(b"\x0a\x01\x00\x00\x00")  # a region entry, index 1
+    return parcels
+
+
+VALID_PARCELS = _valid_parcels()
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> tuple[bytes, int]:
+    """One datagram and how many descriptors to attach to it."""
+    fds = draw(st.sampled_from([0, 0, 0, 1, 2, 65]))
+    shape = draw(st.sampled_from(["noise", "header", "call"]))
+    if shape == "noise":
+        return draw(st.binary(max_size=40)), fds
+    payload = draw(st.one_of(st.binary(max_size=48), st.sampled_from(VALID_PARCELS)))
+    if shape == "call":  # a well-formed call, so the fuzz reaches the decoders
+        flags = draw(st.sampled_from([0, 0, _wire.F_ONEWAY]))
+        code = draw(st.sampled_from([DECODE, DECODE, ECHO, PING_TRANSACTION, 0, 2**24]))
+        return header(_wire.TRANSACTION, flags, fds, code, draw(st.integers(0, 99))) + payload, fds
+    raw = struct.pack(
+        "<2sBBBBHII",
+        draw(st.sampled_from([b"AB", b"AB", b"BA"])),
+        draw(st.sampled_from([1, 1, 1, 0, 2])),
+        draw(st.integers(0, 8)),
+        draw(st.sampled_from([0, 1, 2, 3, 4, 0x80])),
+        draw(st.sampled_from([fds, fds, 0, 1, 64, 255])),
+        draw(st.sampled_from([0, 0, 1])),
+        draw(st.sampled_from([DECODE, ECHO, BOOM, PING_TRANSACTION, 0])),  # never SLEEP
+        draw(st.integers(0, 2**32 - 1)),
+    )
+    return raw + payload, fds
+
+
+@pytest.fixture(scope="module")
+def attached() -> Iterator[list[int]]:
+    """Descriptors the fuzzer attaches: a pipe end and a region, as many times as asked."""
+    import ashmem
+
+    r, w = os.pipe()
+    os.close(w)
+    region = ashmem.region.create_region("fuzz", 4096)
+    yield [r, region]
+    os.close(r)
+    os.close(region)
+
+
+@pytest.mark.timeout(120)
+def test_property_fuzzed_messages_never_hurt_the_service(
+    target: binder.ServiceProcess, attached: list[int]
+) -> None:
+    assert target.binder.ping()
+    target.binder.transact(NOTHING, None, None, FLAG_ONEWAY)
+    assert target.binder.ping()
+    before = service_fds(target.pid)
+    examples = 0
+
+    @settings(
+        max_examples=4500,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(hello=st.booleans(), datagrams=st.lists(frames(), min_size=1, max_size=4))
+    def attack(hello: bool, datagrams: list[tuple[bytes, int]]) -> None:
+        nonlocal examples
+        examples += 1
+        with raw_client(target, hello) as sock:
+            for datagram, count in datagrams:
+                fds = [attached[i % 2] for i in range(count)]
+                try:
+                    sock.sendmsg([datagram], _wire.rights(fds), socket.MSG_DONTWAIT)
+                except OSError as exc:  # refused and closed already
+                    assert exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EAGAIN)
+                    break
+            # Whatever came before, the service answers this or has hung up: it never
+            # hangs, and everything it sends is well-formed.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.send(header(_wire.TRANSACTION, code=PING_TRANSACTION, seq=SENTINEL))
+            for kind, _, seq, _ in responses(sock):
+                assert kind in (_wire.WELCOME, _wire.REPLY, _wire.EXCEPTION, _wire.REFUSED)
+                if kind == _wire.REPLY and seq == SENTINEL:
+                    break
+
+    attack()
+    assert examples >= 4500
+    settle(target, before)
