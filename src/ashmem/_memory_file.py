@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-from types import TracebackType
 from typing import Any
 
 from . import _sys
+from ._closing import Closing
 from ._errors import ClosedError
 from ._shared_memory import Mapping, SharedMemory
 
@@ -40,7 +40,7 @@ def _byte_view(buffer: Any, writable: bool) -> memoryview:
     return view
 
 
-class MemoryFile:
+class MemoryFile(Closing):
     """A fixed-size shared memory file, as ``android.os.MemoryFile``.
 
     >>> import ashmem
@@ -153,17 +153,6 @@ class MemoryFile:
         self._mapping = None
         if shm is not None:
             shm.close()
-
-    def __enter__(self) -> MemoryFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

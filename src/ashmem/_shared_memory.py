@@ -20,10 +20,10 @@ import mmap
 import os
 import sys
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from . import _sys, region
+from ._closing import Closing
 from ._errors import BusyError, ClosedError, ProtectionError
 from .region import PROT_READ, PROT_WRITE
 
@@ -187,7 +187,7 @@ def _rebuild(dupfd: Any) -> SharedMemory:
     return SharedMemory.from_fd(dupfd.detach())
 
 
-class SharedMemory:
+class SharedMemory(Closing):
     """An anonymous shared memory region: a name for debugging, no global name, shared by
     handing its fd to another process, restrictable to read-only for good, freed when the
     last fd and mapping are gone.
@@ -449,17 +449,6 @@ class SharedMemory:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-
-    def __enter__(self) -> SharedMemory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         self.close()

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
+from .._closing import Closing
 from ._binder import AllowList, Binder, Policy
 from ._errors import DeadObjectError, ServiceNotFoundError
 from ._pool import process_state, set_max_threads, stop_process_state
@@ -174,7 +175,7 @@ def _socket_path(directory: str, name: str) -> str:
     return path
 
 
-class Service:
+class Service(Closing):
     """A binder published under a name by ``add_service``; ``close()`` unpublishes it.
 
     Closing removes the name, stops accepting connections and drops the current ones, so
@@ -249,17 +250,6 @@ class Service:
             self._closed = True
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
-
-    def __enter__(self) -> Service:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "serving"

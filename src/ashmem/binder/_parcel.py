@@ -39,10 +39,10 @@ import contextlib
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import _sys
+from .._closing import Closing
 from .._errors import BusyError
 from .._memory_file import MemoryFile
 from .._shared_memory import Mapping, SharedMemory
@@ -131,7 +131,7 @@ def _byte_view(value: Any, method: str) -> memoryview:
     return view
 
 
-class Parcel:
+class Parcel(Closing):
     """A container for a transaction's data: typed values, descriptors, regions and binders.
 
     >>> from ashmem.binder import Parcel
@@ -938,17 +938,6 @@ class Parcel:
         """
         self._release()
         self.__dict__.clear()
-
-    def __enter__(self) -> Parcel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         fds = self._fds

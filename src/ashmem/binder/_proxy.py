@@ -29,9 +29,9 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any
 
+from .._closing import Closing
 from .._errors import ClosedError, MessageError
 from . import _wire
 from ._binder import (
@@ -130,7 +130,7 @@ def _open_channel(
     return _Channel(sock), ref_address, ref_token, creds
 
 
-class Proxy:
+class Proxy(Closing):
     """A binder in another process: call it with ``transact``.
 
     Get one from ``get_service``, ``start_service`` or ``Parcel.read_binder``; it is not
@@ -761,17 +761,6 @@ class Proxy:
             self._watch.close()
             self._watch = None
         self._recipients = []
-
-    def __enter__(self) -> Proxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
