@@ -263,3 +263,11 @@ def test_reserve_allocates_every_page(fd: int) -> None:
 
 def test_no_file_mode_bits_beyond_regular(fd: int) -> None:
     assert stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def test_valid_never_raises_for_impossible_fd_numbers() -> None:
+    for number in (2**31, 2**40, 2**70):
+        assert not region.valid(number)
+        assert region.region_size(number) is None
+        with pytest.raises(ValueError, match="not an ashmem region"):
+            ashmem.SharedMemory.from_fd(number)

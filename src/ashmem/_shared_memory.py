@@ -259,7 +259,7 @@ class SharedMemory(Closing):
 
         Raises ``ValueError`` if ``fd`` is not a region (a memfd with its size sealed); the
         fd is then left open and still belongs to the caller."""
-        size = region.region_size(fd) if isinstance(fd, int) and fd >= 0 else None
+        size = region.region_size(fd)
         if size is None:
             raise ValueError(
                 f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "

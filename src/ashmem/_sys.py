@@ -78,6 +78,8 @@ def translate(exc: OSError, doing: str, region: str | None = None) -> OSError:
     """
     code = exc.errno
     what = f"{describe(region)}: " if region is not None else ""
+    if code is None:  # a socket timeout (TimeoutError) and the like: keep the class
+        return type(exc)(f"{what}cannot {doing}: {exc}")
     if code == errno.EPERM:
         return ProtectionError(
             f"{what}cannot {doing}: it is write-protected (set_protect removed "

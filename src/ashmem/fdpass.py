@@ -60,7 +60,13 @@ _MAGIC = b"ASF1"
 _MORE = 0x01
 _KIND_FD = 0
 _KIND_REGION = 1
-_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4)
+# Room for a full frame of fds, plus the credentials (SO_PASSCRED: struct ucred) and security
+# label (SO_PASSSEC) cmsgs the kernel puts first when the receiver enabled them; without that
+# room a legitimate 253-fd frame would come back cut (MSG_CTRUNC).
+_CMSG_SPACE = (
+    socket.CMSG_SPACE(MAX_FDS_PER_FRAME * 4) + socket.CMSG_SPACE(12) + socket.CMSG_SPACE(256)
+)
+_STREAM_READ = 1 << 20  # most bytes asked of one recvmsg on a stream
 # Plain ints: socket's IntFlag members make every `flags & ...` a slow Python-level call.
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
@@ -94,6 +100,9 @@ def send(sock: socket.socket, items: Iterable[Item], data: bytes = b"") -> None:
     Items are borrowed: the sender keeps its objects and fds open. ``SharedMemory`` and
     ``MemoryFile`` arrive as ``SharedMemory``; plain ints arrive as plain fds. The peer gets
     the same open file, so a write-protected region stays write-protected there.
+
+    Honors the socket's timeout. A timeout or error after part of a message went out
+    leaves the connection out of step: close it.
     """
     fds: list[int] = []
     kinds = bytearray()
@@ -148,20 +157,42 @@ def _take_fds(ancdata: list[tuple[int, int, bytes]], into: list[int]) -> None:
             into.extend(fds)
 
 
-def _recv_chunk(sock: socket.socket, size: int, fds: list[int], eof_ok: bool) -> bytes:
+_OUT_OF_STEP = (
+    "timed out in the middle of a message: part of it is consumed, so this connection is out "
+    "of step for good; close it (timeouts are safe only between messages)"
+)
+
+
+def _recv_chunk(
+    sock: socket.socket, size: int, fds: list[int], fd_limit: int, at_message_start: bool
+) -> bytes:
     """Receive exactly ``size`` bytes from a stream socket, collecting descriptors.
 
-    End of stream before the first byte is ``EOFError`` where ``eof_ok`` (between
-    messages), ``MessageError`` anywhere else."""
+    Stops with ``MessageError`` as soon as more than ``fd_limit`` descriptors are held, so a
+    peer cannot park descriptors in us chunk after chunk. Reads at most 1 MiB per call, so a
+    header cannot make us allocate what it merely declares. End of stream (or a timeout)
+    before the first byte of a message is ``EOFError`` (or ``TimeoutError``); anywhere else
+    the message is broken and so is the connection: ``MessageError``."""
     parts: list[bytes] = []
     remaining = size
     while remaining:
-        data, ancdata, flags, _ = sock.recvmsg(remaining, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        try:
+            data, ancdata, flags, _ = sock.recvmsg(
+                min(remaining, _STREAM_READ), _CMSG_SPACE, _MSG_CMSG_CLOEXEC
+            )
+        except (TimeoutError, BlockingIOError) as exc:
+            if at_message_start and remaining == size:
+                raise
+            raise MessageError(_OUT_OF_STEP) from exc
         _take_fds(ancdata, fds)
         if flags & _MSG_CTRUNC:
             raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
+        if len(fds) > fd_limit:
+            raise MessageError(
+                f"peer attached descriptors beyond what this message may carry ({fd_limit})"
+            )
         if not data:
-            if eof_ok and remaining == size:
+            if at_message_start and remaining == size:
                 raise EOFError("peer closed the connection")
             raise MessageError(
                 f"connection closed in the middle of a frame ({remaining} bytes missing)"
@@ -171,18 +202,35 @@ def _recv_chunk(sock: socket.socket, size: int, fds: list[int], eof_ok: bool) ->
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _recv_frame(sock: socket.socket, fds: list[int], first: bool) -> tuple[int, bytes, bytes]:
+def _recv_frame(
+    sock: socket.socket, fds: list[int], first: bool, maxfds: int, maxdata: int
+) -> tuple[int, bytes, bytes]:
     """One frame: (flags, kinds, data). Descriptors go to ``fds``. ``first``: the frame
-    starts a message, so end of stream before it is a clean ``EOFError``."""
+    starts a message. ``maxfds``/``maxdata``: what the rest of the message may still bring."""
     before = len(fds)
+    fd_limit = before + min(MAX_FDS_PER_FRAME, maxfds)
     if _socket_type(sock) == _SOCK_STREAM:
-        head = _recv_chunk(sock, _HEADER.size, fds, eof_ok=first)
+        head = _recv_chunk(sock, _HEADER.size, fds, fd_limit, at_message_start=first)
         magic, flags, _, nfds, data_len = _HEADER.unpack(head)
         if magic != _MAGIC:
             raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
-        rest = _recv_chunk(sock, nfds + data_len, fds, eof_ok=False) if nfds + data_len else b""
+        if nfds > MAX_FDS_PER_FRAME:
+            raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
+        if data_len > maxdata:
+            raise MessageError(f"message carries more than maxdata={maxdata} bytes")
+        # Descriptors travel with a frame's first byte, so none may come with the rest.
+        rest = (
+            _recv_chunk(sock, nfds + data_len, fds, len(fds), at_message_start=False)
+            if nfds + data_len
+            else b""
+        )
     else:
-        data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        try:
+            data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        except (TimeoutError, BlockingIOError) as exc:
+            if first:
+                raise
+            raise MessageError(_OUT_OF_STEP) from exc
         _take_fds(ancdata, fds)
         if not data:
             if first:
@@ -201,6 +249,8 @@ def _recv_frame(sock: socket.socket, fds: list[int], first: bool) -> tuple[int, 
             raise MessageError(
                 f"frame declares {_HEADER.size + nfds + data_len} bytes but has {len(data)}"
             )
+        if data_len > maxdata:
+            raise MessageError(f"message carries more than maxdata={maxdata} bytes")
         rest = data[_HEADER.size :]
     if nfds > MAX_FDS_PER_FRAME:
         raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
@@ -209,24 +259,37 @@ def _recv_frame(sock: socket.socket, fds: list[int], first: bool) -> tuple[int, 
     return flags, rest[:nfds], rest[nfds:]
 
 
-def recv(sock: socket.socket, maxfds: int) -> tuple[bytes, list[SharedMemory | int]]:
+def recv(
+    sock: socket.socket, maxfds: int, *, maxdata: int | None = None
+) -> tuple[bytes, list[SharedMemory | int]]:
     """Receive one message sent by ``send``: ``(data, items)``.
 
     Regions arrive as ``SharedMemory`` objects, raw fds as ints; the caller owns both. At
-    most ``maxfds`` descriptors are accepted: a message with more raises ``MessageError``
-    and every descriptor it brought is closed. ``EOFError`` when the peer has closed the
-    connection between messages. Honors the socket's timeout.
+    most ``maxfds`` descriptors and (if given) ``maxdata`` payload bytes are accepted: a
+    message with more raises ``MessageError`` as soon as that is known, and every
+    descriptor it brought is closed. ``EOFError`` when the peer has closed the connection
+    between messages.
+
+    Honors the socket's timeout between messages (``TimeoutError``, nothing consumed). A
+    timeout in the middle of a message raises ``MessageError``: part of it was consumed,
+    so the connection is out of step and must be closed.
     """
     if maxfds < 0:
         raise ValueError(f"maxfds must be >= 0, got {maxfds}")
+    if maxdata is not None and maxdata < 0:
+        raise ValueError(f"maxdata must be >= 0, got {maxdata}")
+    data_left = _MAX_DATA if maxdata is None else maxdata
     fds: list[int] = []
     kinds = bytearray()
     parts: list[bytes] = []
     try:
         while True:
-            flags, frame_kinds, frame_data = _recv_frame(sock, fds, first=not parts)
+            flags, frame_kinds, frame_data = _recv_frame(
+                sock, fds, not parts, maxfds - len(fds), data_left
+            )
             kinds += frame_kinds
             parts.append(frame_data)
+            data_left -= len(frame_data)
             if len(fds) > maxfds:
                 raise MessageError(f"peer sent more than {maxfds} descriptors")
             if not flags & _MORE:

@@ -248,10 +248,12 @@ def region_size(fd: int) -> int | None:
     which forbids adding any other seal. So a regular file whose seals include
     ``F_SEAL_GROW | F_SEAL_SHRINK`` is a sealable memfd with a fixed size: a region.
     """
+    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+        return None
     try:
         st = os.fstat(fd)
         seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: a number no fd can have
         return None
     if not stat.S_ISREG(st.st_mode) or seals & _SIZE_SEALS != _SIZE_SEALS:
         return None
@@ -264,8 +266,6 @@ def valid(fd: int) -> bool:
     Unlike libcutils' ``ashmem_valid`` this is False for any other kind of fd, including a
     memfd made elsewhere whose size is not sealed (shrinking it could SIGBUS a mapping).
     Never raises for a bad fd. Borrows ``fd``."""
-    if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
-        return False
     return region_size(fd) is not None
 
 
