@@ -17,8 +17,8 @@ order. A frame carries at most 253 descriptors; on datagram sockets (``SOCK_SEQP
 also carries at most 64 KiB of payload, so that the receiver can take every frame with one
 ``recvmsg`` into a fixed buffer and a larger message still goes through, in several frames.
 
-Works on ``SOCK_SEQPACKET`` (one frame per datagram; a datagram larger than a frame may be is
-refused, never silently cut) and on ``SOCK_STREAM`` (the receiver reads exactly one frame's
+Works on ``SOCK_SEQPACKET`` (one frame per datagram; a datagram larger than a frame may be
+is refused, never silently cut) and on ``SOCK_STREAM`` (the receiver reads exactly one frame's
 bytes at a time, so descriptors sent with the next message are never mixed into this one,
 even when several sends arrive together). Frames of one message are sent back to back: do
 not let two threads send on one socket at the same time.
@@ -72,12 +72,11 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
-_MSG_PEEK = int(socket.MSG_PEEK)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _MAX_DATA = 0xFFFFFFFF
 _DGRAM_DATA = 64 * 1024  # payload per frame on datagram sockets
-_DGRAM_FRAME = 12 + MAX_FDS_PER_FRAME + _DGRAM_DATA
+_DGRAM_FRAME = _HEADER.size + MAX_FDS_PER_FRAME + _DGRAM_DATA
 
 Item = SharedMemory | MemoryFile | int
 
@@ -202,6 +201,15 @@ def _recv_chunk(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _check_header(magic: bytes, nfds: int, data_len: int, maxdata: int) -> None:
+    if magic != _MAGIC:
+        raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
+    if nfds > MAX_FDS_PER_FRAME:
+        raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
+    if data_len > maxdata:
+        raise MessageError(f"message carries more than maxdata={maxdata} bytes")
+
+
 def _recv_frame(
     sock: socket.socket, fds: list[int], first: bool, maxfds: int, maxdata: int
 ) -> tuple[int, bytes, bytes]:
@@ -212,12 +220,7 @@ def _recv_frame(
     if _socket_type(sock) == _SOCK_STREAM:
         head = _recv_chunk(sock, _HEADER.size, fds, fd_limit, at_message_start=first)
         magic, flags, _, nfds, data_len = _HEADER.unpack(head)
-        if magic != _MAGIC:
-            raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
-        if nfds > MAX_FDS_PER_FRAME:
-            raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
-        if data_len > maxdata:
-            raise MessageError(f"message carries more than maxdata={maxdata} bytes")
+        _check_header(magic, nfds, data_len, maxdata)
         # Descriptors travel with a frame's first byte, so none may come with the rest.
         rest = (
             _recv_chunk(sock, nfds + data_len, fds, len(fds), at_message_start=False)
@@ -243,17 +246,12 @@ def _recv_frame(
         if len(data) < _HEADER.size:
             raise MessageError(f"frame of {len(data)} bytes is shorter than its header")
         magic, flags, _, nfds, data_len = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise MessageError(f"not an ashmem fdpass frame (magic {magic!r})")
+        _check_header(magic, nfds, data_len, maxdata)
         if len(data) != _HEADER.size + nfds + data_len:
             raise MessageError(
                 f"frame declares {_HEADER.size + nfds + data_len} bytes but has {len(data)}"
             )
-        if data_len > maxdata:
-            raise MessageError(f"message carries more than maxdata={maxdata} bytes")
         rest = data[_HEADER.size :]
-    if nfds > MAX_FDS_PER_FRAME:
-        raise MessageError(f"frame declares {nfds} descriptors, more than {MAX_FDS_PER_FRAME}")
     if len(fds) - before != nfds:
         raise MessageError(f"frame declares {nfds} descriptors but carried {len(fds) - before}")
     return flags, rest[:nfds], rest[nfds:]
