@@ -1,34 +1,42 @@
 # The README's two commands: `make demo` and `make test`. Everything they need is installed
-# here, into .venv, from the package registries.
+# here, into .venv, from the package registries: `demo` only the package itself (no
+# dependencies), `test` the test toolchain and every optional extra, so the suite runs them all.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Every optional extra of pyproject.toml: the tests exercise all of them.
+EXTRAS := test,numpy
+PKG_STAMP  := $(VENV)/.installed-package
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck unit bench clean test-versions
 
-$(STAMP): pyproject.toml
+$(PKG_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(PKG_STAMP)
 
-demo: $(STAMP)
+$(TEST_STAMP): $(PKG_STAMP) pyproject.toml Makefile
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(TEST_STAMP)
+
+demo: $(PKG_STAMP)
 	$(BIN)/ashmem demo
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # The suite again under the oldest and newest other CPythons this machine has (pyenv), if any:
@@ -40,7 +48,7 @@ test-versions:
 	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	  echo "== Python $$v: $$py"; \
 	  [ -x .venv-$$v/bin/python ] || $$py -m venv .venv-$$v || exit 1; \
-	  .venv-$$v/bin/python -m pip install --quiet -e '.[test]' || exit 1; \
+	  .venv-$$v/bin/python -m pip install --quiet -e '.[$(EXTRAS)]' || exit 1; \
 	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider tests || exit 1; \
 	done
 
