@@ -9,6 +9,7 @@ Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ash
 ``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
 """
 
+from . import _reduction  # noqa: F401 - registers the reducers for multiprocessing's pickler
 from . import fdpass as fdpass
 from . import region as region
 from ._errors import BusyError as BusyError
@@ -29,17 +30,34 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 
+# Names imported on first use: the modules behind them bring threads, asyncio, logging,
+# multiprocessing.pool or numpy, which programs that only share regions should not pay for.
+_LAZY = {
+    "binder": (".binder", None),
+    "numpy": (".numpy", None),
+    "pool": (".pool", None),
+    "DEFAULT_THRESHOLD": ("._queue", "DEFAULT_THRESHOLD"),
+    "Connection": ("._queue", "Connection"),
+    "Pipe": ("._queue", "Pipe"),
+    "Queue": ("._queue", "Queue"),
+    "SimpleQueue": ("._queue", "SimpleQueue"),
+    "Pool": (".pool", "Pool"),
+    "ProcessPoolExecutor": (".pool", "ProcessPoolExecutor"),
+}
+
+
 def __getattr__(name: str) -> object:
-    # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
-    # which programs that only share regions should not pay for at import.
-    if name == "binder":
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(".binder", __name__)
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name, __name__)
+        return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "POPULATE_AUTO_MIN",
     "PROT_EXEC",
     "PROT_NONE",
@@ -47,14 +65,21 @@ __all__ = [
     "PROT_WRITE",
     "BusyError",
     "ClosedError",
+    "Connection",
     "Error",
     "Mapping",
     "MemoryFile",
     "MessageError",
+    "Pipe",
+    "Pool",
+    "ProcessPoolExecutor",
     "ProtectionError",
+    "Queue",
     "SharedMemory",
+    "SimpleQueue",
     "UnsupportedPlatformError",
     "binder",
     "fdpass",
+    "pool",
     "region",
 ]
