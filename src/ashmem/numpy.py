@@ -260,21 +260,28 @@ def share_read_only(a: ArrayLike) -> NDArray[Any]:
 
     A region-backed ``a`` is not copied: its whole region is write-protected (for good, in
     every process; ``a`` and other writable views that already exist keep working). Anything
-    else is copied into a new region first. Receivers get ``writeable=False`` and cannot make
-    it writable.
+    else is copied into a new region first. The result views a read-only mapping: neither it
+    nor any receiver's copy can be made writable (``setflags(write=True)`` raises
+    ``ValueError``, ``region_of(r).map_read_write()`` raises ``ProtectionError``).
 
     >>> import numpy as np, ashmem.numpy as anp
     >>> r = anp.share_read_only(np.arange(3)); r.flags.writeable
     False
     """
     array: NDArray[Any] = np.asanyarray(a)
-    if region_of(array) is None:
+    if _backing.find(array) is None:
         array = from_array(array)
-    shm = region_of(array)
-    assert shm is not None
+    found = _backing.find(array)
+    assert found is not None
+    entry, mapping = found
+    shm: SharedMemory = entry[0]
     shm.set_protect(PROT_READ)
-    view: NDArray[Any] = array.view()
-    view.flags.writeable = False
+    # A view over a read-only mapping, not just a flag: setflags(write=True) fails here too.
+    offset = array.__array_interface__["data"][0] - _address(entry, mapping) + mapping.offset
+    view: NDArray[Any] = np.ndarray(
+        array.shape, array.dtype, buffer=_map(shm.dup(), False), offset=offset,
+        strides=array.strides,
+    )  # fmt: skip
     return view
 
 
