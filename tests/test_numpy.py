@@ -124,7 +124,7 @@ def test_bad_arguments() -> None:
     with SharedMemory.create("small", 64) as shm:
         with pytest.raises(ValueError, match="needs 72 bytes"):
             anp.as_array(shm, 9, np.float64)
-        with pytest.raises(TypeError, match="SharedMemory or ashmem.Mapping"):
+        with pytest.raises(TypeError, match=r"SharedMemory or ashmem\.Mapping"):
             anp.as_array(b"x" * 64, 8)  # type: ignore[arg-type]
 
 

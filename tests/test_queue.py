@@ -230,7 +230,7 @@ def test_malformed_messages_raise_and_close_descriptors(data: bytes, message: st
 
 
 def test_region_slot_outside_a_message_is_refused() -> None:
-    with pytest.raises(pickle.UnpicklingError, match="outside an ashmem.Queue message"):
+    with pytest.raises(pickle.UnpicklingError, match=r"outside an ashmem\.Queue message"):
         _queue._queued_region(0)
 
 

@@ -107,16 +107,14 @@ def _region_with(data: memoryview, name: str) -> SharedMemory:
     return shm
 
 
-class _Pickler(pickle.Pickler):
-    """Protocol 5 pickler that collects regions and large buffers as descriptor slots."""
+class _Slots:
+    """What one message carries besides its pickle: regions and large buffers, as descriptor
+    slots. Kept apart from the pickler on purpose: the pickler's dispatch table refers to
+    these methods, and were they the pickler's own, pickler and table would form a cycle
+    that keeps the pickler's memo (every object of the message) alive until the cyclic
+    garbage collector runs."""
 
-    def __init__(self, file: io.BytesIO, threshold: int) -> None:
-        super().__init__(file, 5, buffer_callback=self._out_of_band)
-        table = dict(copyreg.dispatch_table)
-        table.update(_mp_reduction.ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
-        table.update(QUEUE_REDUCERS)
-        table[SharedMemory] = self._reduce_region
-        self.dispatch_table = table
+    def __init__(self, threshold: int) -> None:
         self.threshold = threshold
         self.regions: list[SharedMemory] = []
         self.made: list[SharedMemory] = []  # regions created here: closed after sending
@@ -136,11 +134,11 @@ class _Pickler(pickle.Pickler):
             self._slots[id(shm)] = slot
         return slot
 
-    def _reduce_region(self, shm: SharedMemory) -> tuple[Any, ...]:
+    def reduce_region(self, shm: SharedMemory) -> tuple[Any, ...]:
         shm.fileno()  # ClosedError now, not a bad descriptor later
         return (_queued_region, (self.slot(shm),))
 
-    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
+    def out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             raw = buffer.raw()
         except BufferError:  # not contiguous: pickle copies it inline
@@ -156,7 +154,20 @@ class _Pickler(pickle.Pickler):
         return False
 
 
-def _encode(kind: int, body: memoryview, pickler: _Pickler | None) -> tuple[bytes, list[Any]]:
+def _dump(obj: Any, slots: _Slots) -> io.BytesIO:
+    """Pickle ``obj`` (protocol 5), collecting its regions and large buffers in ``slots``."""
+    stream = io.BytesIO()
+    pickler = pickle.Pickler(stream, 5, buffer_callback=slots.out_of_band)
+    table = dict(copyreg.dispatch_table)
+    table.update(_mp_reduction.ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
+    table.update(QUEUE_REDUCERS)
+    table[SharedMemory] = slots.reduce_region
+    pickler.dispatch_table = table
+    pickler.dump(obj)
+    return stream
+
+
+def _encode(kind: int, body: memoryview, pickler: _Slots | None) -> tuple[bytes, list[Any]]:
     """Build one message: (payload, regions to attach). Regions the encoding creates are
     added to ``pickler.made`` (or closed here on failure)."""
     regions: list[Any] = pickler.regions if pickler is not None else []
@@ -181,7 +192,7 @@ _incoming = threading.local()
 
 
 def _queued_region(slot: int) -> SharedMemory:
-    """Unpickling side of ``_Pickler._reduce_region``: the region in ``slot`` of the message
+    """Unpickling side of ``_Slots.reduce_region``: the region in ``slot`` of the message
     being received (owned by the caller from here on)."""
     items: list[SharedMemory | None] | None = getattr(_incoming, "items", None)
     if items is None:
@@ -393,10 +404,9 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Send ``obj``: pickled (protocol 5), large buffers and regions as descriptors."""
         sock = self._check_writable()
-        stream = io.BytesIO()
-        pickler = _Pickler(stream, self._threshold)
+        pickler = _Slots(self._threshold)
         try:
-            pickler.dump(obj)
+            stream = _dump(obj, pickler)
             with stream.getbuffer() as body:
                 data, regions = _encode(_KIND_PICKLE, body, pickler)
             self._send(sock, data, regions)

@@ -93,6 +93,8 @@ class Pool(_mp_pool.Pool):
     [np.float64(262144.0), np.float64(262144.0), np.float64(262144.0), np.float64(262144.0)]
     """
 
+    _state = _mp_pool.INIT  # for __del__ when __init__ raised before the pool existed
+
     def __init__(
         self,
         processes: int | None = None,
