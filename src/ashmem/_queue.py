@@ -154,13 +154,28 @@ class _Slots:
         return False
 
 
+_base: tuple[tuple[int, int, int], dict[Any, Any]] = ((-1, -1, -1), {})
+
+
+def _base_table() -> dict[Any, Any]:
+    """copyreg's reducers, then multiprocessing's, then ours: rebuilt only when one of the
+    registries has grown (modules register at import, e.g. ashmem.numpy or torch)."""
+    global _base
+    extra: dict[Any, Any] = _mp_reduction.ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+    key = (len(copyreg.dispatch_table), len(extra), len(QUEUE_REDUCERS))
+    if key != _base[0]:
+        table = dict(copyreg.dispatch_table)
+        table.update(extra)
+        table.update(QUEUE_REDUCERS)
+        _base = (key, table)
+    return _base[1]
+
+
 def _dump(obj: Any, slots: _Slots) -> io.BytesIO:
     """Pickle ``obj`` (protocol 5), collecting its regions and large buffers in ``slots``."""
     stream = io.BytesIO()
     pickler = pickle.Pickler(stream, 5, buffer_callback=slots.out_of_band)
-    table = dict(copyreg.dispatch_table)
-    table.update(_mp_reduction.ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
-    table.update(QUEUE_REDUCERS)
+    table = dict(_base_table())
     table[SharedMemory] = slots.reduce_region
     pickler.dispatch_table = table
     pickler.dump(obj)
@@ -445,13 +460,18 @@ class Connection:
         fd = sock.fileno()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            # Wait first, then take: a failed non-blocking receive costs an exception. Another
+            # reader may still take the message between the two; then wait again.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not _wait(fd, select.POLLIN, left):
+                if deadline is not None:
+                    raise queue.Empty
+                continue
             try:
                 data, items = fdpass.recv(sock, _MAX_SLOTS, maxdata=_FRAME_DATA)
             except _SEND_BUSY:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+                if deadline is not None and time.monotonic() >= deadline:
                     raise queue.Empty from None
-                _wait(fd, select.POLLIN, left)
                 continue
             return _decode(data, items, want_pickle)
 
