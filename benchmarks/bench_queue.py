@@ -289,9 +289,10 @@ def main() -> None:
         "between runs; the same-run ratios are what to compare.",
         "![time against N, one line per transport](benchmarks/queue_sweep.png)",
     ]
-    problem = plot(results, sizes)
-    if problem:
-        notes[-1] = problem
+    if not args.no_readme:  # the README's picture changes only with the README's table
+        problem = plot(results, sizes)
+        if problem:
+            notes[-1] = problem
     publish(
         "queue",
         "Queue: a float64 array to another process, which sums it",
