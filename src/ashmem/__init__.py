@@ -6,7 +6,8 @@ descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM
 
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
 (libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
-``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
+``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices);
+``ashmem.compat`` is a drop-in for ``multiprocessing.shared_memory``.
 """
 
 from . import fdpass as fdpass
@@ -31,11 +32,13 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
-    # which programs that only share regions should not pay for at import.
-    if name == "binder":
+    # which programs that only share regions should not pay for at import. ``ashmem.compat``
+    # (the multiprocessing.shared_memory drop-in) likewise: programs that do not use it carry
+    # neither its import nor its at-fork hook.
+    if name in ("binder", "compat"):
         import importlib
 
-        return importlib.import_module(".binder", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
@@ -55,6 +58,7 @@ __all__ = [
     "SharedMemory",
     "UnsupportedPlatformError",
     "binder",
+    "compat",
     "fdpass",
     "region",
 ]
