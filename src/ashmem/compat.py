@@ -103,9 +103,8 @@ import os
 import secrets
 import struct
 import threading
-import types
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from . import _shared_memory, _user_dir, region
 from ._errors import BusyError, ProtectionError
@@ -648,6 +647,8 @@ _ALIGN = 8
 _NUMBER, _STR, _BYTES, _NONE = 0, 1, 2, 3
 _ITEM_FORMATS = {bool: "xxxxxxx?", int: "q", float: "d"}
 _NONE_FORMAT = "xxxxxx?x"
+#: What a ShareableList holds; ``ShareableList[int]`` in annotations, as typeshed's.
+_Item = TypeVar("_Item", int, float, bool, str, bytes, None)
 
 
 class _UnsupportedTypeError(TypeError, KeyError):
@@ -684,7 +685,7 @@ def _decode_item(kind: int, value: Any) -> Any:
     return value
 
 
-class ShareableList:
+class ShareableList(Generic[_Item]):
     """A fixed-length list in shared memory, as ``multiprocessing.shared_memory.ShareableList``.
 
     Holds ``int`` (64-bit), ``float``, ``bool``, ``str``, ``bytes`` and ``None``; items can be
@@ -707,7 +708,7 @@ class ShareableList:
 
     shm: SharedMemory
 
-    def __init__(self, sequence: Iterable[Any] | None = None, *, name: str | None = None) -> None:
+    def __init__(self, sequence: Iterable[_Item] | None = None, *, name: str | None = None) -> None:
         if name is not None and sequence is None:
             self.shm = SharedMemory(name)
             self._attach()
@@ -781,14 +782,14 @@ class ShareableList:
             raise IndexError(message)
         return int(index)
 
-    def __getitem__(self, position: int) -> Any:
+    def __getitem__(self, position: int) -> _Item:
         index = self._position(position, "index out of range")
         (value,) = struct.unpack_from(
             self._format(index), self._view(), self._data_start() + self._ends[index]
         )
-        return _decode_item(self._kind(index), value)
+        return cast(_Item, _decode_item(self._kind(index), value))
 
-    def __setitem__(self, position: int, value: Any) -> None:
+    def __setitem__(self, position: int, value: _Item) -> None:
         index = self._position(position, "assignment index out of range")
         fmt, kind, packed = _encode_item(value)
         if fmt is None:
@@ -807,7 +808,7 @@ class ShareableList:
     def __len__(self) -> int:
         return int(struct.unpack_from("q", self._view(), 0)[0])
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[_Item]:
         for index in range(self._count):
             yield self[index]
 
@@ -829,7 +830,7 @@ class ShareableList:
         """
         return "".join(self._format(index) for index in range(self._count))
 
-    def count(self, value: Any) -> int:
+    def count(self, value: _Item) -> int:
         """How many items equal ``value``.
 
         >>> from ashmem.compat import ShareableList
@@ -840,7 +841,7 @@ class ShareableList:
         """
         return sum(value == item for item in self)
 
-    def index(self, value: Any) -> int:
+    def index(self, value: _Item) -> int:
         """Position of the first item equal to ``value``; ``ValueError`` if there is none.
 
         >>> from ashmem.compat import ShareableList
@@ -853,7 +854,3 @@ class ShareableList:
             if value == item:
                 return position
         raise ValueError(f"{value!r} not in this container")
-
-    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
-        """``ShareableList[int]`` in annotations, as CPython's."""
-        return types.GenericAlias(cls, item)
