@@ -32,9 +32,12 @@ def ensure_private(path: str) -> str:
     True
     """
     uid = os.geteuid()
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise PermissionError(
             errno.EPERM,

@@ -20,8 +20,9 @@ creating process keeps one descriptor of the region open for the name (``held`` 
 writes an *entry* in this user's private directory (``ashmem._user_dir``: mode 0700, owned
 by this user, checked on every use, the rules of the binder service directory)::
 
-    <user directory>/shm/n-<name>     the entry: one line, "ashmem-compat 1 PID START FD TAG"
-    <user directory>/shm/lock         flock()ed while an entry is created, replaced or removed
+    <user directory>/shm/n-<name>     the entry: a symlink whose text (never followed) is
+                                      "ashmem-compat 1 PID START FD TAG"
+    <user directory>/shm/lock         flock()ed while an entry is replaced or removed
 
 ``PID`` is the creator, ``START`` its start time (field 22 of ``/proc/PID/stat``), ``FD`` the
 held descriptor and ``TAG`` 16 random hex digits that are also in the region's kernel name,
@@ -44,13 +45,15 @@ entries once, at its first create. A creator that exits normally removes its own
 Races, and why they are harmless
 --------------------------------
 
-* Two processes create the same name at once: both take the directory lock (``flock``, so
-  also across threads and released by the kernel if the holder dies) before they look at the
-  entry and write theirs (to a temporary file renamed into place), so exactly one wins; the
-  other gets ``FileExistsError``. Replacing a stale entry and ``unlink()`` take the lock too,
-  and ``unlink()`` removes the entry only if it still carries the object's tag, so it never
-  removes a name someone created again meanwhile.
-* Attaching does not lock: an entry appears complete (rename) or not at all. If the creator
+* Two processes create the same name at once: an entry is made with ``symlink()``, which is
+  atomic and fails if the name exists, so exactly one wins and the other gets
+  ``FileExistsError``; a free name takes no lock. Every *removal* of an entry (replacing a
+  stale one, ``unlink()``, the sweep, the exit cleanup) holds the directory lock (``flock``:
+  across threads too, released by the kernel if the holder dies) from reading the entry to
+  removing it; since nobody else removes entries meanwhile, and a creator only adds one where
+  none is, what they read is what they remove. ``unlink()`` removes the entry only if it
+  still carries the object's tag, so it never removes a name someone created again since.
+* Attaching takes no lock: an entry appears complete (``symlink``) or not at all. If the creator
   exits or the name is unlinked while a process is attaching, the attach either fails with
   ``FileNotFoundError`` or succeeds with a descriptor of the region, which then stays valid
   for as long as that process holds it; the memory goes when the last holder closes.
@@ -114,9 +117,8 @@ __all__ = ["ShareableList", "SharedMemory"]
 _FORMAT_VERSION = 1
 _MAGIC = "ashmem-compat"
 _ENTRY_PREFIX = "n-"
-_TEMP_PREFIX = "t-"
 _NAME_MAX = 200  # UTF-8 bytes; the kernel keeps 249 for "<name>@<16-digit tag>"
-_ENTRY_MAX = 256  # bytes; a longer entry file is not one of ours
+_ENTRY_MAX = 200  # characters; a longer entry is not one of ours
 _RANDOM_PREFIX = "psm_"  # as CPython's random names
 _OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
@@ -204,16 +206,10 @@ def _my_start() -> int:
 def _read_entry(path: str) -> _Entry | None:
     """The entry at ``path``; None if there is none or it is not a well-formed entry."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        raw = os.readlink(path)  # an entry is a symlink that is never followed
+    except OSError:  # ENOENT, or EINVAL: not a symlink, so not an entry
         return None
-    try:
-        raw = os.read(fd, _ENTRY_MAX + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    parts = raw.decode("ascii", "replace").split()
+    parts = raw.split()
     if len(raw) > _ENTRY_MAX or len(parts) != 6 or parts[0] != _MAGIC:
         return None
     try:
@@ -226,9 +222,9 @@ def _read_entry(path: str) -> _Entry | None:
     return _Entry(pid, start, fd, tag)
 
 
-def _format_entry(entry: _Entry) -> bytes:
+def _format_entry(entry: _Entry) -> str:
     pid, start, fd, tag = entry
-    return f"{_MAGIC} {_FORMAT_VERSION} {pid} {start} {fd} {tag}\n".encode("ascii")
+    return f"{_MAGIC} {_FORMAT_VERSION} {pid} {start} {fd} {tag}"
 
 
 @contextlib.contextmanager
@@ -305,12 +301,12 @@ def _open_name(name: str, key: str) -> tuple[int, str]:
     except OSError:  # the creator exited or closed it just now
         raise _not_found(name) from None
     # Check the descriptor we got, not the path we opened: the fd number may have been
-    # reused between the readlink and the open.
+    # reused between the readlink and the open. (The caller checks that it is a region.)
     try:
         label = region.get_name_region(fd)
     except (OSError, ValueError):
         label = None
-    if label != _label(key, entry.tag) or region.region_size(fd) is None:
+    if label != _label(key, entry.tag):
         os.close(fd)
         raise _not_found(name)
     return fd, entry.tag
@@ -336,26 +332,27 @@ def _publish(name: str, key: str, region_fd: int, tag: str) -> None:
     path = _entry_path(directory, key)
     held = os.dup(region_fd)  # CLOEXEC, as every fd Python makes
     try:
-        entry = _Entry(os.getpid(), _my_start(), held, tag)
-        with _locked(directory):
-            if not _swept:
+        entry = _format_entry(_Entry(os.getpid(), _my_start(), held, tag))
+        if not _swept:
+            with _locked(directory):
                 _sweep(directory)
-                _swept = True
-            existing = _read_entry(path)
-            if existing is not None and _probe(existing, key) != _STALE:
-                raise FileExistsError(
-                    errno.EEXIST,
-                    f"shared memory already exists (held by live process {existing.pid}); "
-                    "attach with create=False or choose another name",
-                    name,
-                )
-            temp = os.path.join(directory, f"{_TEMP_PREFIX}{secrets.token_hex(8)}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, _format_entry(entry))
-            finally:
-                os.close(fd)
-            os.replace(temp, path)  # replaces a stale entry; the lock makes it ours to replace
+            _swept = True
+        try:
+            # symlink() is atomic and exclusive: a free name takes no lock.
+            os.symlink(entry, path)
+        except FileExistsError:
+            with _locked(directory):
+                existing = _read_entry(path)
+                if existing is not None and _probe(existing, key) != _STALE:
+                    raise _exists(name, existing.pid) from None
+                # Stale: ours to replace, as we hold the lock. A lock-free creator may
+                # still take the name between the unlink and the symlink: then it won.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                try:
+                    os.symlink(entry, path)
+                except FileExistsError:
+                    raise _exists(name, None) from None
     except BaseException:
         os.close(held)
         raise
@@ -368,6 +365,16 @@ def _publish(name: str, key: str, region_fd: int, tag: str) -> None:
             _atexit_registered = True
     if old is not None:  # its entry was replaced, so someone unlinked it elsewhere
         os.close(old.fd)
+
+
+def _exists(name: str, pid: int | None) -> FileExistsError:
+    holder = f"live process {pid}" if pid is not None else "another process, just now"
+    return FileExistsError(
+        errno.EEXIST,
+        f"shared memory already exists (held by {holder}); attach with create=False or "
+        "choose another name",
+        name,
+    )
 
 
 def _unpublish(name: str, key: str, tag: str) -> None:
@@ -497,9 +504,16 @@ class SharedMemory:
         self._region = shm
         self._size = shm.size
         try:
-            self._mapping = shm.map_read_write(populate=False)
-        except ProtectionError:  # write-protected by an ashmem.SharedMemory holder
-            self._mapping = shm.map_read_only(populate=False)
+            try:
+                self._mapping = shm.map_read_write(populate=False)
+            except ProtectionError:  # write-protected by an ashmem.SharedMemory holder
+                self._mapping = shm.map_read_only(populate=False)
+        except BaseException:
+            if create:  # as CPython: a block that could not be mapped loses its name
+                with contextlib.suppress(OSError):
+                    self.unlink()
+            self.close()
+            raise
         self._buf = memoryview(self._mapping)
 
     def _attach(self, name: str | None) -> _shared_memory.SharedMemory:
@@ -508,6 +522,9 @@ class SharedMemory:
         fd, tag = _open_name(name, key)
         try:
             shm = _shared_memory.SharedMemory.from_fd(fd)
+        except ValueError:  # a memfd with our tag whose size is not sealed: not ours
+            os.close(fd)
+            raise _not_found(name) from None
         except BaseException:
             os.close(fd)
             raise
@@ -618,8 +635,11 @@ class SharedMemory:
         _unpublish(self.name, self._key, self._tag)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # Plain try: at interpreter exit, contextlib may already be gone.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.name, False, self.size))
