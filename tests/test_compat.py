@@ -21,6 +21,7 @@ import sys
 import textwrap
 import typing
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -661,3 +662,15 @@ def test_unrelated_same_user_process_without_privileges(dumpable: bool) -> None:
         os.waitpid(creator, 0)
         for fd in (ready_r, ready_w, stop_r, stop_w, result_r, result_w):
             os.close(fd)
+
+
+def test_readme_example_runs_as_printed(tmp_path: Any) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Drop-in for `multiprocessing.shared_memory`", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=CHILD_TIMEOUT
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "b'HELLO'\n", "")
