@@ -20,6 +20,7 @@ create + close + unlink
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
@@ -42,6 +43,7 @@ def main() -> None:
     rounds = 5 if args.quick else 15
     number = 200 if args.quick else 1000
 
+    load_before = os.getloadavg()[0]
     ours = compat.SharedMemory(create=True, size=SIZE)
     theirs = shared_memory.SharedMemory(create=True, size=SIZE)
 
@@ -91,6 +93,7 @@ def main() -> None:
         theirs.close()
         theirs.unlink()
 
+    load_after = os.getloadavg()[0]
     rows = []
     for case in cases:
         ours_ns = median(results[case, "ashmem.compat"])
@@ -105,6 +108,11 @@ def main() -> None:
         "(no leak, no tracker), and this shows what a name costs. Run: "
         "`python benchmarks/bench_compat.py`"
         + (" (`--quick`: smoke run, not for the README)." if args.quick else "."),
+        f"Load average (1 min) {load_before:.2f} before and {load_after:.2f} after the run, on "
+        f"{os.cpu_count()} cores: other work shared the machine, so compare the ratio first. "
+        f"Names live in {compat._directory()}; the entry and /proc lookups are file-system "
+        "calls, so their cost depends on that file system (a tmpfs under $XDG_RUNTIME_DIR on "
+        "most desktops).",
     ]
     publish(
         "compat",
