@@ -62,7 +62,7 @@ Races, and why they are harmless
   descriptor refuses it. The ``open`` uses ``O_NONBLOCK | O_NOCTTY`` so that even such a
   file (a FIFO, a terminal) cannot block the open or become a controlling terminal.
 * A name unlinked by a process other than the creator: the creator's held descriptor is
-  released the next time the creator closes one of its objects for that name, or at exit.
+  released when the creating object is closed (or collected), or at exit.
 * ``unlink()`` while other processes are attached: the name is gone at once (new attaches get
   ``FileNotFoundError``), the memory stays for those that hold it, as with POSIX shm.
 
@@ -486,6 +486,7 @@ class SharedMemory:
     _name: str | None = None
     _key: str | None = None
     _tag: str | None = None
+    _created: bool = False
     _size: int = 0
     _region: _shared_memory.SharedMemory | None = None
     _mapping: _shared_memory.Mapping | None = None
@@ -547,7 +548,7 @@ class SharedMemory:
             except BaseException:
                 shm.close()
                 raise
-            self._name, self._key, self._tag = chosen, key, tag
+            self._name, self._key, self._tag, self._created = chosen, key, tag, True
             return shm
 
     @property
@@ -612,7 +613,7 @@ class SharedMemory:
         shm, self._region = self._region, None
         if shm is not None:
             shm.close()
-            if self._key is not None and self._tag is not None:
+            if self._created and self._key is not None and self._tag is not None:
                 _release_if_unlinked(self._key, self._tag)
 
     def unlink(self) -> None:
