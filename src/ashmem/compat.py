@@ -42,6 +42,21 @@ creator is gone (exited, killed, a zombie) or whose descriptor no longer carries
 *stale*: it counts as absent, ``create=True`` replaces it, and each process sweeps the stale
 entries once, at its first create. A creator that exits normally removes its own entries.
 
+What the kernel does with ``/proc/PID/fd/N`` of a memfd (checked on Linux 6.18, as root and
+as an unprivileged user; the cross-user and dumpable cases are in tests/test_compat.py):
+
+* ``open(O_RDWR)`` by another process of the same uid, not related to the creator, works and
+  gives a new open file description (own offset, same inode and seals). It needs
+  ``PTRACE_MODE_READ`` access to the creator: the same uid and a dumpable creator, or
+  CAP_SYS_PTRACE. Yama's ``ptrace_scope`` only gates ``PTRACE_MODE_ATTACH``, so it does not
+  matter. Another uid, or a creator that is not dumpable, gets ``EACCES``; so does a process
+  that changed its uid without ``exec`` (that makes it undumpable, ``fs.suid_dumpable``).
+* A write-sealed memfd (``F_SEAL_WRITE`` or ``F_SEAL_FUTURE_WRITE``) still opens ``O_RDWR``;
+  a ``PROT_WRITE`` shared mapping of it fails with ``EPERM``, a read-only one works.
+* A creator that has exited and was reaped: ``ENOENT``. One that has exited but not been
+  reaped (a zombie): its descriptors are closed already, and ``/proc`` answers ``EACCES`` to
+  an unprivileged caller, ``ENOENT`` to root; the state in ``/proc/PID/stat`` tells.
+
 Races, and why they are harmless
 --------------------------------
 
@@ -73,9 +88,10 @@ Differences from CPython's
   (``PTRACE_MODE_READ`` access: the same uid and a dumpable creator; Yama's
   ``ptrace_scope`` does not restrict it, it only gates attaching a debugger; root can attach
   to anyone's). CPython's names are files in ``/dev/shm`` that anyone the mode allows can open.
-  A creator that is not dumpable (``prctl(PR_SET_DUMPABLE, 0)``, a setuid program) gives
-  ``PermissionError`` on attach. Other users cannot attach at all: use ``ashmem.fdpass`` or
-  ``ashmem.binder`` to share with them.
+  A creator that is not dumpable (``prctl(PR_SET_DUMPABLE, 0)``, a setuid program, a
+  process that dropped privileges without ``exec``) gives ``PermissionError`` on attach.
+  Other users cannot attach at all: use ``ashmem.fdpass`` or ``ashmem.binder`` to share
+  with them.
 * The name dies with its creator: once the creating process has exited, its names are
   absent (``FileNotFoundError``) even if other processes still hold the memory, and the memory
   is freed when the last holder closes. CPython's outlive every process until unlinked (and
