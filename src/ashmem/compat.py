@@ -750,7 +750,7 @@ class ShareableList(Generic[_Item]):
             self.shm = SharedMemory(name)
             self._attach()
             return
-        items = [_encode_item(value) for value in (sequence or ())]
+        items = [_encode_item(value) for value in (() if sequence is None else sequence)]
         formats = []
         for fmt, _kind, value in items:
             if fmt is None:
