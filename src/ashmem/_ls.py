@@ -397,24 +397,13 @@ def _row(
     )
 
 
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
-
-
 def format_size(size: int | None) -> str:
     """A byte count for people: ``512 B``, ``4.0 KiB``, ``1.5 GiB``; ``-`` for None.
 
     >>> format_size(4096), format_size(1536 * 1024), format_size(100), format_size(None)
     ('4.0 KiB', '1.5 MiB', '100 B', '-')
     """
-    if size is None:
-        return "-"
-    if size < 1024:
-        return f"{size} B"
-    value, units = float(size), 0
-    while value >= 1024 and units < len(_UNITS):
-        value /= 1024
-        units += 1
-    return f"{value:.1f} {_UNITS[units - 1]}"
+    return "-" if size is None else region.format_bytes(size)
 
 
 def _printable(text: str) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "check_region",
     "contents_sealed_region",
     "create_region",
+    "format_bytes",
     "get_name_region",
     "get_prot_region",
     "get_size_region",
@@ -102,7 +103,12 @@ def kernel_name(name: str | None) -> str:
     return _encode_name(name).decode("utf-8", "surrogateescape")
 
 
-def _format_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``4.0 KiB``, ``1.5 GiB``.
+
+    >>> format_bytes(1536 * 1024)
+    '1.5 MiB'
+    """
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if value < 1024 or unit == "PiB":
@@ -223,8 +229,8 @@ def _check_size(size: object, label: str | None = None) -> int:
     limit, source = _memory_limit()
     if size > limit:
         raise ValueError(
-            f"{_sys.describe(label)}: {_format_bytes(size)} ({size} bytes) asked, but this "
-            f"process can never have more than {_format_bytes(limit)} ({source}); "
+            f"{_sys.describe(label)}: {format_bytes(size)} ({size} bytes) asked, but this "
+            f"process can never have more than {format_bytes(limit)} ({source}); "
             "check the size"
         )
     return size
