@@ -151,6 +151,7 @@ def test_closing_the_shared_memory_first_leaves_no_dangling_array() -> None:
 
 
 def test_memory_is_released_when_the_last_array_is_gone() -> None:
+    gc.collect()
     before = open_fd_count()
     a = anp.zeros(1 << 16)
     region = anp.region_of(a)
@@ -219,10 +220,21 @@ def test_import_error_names_the_extra() -> None:
     assert "pip install 'ashmem[numpy]'" in out.stdout
 
 
-def test_core_import_does_not_import_numpy_or_pools() -> None:
-    code = "import ashmem, sys; print(sorted(m for m in ('numpy', 'multiprocessing.pool', "
+def test_core_import_does_not_import_numpy_or_multiprocessing() -> None:
+    """The reducers reach multiprocessing's pickler without importing it (import hook)."""
+    code = "import ashmem, sys; print(sorted(m for m in ('numpy', 'multiprocessing', "
     code += "'concurrent.futures', 'ashmem._queue') if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+    code = (
+        "import ashmem, ashmem.numpy, numpy\n"
+        "from multiprocessing.reduction import ForkingPickler as P\n"
+        "print(all(t in P._extra_reducers for t in (ashmem.SharedMemory, ashmem.MemoryFile, "
+        "numpy.ndarray)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "True"

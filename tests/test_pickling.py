@@ -4,6 +4,7 @@ and 5)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 from typing import Any
@@ -38,6 +39,7 @@ def test_connection_does_not_plain_pickle() -> None:
 
 def test_failed_pickles_leak_no_descriptor() -> None:
     with SharedMemory.create("p", PAGE) as shm, MemoryFile("p", PAGE) as mf:
+        gc.collect()
         before = open_fd_count()
         for _ in range(100):
             for obj in (shm, mf, [shm], {"mf": mf}):
@@ -108,6 +110,7 @@ def test_received_non_region_is_refused_and_closed() -> None:
 
     r, w = os.pipe()
     os.close(w)
+    gc.collect()
     before = open_fd_count()
     with pytest.raises(ValueError, match="not an ashmem region"):
         _reduction.rebuild_shared_memory(FakeDup(r))

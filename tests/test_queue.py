@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import gc
 import multiprocessing
 import os
 import pickle
@@ -85,6 +86,7 @@ def test_large_pickle_stream_and_buffers() -> None:
 
 def test_many_messages_leave_no_descriptors_behind() -> None:
     q = ashmem.Queue()
+    gc.collect()
     first = open_fd_count()
     big = np.ones(BIG // 8)
     received = 0
@@ -222,6 +224,7 @@ def test_malformed_messages_raise_and_close_descriptors(data: bytes, message: st
     r, w = ashmem.Pipe()
     raw = socket.socket(fileno=os.dup(w.fileno()))
     with r, w, raw, SharedMemory.create("hostile", 4096) as shm:
+        gc.collect()  # earlier tests' garbage must not close descriptors during the count
         before = open_fd_count()
         _send_raw(raw, data, [shm.fileno()])
         with pytest.raises(MessageError, match=message):

@@ -6,7 +6,8 @@ descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM
 
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
 (libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
-``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
+``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices);
+``ashmem.compat`` is a drop-in for ``multiprocessing.shared_memory``.
 """
 
 from . import _reduction  # noqa: F401 - registers the reducers for multiprocessing's pickler
@@ -30,10 +31,23 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 
+def _show_public_module() -> None:
+    # Tracebacks and reprs name the module users import (ashmem.ProtectionError), not the
+    # private one that defines the class; pickle finds the classes there as well.
+    for value in list(globals().values()):
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+
+
+_show_public_module()
+
 # Names imported on first use: the modules behind them bring threads, asyncio, logging,
 # multiprocessing.pool or numpy, which programs that only share regions should not pay for.
+# ``ashmem.compat`` (the multiprocessing.shared_memory drop-in) likewise: programs that do not
+# use it carry neither its import nor its at-fork hook.
 _LAZY = {
     "binder": (".binder", None),
+    "compat": (".compat", None),
     "numpy": (".numpy", None),
     "pool": (".pool", None),
     "DEFAULT_THRESHOLD": ("._queue", "DEFAULT_THRESHOLD"),
@@ -52,7 +66,10 @@ def __getattr__(name: str) -> object:
 
         module_name, attr = _LAZY[name]
         module = importlib.import_module(module_name, __name__)
-        return module if attr is None else getattr(module, attr)
+        value = module if attr is None else getattr(module, attr)
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+        return value
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
@@ -79,6 +96,7 @@ __all__ = [
     "SimpleQueue",
     "UnsupportedPlatformError",
     "binder",
+    "compat",
     "fdpass",
     "pool",
     "region",

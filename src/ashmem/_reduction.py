@@ -15,6 +15,12 @@ leaked it for good when nobody came to fetch it. So plain pickling now raises ``
   the same datagram as the pickle (``ashmem._queue``). Reducers registered here with
   ``queue_reducer`` are used there too.
 
+``import ashmem`` does not import multiprocessing (a program that only shares regions should
+not pay for it, and a program that never imports it gets no resource tracker). The reducers
+are registered with ``ForkingPickler`` the moment ``multiprocessing.reduction`` is imported
+(at once if it already is, else by a one-shot import hook on ``sys.meta_path``), which is
+before anything can be pickled through it.
+
 What is unpickled is what multiprocessing itself unpickles (its own pickles, from its own
 channels); a received descriptor is checked to be a region (``SharedMemory.from_fd``) before
 anything uses it, and closed if it is not.
@@ -23,8 +29,9 @@ anything uses it, and closed if it is not.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Callable
-from multiprocessing import reduction
 from typing import Any
 
 from ._memory_file import MemoryFile
@@ -36,15 +43,72 @@ __all__ = ["QUEUE_REDUCERS", "register"]
 QUEUE_REDUCERS: dict[type, Callable[[Any], Any]] = {}
 
 
+_MP_MODULE = "multiprocessing.reduction"
+#: Reducers for multiprocessing's pickler, registered with it once it is imported.
+_MP_REDUCERS: dict[type, Callable[[Any], Any]] = {}
+_lock = threading.Lock()
+
+
+def _register_pending() -> None:
+    module = sys.modules.get(_MP_MODULE)
+    if module is None or not hasattr(module, "ForkingPickler"):
+        return
+    with _lock:
+        for cls, reducer in _MP_REDUCERS.items():
+            module.ForkingPickler.register(cls, reducer)
+
+
+class _LoaderThenRegister:
+    """Wraps the real loader of ``multiprocessing.reduction``: runs it, then registers."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _register_pending()
+
+
+class _WatchForMultiprocessing:
+    """One-shot ``sys.meta_path`` finder: when ``multiprocessing.reduction`` is imported, let
+    the other finders find it and wrap its loader so that our reducers are registered as
+    soon as the module has run."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _MP_MODULE:
+            return None
+        with _lock:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LoaderThenRegister(spec.loader)  # type: ignore[assignment]
+        return spec
+
+
+def _watch() -> None:
+    if _MP_MODULE in sys.modules:
+        _register_pending()
+    else:
+        sys.meta_path.insert(0, _WatchForMultiprocessing())
+
+
 def register(
     cls: type,
     reducer: Callable[[Any], Any],
     *,
     queue_reducer: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Use ``reducer`` for ``cls`` in multiprocessing's pickler, and ``queue_reducer`` (if
-    given) in ashmem's queues."""
-    reduction.register(cls, reducer)
+    """Use ``reducer`` for ``cls`` in multiprocessing's pickler (now, or when it is imported),
+    and ``queue_reducer`` (if given) in ashmem's queues."""
+    with _lock:
+        _MP_REDUCERS[cls] = reducer
+    _register_pending()
     if queue_reducer is not None:
         QUEUE_REDUCERS[cls] = queue_reducer
 
@@ -63,6 +127,8 @@ def rebuild_shared_memory(dupfd: Any) -> SharedMemory:
 
 
 def _reduce_shared_memory(shm: SharedMemory) -> tuple[Any, ...]:
+    from multiprocessing import reduction  # imported: we are in its pickler
+
     return (rebuild_shared_memory, (reduction.DupFd(shm.fileno()),))
 
 
@@ -78,3 +144,4 @@ def _reduce_memory_file(file: MemoryFile) -> tuple[Any, ...]:
 
 register(SharedMemory, _reduce_shared_memory)
 register(MemoryFile, _reduce_memory_file, queue_reducer=_reduce_memory_file)
+_watch()
