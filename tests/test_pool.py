@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -111,7 +112,9 @@ def _our_processes() -> set[int]:
 
 def test_sigkill_of_a_worker_mid_task_leaks_nothing() -> None:
     ctx = multiprocessing.get_context("fork")
+    gc.collect()
     shm_before = shm_entries()
+    regions_before = {r.inode for r in _ls.list_regions()}
     big = anp.share_read_only(np.ones(MiB // 4))
     region = anp.region_of(big)
     assert region is not None
@@ -133,10 +136,12 @@ def test_sigkill_of_a_worker_mid_task_leaks_nothing() -> None:
         manager.shutdown()
     del big, region
     probe.wait_released()
+    gc.collect()
     ours = _our_processes()
     leftovers = [
-        r for r in _ls.list_regions() if r.pid in ours and (r.name or "").startswith("ashmem.")
-    ]
+        r for r in _ls.list_regions()
+        if r.pid in ours and r.inode not in regions_before and (r.name or "").startswith("ashmem.")
+    ]  # fmt: skip
     assert leftovers == []
     # Other processes on this machine come and go in /dev/shm; nothing new may be ours.
     assert not {n for n in shm_entries() - shm_before if not n.startswith("sem.")}

@@ -299,3 +299,16 @@ def test_consumer_killed_mid_get_leaks_nothing_and_queue_works(children: Childre
     assert q.get(timeout=CHILD_TIMEOUT) == "still works"
     q.close()
     q.join_thread()
+
+
+def test_sent_objects_are_not_kept_by_the_feeder_thread() -> None:
+    q = ashmem.Queue()
+    a = anp.zeros(16)
+    probe = sec.RegionProbe.of(anp.region_of(a).fileno())  # type: ignore[union-attr]
+    q.put(a)
+    got = q.get(timeout=CHILD_TIMEOUT)
+    del a, got
+    gc.collect()
+    probe.wait_released()  # the queue is still open, its feeder thread still running
+    q.close()
+    q.join_thread()

@@ -75,6 +75,8 @@ _MAGIC = b"ASQ1"
 _KIND_PICKLE = 0
 _KIND_BYTES = 1
 _BODY_IN_REGION = 0x01
+# How the header of an inline pickle without buffers starts: magic, kind 0, flags 0, nbuf 0.
+_PLAIN_PICKLE = _MAGIC + bytes([_KIND_PICKLE, 0, 0, 0])
 _MAX_SLOTS = fdpass.MAX_FDS_PER_FRAME
 # fdpass puts at most 64 KiB of payload in one datagram frame; keep a margin below it.
 _FRAME_DATA = 64 * 1024
@@ -223,6 +225,12 @@ def _queued_region(slot: int) -> SharedMemory:
 def _decode(data: bytes, items: list[Any], want_pickle: bool) -> Any:
     """Check a received message and rebuild what it carries. Takes ``items``: on return
     or on any error, every descriptor not handed to the caller is closed."""
+    if not items and want_pickle and data[:8] == _PLAIN_PICKLE:
+        # The common small message: an inline pickle, no regions, no buffers.
+        body_len = _HEAD.unpack_from(data)[5]
+        if len(data) == _HEAD.size + body_len:
+            with memoryview(data) as whole:
+                return pickle.loads(whole[_HEAD.size :])
     mappings: list[Any] = []
     views: list[memoryview] = []
     try:
@@ -317,12 +325,12 @@ def _decode(data: bytes, items: list[Any], want_pickle: bool) -> Any:
 def _wait(fd: int, events: int, timeout: float | None) -> bool:
     poller = select.poll()
     poller.register(fd, events)
+    return _poll(poller, timeout)
+
+
+def _poll(poller: Any, timeout: float | None) -> bool:
     ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    while True:
-        try:
-            return bool(poller.poll(ms))
-        except InterruptedError:  # pragma: no cover - PEP 475 retries poll itself
-            continue
+    return bool(poller.poll(ms))  # PEP 475: retried on EINTR with the time left
 
 
 class Connection:
@@ -353,6 +361,8 @@ class Connection:
         """Private: use ``ashmem.Pipe``. Takes ``sock``."""
         sock.setblocking(False)
         self._sock = sock
+        self._readable_poller = select.poll()  # made once: receiving waits before each take
+        self._readable_poller.register(sock.fileno(), select.POLLIN)
         self._readable = readable
         self._writable = writable
         self._threshold = _check_threshold(threshold)
@@ -457,13 +467,13 @@ class Connection:
     def _receive(self, want_pickle: bool, timeout: float | None = None) -> Any:
         """Wait for one message (``queue.Empty`` after ``timeout`` seconds) and decode it."""
         sock = self._check_readable()
-        fd = sock.fileno()
+        poller = self._readable_poller
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # Wait first, then take: a failed non-blocking receive costs an exception. Another
             # reader may still take the message between the two; then wait again.
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not _wait(fd, select.POLLIN, left):
+            if not _poll(poller, left):
                 if deadline is not None:
                     raise queue.Empty
                 continue
@@ -506,8 +516,8 @@ class Connection:
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if there is something to receive (or the other end closed) within
         ``timeout`` seconds; ``None`` waits for ever."""
-        sock = self._check_readable()
-        return _wait(sock.fileno(), select.POLLIN, timeout)
+        self._check_readable()
+        return _poll(self._readable_poller, timeout)
 
     def __reduce__(self) -> Any:
         raise plain_pickle_error(self)
@@ -789,6 +799,8 @@ class Queue:
                 return
             try:
                 writer.send(obj)
+                # Not kept until the next put: the object may hold a region (or much else).
+                obj = None
             except Exception as exc:
                 if ignore_epipe and getattr(exc, "errno", 0) == errno.EPIPE:
                     return
