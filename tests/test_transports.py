@@ -9,6 +9,7 @@ and sends back new objects of its own, which the parent reads: both directions.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import multiprocessing
 from typing import Any
 
@@ -19,6 +20,7 @@ import ashmem
 import ashmem.numpy as anp
 from ashmem import MemoryFile, ProtectionError, SharedMemory
 
+from . import _helpers_security as sec
 from .conftest import CHILD_TIMEOUT, Children
 
 PAGE = 4096
@@ -141,6 +143,19 @@ def test_multiprocessing_pipe(mp_context: Any, children: Children) -> None:
     _check_sender(payload, back)
 
 
+def _probes(objs: tuple[Any, ...]) -> list[sec.RegionProbe]:
+    probes = []
+    for obj in objs:
+        region = obj if isinstance(obj, SharedMemory) else None
+        if isinstance(obj, MemoryFile):
+            region = obj.shared_memory
+        elif isinstance(obj, np.ndarray):
+            region = anp.region_of(obj)
+        assert region is not None
+        probes.append(sec.RegionProbe.of(region.fileno()))
+    return probes
+
+
 def test_ashmem_queue(mp_context: Any, children: Children) -> None:
     payload = _payload()
     inbox, answer = ashmem.Queue(ctx=mp_context), ashmem.Queue(ctx=mp_context)
@@ -149,6 +164,15 @@ def test_ashmem_queue(mp_context: Any, children: Children) -> None:
     back = answer.get(timeout=CHILD_TIMEOUT)
     _finish(children, proc, done)
     _check_sender(payload, back)
+    # Lifetime: once the child has exited and we drop everything, every region is freed.
+    probes = _probes(payload) + _probes(back)
+    for obj in (*payload, *back):
+        if isinstance(obj, (SharedMemory, MemoryFile)):
+            obj.close()
+    del payload, back, obj
+    gc.collect()
+    for probe in probes:
+        probe.wait_released()
 
 
 def test_ashmem_pipe(mp_context: Any, children: Children) -> None:
