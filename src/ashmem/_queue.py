@@ -575,7 +575,8 @@ def Pipe(
 
 class SimpleQueue:
     """A queue without a feeder thread or size limit, as ``multiprocessing.SimpleQueue``:
-    ``put`` sends before it returns.
+    ``put`` sends before it returns. ``ctx`` is accepted for compatibility and not needed:
+    there is no lock to make (one message is one datagram).
 
     >>> import ashmem
     >>> q = ashmem.SimpleQueue()
