@@ -11,16 +11,24 @@ or memoryview over the mapping is gone, the mapping is unmapped and the descript
 that order of interest, and the region is freed once no process holds either.
 
 Cost: one descriptor per remembered mapping (not per view), for as long as the mapping lives.
+
+``sealed_copy`` is the one copy that ordinary buffers pay to travel as a region (queues,
+pools, ``share_read_only``).
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
+from . import _sys
 from ._shared_memory import Mapping, SharedMemory
+from .region import PROT_READ
 
-__all__ = ["find", "remember"]
+__all__ = ["find", "remember", "sealed_copy"]
+
+_PWRITE_CHUNK = 1 << 30
 
 # The value is [shm, address-of-the-mapping's-first-byte or None]; the address is filled in
 # by ashmem.numpy the first time it needs it (computing it needs numpy or a writable buffer).
@@ -51,3 +59,24 @@ def find(obj: object) -> tuple[list[Any], Mapping] | None:
             return entry, obj
         obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
     return None
+
+
+def sealed_copy(data: memoryview, name: str) -> SharedMemory:
+    """A new write-protected region holding the bytes of ``data`` (a ``'B'`` memoryview):
+    one copy, by ``pwrite`` straight into the region's pages, so the sender sets up no
+    mapping and takes no page faults. The caller owns the result."""
+    size = len(data)
+    shm = SharedMemory.create(name, max(size, 1), reserve=False, populate=False)
+    try:
+        fd = shm.fileno()
+        done = 0
+        while done < size:
+            try:
+                done += os.pwrite(fd, data[done : done + _PWRITE_CHUNK], done)
+            except OSError as exc:
+                raise _sys.translate(exc, f"copy {size} bytes into", name) from exc
+        shm.set_protect(PROT_READ)
+    except BaseException:
+        shm.close()
+        raise
+    return shm

@@ -62,7 +62,6 @@ from . import _backing, fdpass
 from ._errors import MessageError
 from ._reduction import QUEUE_REDUCERS, register
 from ._shared_memory import SharedMemory, plain_pickle_error
-from .region import PROT_READ
 
 __all__ = ["DEFAULT_THRESHOLD", "Connection", "Pipe", "Queue", "SimpleQueue"]
 
@@ -81,7 +80,6 @@ _MAX_SLOTS = fdpass.MAX_FDS_PER_FRAME
 # fdpass puts at most 64 KiB of payload in one datagram frame; keep a margin below it.
 _FRAME_DATA = 64 * 1024
 _INLINE_MAX = _FRAME_DATA - _HEAD.size - _MAX_SLOTS * _BUF.size
-_PWRITE_CHUNK = 1 << 30
 _SEND_BUSY = (BlockingIOError, InterruptedError)
 
 
@@ -91,22 +89,6 @@ def _check_threshold(threshold: object) -> int:
     if threshold < 1:
         raise ValueError(f"threshold must be >= 1 byte, got {threshold}")
     return threshold
-
-
-def _region_with(data: memoryview, name: str) -> SharedMemory:
-    """A new write-protected region holding ``data``: one copy, by ``pwrite`` (no mapping,
-    so no page-table setup or faults on the sending side)."""
-    shm = SharedMemory.create(name, len(data), reserve=False, populate=False)
-    try:
-        fd = shm.fileno()
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done : done + _PWRITE_CHUNK], done)
-        shm.set_protect(PROT_READ)
-    except BaseException:
-        shm.close()
-        raise
-    return shm
 
 
 class _Slots:
@@ -150,7 +132,7 @@ class _Slots:
             # Keep a slot free for a pickle stream that turns out too large to be inline.
             if nbytes < self.threshold or len(self.regions) >= _MAX_SLOTS - 1:
                 return True
-            shm = _region_with(raw, "ashmem.Queue buffer")
+            shm = _backing.sealed_copy(raw, "ashmem.Queue buffer")
         self.made.append(shm)
         self.buffers.append((self.slot(shm), nbytes))
         return False
@@ -192,7 +174,7 @@ def _encode(kind: int, body: memoryview, pickler: _Slots | None) -> tuple[bytes,
     flags = body_slot = 0
     table = b"".join(_BUF.pack(slot, length) for slot, length in buffers)
     if len(body) > _INLINE_MAX:
-        shm = _region_with(body, "ashmem.Queue message")
+        shm = _backing.sealed_copy(body, "ashmem.Queue message")
         if pickler is not None:
             pickler.made.append(shm)
             body_slot = pickler.slot(shm)

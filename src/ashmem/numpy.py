@@ -270,7 +270,7 @@ def share_read_only(a: ArrayLike) -> NDArray[Any]:
     """
     array: NDArray[Any] = np.asanyarray(a)
     if _backing.find(array) is None:
-        array = from_array(array)
+        return _sealed_array(array)
     found = _backing.find(array)
     assert found is not None
     entry, mapping = found
@@ -283,6 +283,26 @@ def share_read_only(a: ArrayLike) -> NDArray[Any]:
         strides=array.strides,
     )  # fmt: skip
     return view
+
+
+def _sealed_array(src: NDArray[Any]) -> NDArray[Any]:
+    """A read-only region-backed copy of ``src``: written with ``pwrite`` and sealed before
+    anything maps it (no writable mapping, no prefault: the cheapest one copy)."""
+    _dtype(src.dtype)
+    if src.flags.c_contiguous:
+        flat, order = src, "C"
+    elif src.flags.f_contiguous:
+        flat, order = src.T, "F"
+    else:
+        src = np.ascontiguousarray(src)
+        flat, order = src, "C"
+    raw = flat.reshape(-1).view(np.uint8)
+    with raw.data as data:
+        shm = _backing.sealed_copy(data, _NAME)
+    out: NDArray[Any] = np.ndarray(
+        src.shape, src.dtype, buffer=_map(shm, False), order=_order(order)
+    )
+    return out
 
 
 def _rebuild(
