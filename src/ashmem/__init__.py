@@ -7,7 +7,12 @@ descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
 (libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
 ``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
+Purgeable memory: ``SharedMemory.pin``/``unpin`` and ``ashmem.region.pin_region`` mark
+ranges that may be discarded under memory pressure; ``ashmem.purge`` decides when.
 """
+
+import contextlib
+import sys
 
 from . import fdpass as fdpass
 from . import region as region
@@ -16,6 +21,7 @@ from ._errors import ClosedError as ClosedError
 from ._errors import Error as Error
 from ._errors import MessageError as MessageError
 from ._errors import ProtectionError as ProtectionError
+from ._errors import PurgedError as PurgedError
 from ._errors import UnsupportedPlatformError as UnsupportedPlatformError
 from ._memory_file import MemoryFile as MemoryFile
 from ._shared_memory import POPULATE_AUTO_MIN as POPULATE_AUTO_MIN
@@ -29,13 +35,33 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 
+def _start_purge_manager(unpinned_bytes: int) -> None:
+    # The first unpin in this process brings in ashmem.purge, whose manager then listens to
+    # every unpin itself; region and _pins sit below it and never import it.
+    from . import _pins, purge
+
+    with contextlib.suppress(ValueError):
+        _pins.unpin_listeners.remove(_start_purge_manager)
+    purge._manager.on_unpin(unpinned_bytes)
+
+
+def _install_purge_hook() -> None:
+    from . import _pins
+
+    if "ashmem.purge" not in sys.modules:
+        _pins.unpin_listeners.append(_start_purge_manager)
+
+
+_install_purge_hook()
+
+
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
     # which programs that only share regions should not pay for at import.
-    if name == "binder":
+    if name in ("binder", "purge"):
         import importlib
 
-        return importlib.import_module(".binder", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
@@ -52,9 +78,11 @@ __all__ = [
     "MemoryFile",
     "MessageError",
     "ProtectionError",
+    "PurgedError",
     "SharedMemory",
     "UnsupportedPlatformError",
     "binder",
     "fdpass",
+    "purge",
     "region",
 ]
