@@ -11,8 +11,8 @@ Purgeable memory: ``SharedMemory.pin``/``unpin`` and ``ashmem.region.pin_region`
 ranges that may be discarded under memory pressure; ``ashmem.purge`` decides when.
 """
 
-import contextlib
-import sys
+import contextlib as _contextlib
+import sys as _sys_module
 
 from . import fdpass as fdpass
 from . import region as region
@@ -40,7 +40,7 @@ def _start_purge_manager(unpinned_bytes: int) -> None:
     # every unpin itself; region and _pins sit below it and never import it.
     from . import _pins, purge
 
-    with contextlib.suppress(ValueError):
+    with _contextlib.suppress(ValueError):
         _pins.unpin_listeners.remove(_start_purge_manager)
     purge._manager.on_unpin(unpinned_bytes)
 
@@ -48,7 +48,7 @@ def _start_purge_manager(unpinned_bytes: int) -> None:
 def _install_purge_hook() -> None:
     from . import _pins
 
-    if "ashmem.purge" not in sys.modules:
+    if "ashmem.purge" not in _sys_module.modules:
         _pins.unpin_listeners.append(_start_purge_manager)
 
 

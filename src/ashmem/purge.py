@@ -25,7 +25,7 @@ the next purge.
 >>> import ashmem.purge
 >>> ashmem.purge.configure(budget_bytes=None)
 >>> counters = ashmem.purge.stats()
->>> counters["budget_bytes"], sorted(counters["purges"]) <= ["budget", "pressure", "purge_all_caches"]
+>>> counters["budget_bytes"], set(counters["purges"]) <= {"budget", "pressure", "purge_all_caches"}
 (None, True)
 """
 
