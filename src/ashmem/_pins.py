@@ -109,6 +109,7 @@ import itertools
 import logging
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -192,8 +193,9 @@ def _name(fd: int) -> str | None:
     return link[len("/memfd:") :].removesuffix(" (deleted)")
 
 
-def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int, int]:
-    """``(stat, start, end)`` of a page-aligned range inside the page-rounded size."""
+def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int, int, int]:
+    """``(stat, seals, start, end)`` of a page-aligned range inside the page-rounded size of
+    the region behind ``fd``."""
     for value, what in ((offset, "offset"), (length, "length")):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -203,6 +205,18 @@ def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int
         raise _sys.translate(exc, "pin or unpin") from exc
     except (OverflowError, TypeError):
         raise TypeError(f"fd must be an open file descriptor (int), not {fd!r}") from None
+    try:
+        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise _sys.translate(exc, "pin or unpin", _name(fd)) from exc
+        seals = 0
+    size_seals = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
+    if not stat.S_ISREG(st.st_mode) or seals & size_seals != size_seals:
+        raise ValueError(
+            f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
+            "F_SEAL_SHRINK, as created by create_region)"
+        )
     size = -(-st.st_size // PAGE) * PAGE
     if offset < 0 or length < 0 or offset % PAGE or length % PAGE:
         raise ValueError(
@@ -215,7 +229,7 @@ def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int
             f"range [{offset}, {end}) is outside {_sys.describe(_name(fd))} "
             f"({size} bytes, page-rounded); length 0 means to the end"
         )
-    return st, offset, end
+    return st, seals, offset, end
 
 
 # -- pin descriptions --------------------------------------------------------------------------
@@ -302,7 +316,7 @@ def _meta_locked(fd: int) -> Iterator[None]:
 def pin(fd: int, offset: int = 0, length: int = 0) -> int:
     """Pin ``[offset, offset + length)`` for this process; ``WAS_PURGED`` if any page of it
     was purged since anyone last pinned it, else ``NOT_PURGED``. Borrows ``fd``."""
-    st, start, end = _check_range(fd, offset, length)
+    st, _, start, end = _check_range(fd, offset, length)
     entry = _entry(fd, st)
     try:
         # Blocks only while a purger holds a write lock on part of the range (one punch).
@@ -340,11 +354,7 @@ def unpin(fd: int, offset: int = 0, length: int = 0) -> None:
     """Unpin ``[offset, offset + length)`` for this process: once no process pins it, the
     purger may discard it. ``ProtectionError`` on a write-protected region (its pages can
     never be punched). Borrows ``fd``."""
-    st, start, end = _check_range(fd, offset, length)
-    try:
-        seals = _sys_seals(fd)
-    except OSError as exc:
-        raise _sys.translate(exc, "unpin", _name(fd)) from exc
+    st, seals, start, end = _check_range(fd, offset, length)
     if seals & _WRITE_SEALS:
         name = _name(fd)
         raise ProtectionError(
@@ -364,15 +374,6 @@ def unpin(fd: int, offset: int = 0, length: int = 0) -> None:
         total = _unpinned_total()
     for listener in list(unpin_listeners):
         listener(total)
-
-
-def _sys_seals(fd: int) -> int:
-    try:
-        return fcntl.fcntl(fd, _sys.F_GET_SEALS)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return 0  # not sealable: not a region; fstat already said it is a file
-        raise
 
 
 def _gaps(probe_fd: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -397,7 +398,7 @@ def _gaps(probe_fd: int, start: int, end: int) -> list[tuple[int, int]]:
 def get_pin_status(fd: int, offset: int = 0, length: int = 0) -> int:
     """``IS_UNPINNED`` if any page of the range is pinned by no process, else ``IS_PINNED``.
     Borrows ``fd``."""
-    _, start, end = _check_range(fd, offset, length)
+    _, _, start, end = _check_range(fd, offset, length)
     try:
         probe = os.open(f"/proc/self/fd/{fd}", _OPEN_RO)
     except OSError as exc:
