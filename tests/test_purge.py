@@ -125,7 +125,7 @@ def test_kernel_facts_seals_block_punching() -> None:
 def test_unaligned_or_outside_ranges_raise_value_error(offset: int, length: int) -> None:
     with _region("ranges", 2 * PAGE - 100) as fd:  # page-rounded size: 2 pages
         for call in (region.pin_region, region.unpin_region, region.get_pin_status):
-            with pytest.raises(ValueError, match="page|outside"):
+            with pytest.raises(ValueError, match=r"page|outside"):
                 call(fd, offset, length)
         assert region.pin_region(fd, PAGE, PAGE) == NOT_PURGED  # the last, partial page
 
@@ -386,9 +386,11 @@ def test_purgeable_cache_pins_while_in_use_and_bounds_pinned_bytes() -> None:
     with ashmem.purge.PurgeableCache(max_pinned_bytes=2000) as cache:
         with cache.get("x", lambda k: b"x" * 1500):
             assert region.purge_all_caches() == 0  # in use: pinned
-            with pytest.raises(MemoryError, match="max_pinned_bytes"):
-                with cache.get("y", lambda k: b"y" * 1500):
-                    pass
+            with (
+                pytest.raises(MemoryError, match="max_pinned_bytes"),
+                cache.get("y", lambda k: b"y" * 1500),
+            ):
+                pass
             with cache.get("x", lambda k: b"unused") as again:  # nested: same pin
                 assert bytes(again[:1]) == b"x"
         with cache.get("y", lambda k: b"y" * 1500) as value:
