@@ -172,6 +172,7 @@ _entries: dict[_Key, _Entry] = {}
 _anchors: dict[int, _Key] = {}  # user fd -> region it named when it last used the pin API
 _seq = itertools.count()
 _purged_total = 0
+_total = 0  # bytes in every entry's unpinned list
 _returned_total = 0
 _purges: dict[str, int] = {}
 _warned_xattr = False
@@ -193,31 +194,12 @@ def _name(fd: int) -> str | None:
     return link[len("/memfd:") :].removesuffix(" (deleted)")
 
 
-def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int, int, int]:
-    """``(stat, seals, start, end)`` of a page-aligned range inside the page-rounded size of
-    the region behind ``fd``."""
-    for value, what in ((offset, "offset"), (length, "length")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    try:
-        st = os.fstat(fd)
-    except OSError as exc:
-        raise _sys.translate(exc, "pin or unpin") from exc
-    except (OverflowError, TypeError):
-        raise TypeError(f"fd must be an open file descriptor (int), not {fd!r}") from None
-    try:
-        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise _sys.translate(exc, "pin or unpin", _name(fd)) from exc
-        seals = 0
-    size_seals = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
-    if not stat.S_ISREG(st.st_mode) or seals & size_seals != size_seals:
-        raise ValueError(
-            f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
-            "F_SEAL_SHRINK, as created by create_region)"
-        )
-    size = -(-st.st_size // PAGE) * PAGE
+def _range(fd: int, size: int, offset: int, length: int) -> tuple[int, int]:
+    """``(start, end)`` of a page-aligned range inside the page-rounded ``size``."""
+    if type(offset) is not int or type(length) is not int:
+        for value, what in ((offset, "offset"), (length, "length")):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if offset < 0 or length < 0 or offset % PAGE or length % PAGE:
         raise ValueError(
             f"offset {offset} and length {length} must be non-negative multiples of the page "
@@ -229,7 +211,59 @@ def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int
             f"range [{offset}, {end}) is outside {_sys.describe(_name(fd))} "
             f"({size} bytes, page-rounded); length 0 means to the end"
         )
-    return st, seals, offset, end
+    return offset, end
+
+
+def _stat(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except OSError as exc:
+        raise _sys.translate(exc, "pin or unpin") from exc
+    except (OverflowError, TypeError):
+        raise TypeError(f"fd must be an open file descriptor (int), not {fd!r}") from None
+
+
+def _seals(fd: int) -> int:
+    try:
+        return fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise _sys.translate(exc, "pin or unpin", _name(fd)) from exc
+        return 0
+
+
+def _check_region(fd: int, st: os.stat_result, seals: int) -> None:
+    size_seals = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
+    if not stat.S_ISREG(st.st_mode) or seals & size_seals != size_seals:
+        raise ValueError(
+            f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
+            "F_SEAL_SHRINK, as created by create_region)"
+        )
+
+
+def _check_range(fd: int, offset: int, length: int) -> tuple[os.stat_result, int, int, int]:
+    """``(stat, seals, start, end)`` of a page-aligned range inside the page-rounded size of
+    the region behind ``fd``."""
+    if type(offset) is not int or type(length) is not int:
+        _range(fd, 1, offset, length)  # raises TypeError
+    st = _stat(fd)
+    seals = _seals(fd)
+    _check_region(fd, st, seals)
+    start, end = _range(fd, -(-st.st_size // PAGE) * PAGE, offset, length)
+    return st, seals, start, end
+
+
+def _known(fd: int) -> tuple[_Entry, os.stat_result] | None:
+    """The pin state of ``fd``'s region if ``fd`` used the pin API before and still names
+    the same region (one ``fstat``); None otherwise."""
+    key = _anchors.get(fd)
+    if key is None:
+        return None
+    st = _stat(fd)
+    if (st.st_dev, st.st_ino) != key:
+        return None
+    entry = _entries.get(key)
+    return None if entry is None else (entry, st)
 
 
 # -- pin descriptions --------------------------------------------------------------------------
@@ -274,6 +308,10 @@ def _entry(fd: int, st: os.stat_result) -> _Entry:
         if entry is None:
             pin_fd, writable = _open_pin_description(fd)
             entry = _Entry(key, pin_fd, writable, -(-st.st_size // PAGE) * PAGE, _name(fd))
+            # An empty mark list, unless one is there already (XATTR_CREATE never replaces
+            # a purger's marks): reading it then never costs an exception.
+            with contextlib.suppress(OSError):
+                os.setxattr(pin_fd, _purged.NAME, _EMPTY_MARKS, os.XATTR_CREATE)
             _entries[key] = entry
         if _anchors.get(fd) != key:
             try:
@@ -295,9 +333,13 @@ def _entry(fd: int, st: os.stat_result) -> _Entry:
 # -- the API -----------------------------------------------------------------------------------
 
 
+_EMPTY_MARKS = _purged.encode([])
+
+
 def _read_marks(fd: int, pages: int) -> list[tuple[int, int]]:
     try:
-        return _purged.decode(os.getxattr(fd, _purged.NAME), pages)
+        value = os.getxattr(fd, _purged.NAME)
+        return [] if value == _EMPTY_MARKS else _purged.decode(value, pages)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             return []
@@ -316,8 +358,13 @@ def _meta_locked(fd: int) -> Iterator[None]:
 def pin(fd: int, offset: int = 0, length: int = 0) -> int:
     """Pin ``[offset, offset + length)`` for this process; ``WAS_PURGED`` if any page of it
     was purged since anyone last pinned it, else ``NOT_PURGED``. Borrows ``fd``."""
-    st, _, start, end = _check_range(fd, offset, length)
-    entry = _entry(fd, st)
+    known = _known(fd)
+    if known is not None:  # checked as a region before: sizes and size seals never change
+        entry, _ = known
+        start, end = _range(fd, entry.size, offset, length)
+    else:
+        st, _, start, end = _check_range(fd, offset, length)
+        entry = _entry(fd, st)
     try:
         # Blocks only while a purger holds a write lock on part of the range (one punch).
         _sys.ofd_lock(entry.pin_fd, _sys.F_RDLCK, start, end - start, wait=True)
@@ -332,8 +379,9 @@ def pin(fd: int, offset: int = 0, length: int = 0) -> int:
                     os.setxattr(entry.pin_fd, _purged.NAME, _purged.encode(marks))
     except OSError as exc:
         raise _sys.translate(exc, "pin", entry.name) from exc
-    with _lock:
-        entry.unpinned = _cut(entry.unpinned, start, end)
+    if entry.unpinned:
+        with _lock:
+            _set_unpinned(entry, _cut(entry.unpinned, start, end))
     return result
 
 
@@ -354,7 +402,13 @@ def unpin(fd: int, offset: int = 0, length: int = 0) -> None:
     """Unpin ``[offset, offset + length)`` for this process: once no process pins it, the
     purger may discard it. ``ProtectionError`` on a write-protected region (its pages can
     never be punched). Borrows ``fd``."""
-    st, seals, start, end = _check_range(fd, offset, length)
+    known = _known(fd)
+    if known is not None:
+        entry, st = known
+        start, end = _range(fd, entry.size, offset, length)
+        seals = _seals(fd)  # write protection can come at any time
+    else:
+        st, seals, start, end = _check_range(fd, offset, length)
     if seals & _WRITE_SEALS:
         name = _name(fd)
         raise ProtectionError(
@@ -363,16 +417,18 @@ def unpin(fd: int, offset: int = 0, length: int = 0) -> None:
             "Keep purgeable regions writable",
             name,
         )
-    entry = _entry(fd, st)
+    if known is None:
+        entry = _entry(fd, st)
     try:
         _sys.ofd_lock(entry.pin_fd, _sys.F_UNLCK, start, end - start, wait=False)
     except OSError as exc:
         raise _sys.translate(exc, "unpin", entry.name) from exc
     with _lock:
-        entry.unpinned = _cut(entry.unpinned, start, end)
-        entry.unpinned.append(_Unpinned(start, end, next(_seq)))
-        total = _unpinned_total()
-    for listener in list(unpin_listeners):
+        ranges = _cut(entry.unpinned, start, end) if entry.unpinned else []
+        ranges.append(_Unpinned(start, end, next(_seq)))
+        _set_unpinned(entry, ranges)
+        total = _total
+    for listener in unpin_listeners:
         listener(total)
 
 
@@ -426,14 +482,16 @@ def purged_bytes(fd: int, size: int) -> int:
 # -- purging -----------------------------------------------------------------------------------
 
 
-def _unpinned_total() -> int:
-    return sum(r.end - r.start for e in _entries.values() for r in e.unpinned)
+def _set_unpinned(entry: _Entry, ranges: list[_Unpinned]) -> None:
+    """Replace ``entry``'s unpinned ranges, keeping the process total; under ``_lock``."""
+    global _total
+    _total += sum(r.end - r.start for r in ranges) - sum(r.end - r.start for r in entry.unpinned)
+    entry.unpinned = ranges
 
 
 def unpinned_bytes() -> int:
     """Bytes this process has unpinned and not seen purged or pinned again."""
-    with _lock:
-        return _unpinned_total()
+    return _total
 
 
 def _purge_range(entry: _Entry, purge_fd: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -516,6 +574,7 @@ def _find_fd(key: _Key, skip: int) -> int | None:
 
 
 def _close_entry(entry: _Entry) -> None:
+    _set_unpinned(entry, [])
     _entries.pop(entry.key, None)
     for fd in entry.anchors:
         if _anchors.get(fd) == entry.key:
@@ -561,14 +620,14 @@ def purge(trigger: str, limit: int | None = None) -> tuple[int, int, int]:
             ranges += len(done)
             with _lock:
                 if not entry.purgeable:
-                    entry.unpinned = []
+                    _set_unpinned(entry, [])
                 # Forget what was punched, in the pieces of this candidate only (they share
                 # its seq): a range pinned or unpinned anew meanwhile has a new seq. What a
                 # pin elsewhere kept stays a candidate for the next pass.
                 for a, b in done:
                     keep = [r for r in entry.unpinned if r.seq != seq]
                     mine = [r for r in entry.unpinned if r.seq == seq]
-                    entry.unpinned = keep + _cut(mine, a, b)
+                    _set_unpinned(entry, keep + _cut(mine, a, b))
     finally:
         for purge_fd in by_entry.values():
             os.close(purge_fd)
@@ -589,7 +648,7 @@ def stats() -> dict[str, object]:
     """A copy of the counters: purged and returned bytes, purges per trigger."""
     with _lock:
         return {
-            "unpinned_bytes": _unpinned_total(),
+            "unpinned_bytes": _total,
             "purged_bytes": _purged_total,
             "returned_bytes": _returned_total,
             "purges": dict(_purges),
@@ -623,7 +682,7 @@ def release(fd: int) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _total
     _lock = threading.Lock()
     for entry in _entries.values():
         # Close our copy of the parent's description, never unlock: that would unpin it
@@ -632,6 +691,7 @@ def _after_fork_in_child() -> None:
             os.close(entry.pin_fd)
     _entries.clear()
     _anchors.clear()
+    _total = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
