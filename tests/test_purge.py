@@ -407,3 +407,49 @@ def test_purgeable_cache_numpy_values() -> None:
         with cache.get("m", lambda k: numpy.ones((3, 4), dtype=numpy.int32)) as a:
             assert a.sum() == 12
         assert cache.stats()["purged"] == 1
+
+
+# -- hostile holders, ashmem ls -------------------------------------------------------------------
+
+
+def test_a_holder_that_keeps_a_write_lock_cannot_hang_a_pin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_pins, "LOCK_TIMEOUT", 0.2)
+    with _region("hostile", 2 * PAGE) as fd:
+        region.unpin_region(fd)
+        hostile = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        with contextlib.closing(_Fd(hostile)):
+            assert _sys.ofd_lock(hostile, _sys.F_WRLCK, 0, PAGE, wait=False)
+            with pytest.raises(TimeoutError, match="write lock"):
+                region.pin_region(fd, 0, PAGE)
+            assert region.pin_region(fd, PAGE, PAGE) == NOT_PURGED  # the rest is free
+            assert region.purge_all_caches() == 0  # page 0 is locked, page 1 pinned
+            # Garbage in the mark attribute reads as "all purged": the safe direction.
+            os.setxattr(fd, "user.ashmem.purged", b"garbage")
+            assert region.pin_region(fd, PAGE, PAGE) == WAS_PURGED
+
+
+def test_ls_shows_pinned_unpinned_and_purged_bytes() -> None:
+    from ashmem import _ls
+
+    def row(fd: int) -> _ls.RegionInfo:
+        [found] = [r for r in _ls.list_regions() if r.pid == os.getpid() and r.fd == fd]
+        return found
+
+    with _region("ls-purge", 4 * PAGE) as fd:
+        assert (row(fd).pinned_bytes, row(fd).unpinned_bytes, row(fd).purged_bytes) == (
+            4 * PAGE,
+            0,
+            0,
+        )
+        region.unpin_region(fd, 0, 2 * PAGE)
+        assert region.purge_all_caches() == 2 * PAGE
+        region.unpin_region(fd, 2 * PAGE, PAGE)
+        info = row(fd)
+        assert (info.pinned_bytes, info.unpinned_bytes, info.purged_bytes) == (
+            PAGE,
+            3 * PAGE,
+            2 * PAGE,
+        )
+        assert "PURGED" in _ls.format_table([info]).splitlines()[0]

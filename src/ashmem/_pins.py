@@ -41,10 +41,16 @@ steps leaves a mark on pages that were not punched: the pin then reports a purge
 happen, the safe direction. If the punch fails, the mark is taken back.
 
 *The marks are updated under a meta lock*: an OFD write lock on one byte far beyond any
-region's end (``META_OFFSET``), taken with ``SETLKW`` by whoever rewrites the attribute, so
-two purgers (or a purger and a pinner clearing marks) cannot lose each other's update. Pins
-and purges never lock that byte otherwise, and nobody waits for a pin or purge lock while
-holding it, so it cannot deadlock.
+region's end (``META_OFFSET``), taken by whoever rewrites the attribute, so two purgers (or
+a purger and a pinner clearing marks) cannot lose each other's update. Pins and purges never
+lock that byte otherwise, and nobody waits for a pin or purge lock while holding it, so it
+cannot deadlock.
+
+*Waiting is bounded.* Any holder of a region can take OFD locks on it, so a hostile or stuck
+process could hold a write lock for ever. A pin therefore does not block in ``SETLKW``: it
+retries ``SETLK`` with a growing pause (100 µs to 10 ms) for at most ``LOCK_TIMEOUT``
+(10 s; a purge holds its lock for one hole punch) and then raises ``TimeoutError``. The
+same holds for the meta lock.
 
 *A new region is pinned by its creator.* ``region.create_region`` takes a read lock over the
 whole region on the description ``memfd_create`` returned. That description travels with
@@ -57,15 +63,15 @@ The race analysis
 -----------------
 The one race that matters is pin against purge, in any two processes (or threads):
 
-1. The pinner's ``SETLKW`` read lock and the purger's ``SETLK`` write lock on overlapping
-   bytes are serialised by the kernel's lock list (one spinlock per inode).
+1. The pinner's read lock and the purger's write lock on overlapping bytes are serialised
+   by the kernel's lock list (one spinlock per inode); neither can hold both.
 2. If the pin is granted first, the write lock is refused (``EAGAIN``): the purger skips
    that range; nothing was marked or punched. The pin found no new mark, correctly.
-3. If the write lock is granted first, the pinner blocks in ``SETLKW`` until the purger has
-   marked, punched and unlocked. Marking and punching are system calls that complete before
-   the unlock, so once the read lock is granted the mark is visible to ``getxattr``: the pin
-   returns ``WAS_PURGED``. A purger that dies holding the lock releases it (its description
-   closes); whatever it marked is reported.
+3. If the write lock is granted first, the pinner waits (retrying its read lock) until the
+   purger has marked, punched and unlocked. Marking and punching are system calls that
+   complete before the unlock, so once the read lock is granted the mark is visible to
+   ``getxattr``: the pin returns ``WAS_PURGED``. A purger that dies holding the lock
+   releases it (its description closes); whatever it marked is reported.
 4. A pin only reads the marks without the meta lock: no mark can be added to its range while
    it holds the read lock (adding one needs the write lock on that range), and
    ``getxattr``/``setxattr`` are atomic with respect to each other. Only when it finds a mark
@@ -111,6 +117,7 @@ import mmap
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -346,9 +353,33 @@ def _read_marks(fd: int, pages: int) -> list[tuple[int, int]]:
         raise
 
 
+#: How long a pin (or a mark update) waits for a conflicting write lock. A purger holds one
+#: for one hole punch (milliseconds, ~0.2 s for 1 GiB); a process holding one for longer is
+#: misbehaving (any holder of the region can take OFD locks on it), and we must not hang.
+LOCK_TIMEOUT = 10.0
+
+
+def _lock_bounded(fd: int, lock_type: int, start: int, length: int, what: str) -> None:
+    """Take an OFD lock, waiting at most ``LOCK_TIMEOUT`` for a conflicting one to go."""
+    if _sys.ofd_lock(fd, lock_type, start, length, wait=False):
+        return
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    pause = 0.0001
+    while not _sys.ofd_lock(fd, lock_type, start, length, wait=False):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"cannot {what}: another process has held a write lock on it for more than "
+                f"{LOCK_TIMEOUT:g} s (a purge holds one for milliseconds); find it with "
+                "/proc/locks and stop it",
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
 @contextlib.contextmanager
 def _meta_locked(fd: int) -> Iterator[None]:
-    _sys.ofd_lock(fd, _sys.F_WRLCK, META_OFFSET, 1, wait=True)
+    _lock_bounded(fd, _sys.F_WRLCK, META_OFFSET, 1, "update the purge marks")
     try:
         yield None
     finally:
@@ -366,8 +397,8 @@ def pin(fd: int, offset: int = 0, length: int = 0) -> int:
         st, _, start, end = _check_range(fd, offset, length)
         entry = _entry(fd, st)
     try:
-        # Blocks only while a purger holds a write lock on part of the range (one punch).
-        _sys.ofd_lock(entry.pin_fd, _sys.F_RDLCK, start, end - start, wait=True)
+        # Waits only while a purger holds a write lock on part of the range (one punch).
+        _lock_bounded(entry.pin_fd, _sys.F_RDLCK, start, end - start, "pin")
         pages = entry.size // PAGE
         first, stop = start // PAGE, end // PAGE
         result = NOT_PURGED
@@ -377,6 +408,8 @@ def pin(fd: int, offset: int = 0, length: int = 0) -> int:
                 with _meta_locked(entry.pin_fd):
                     marks = _purged.subtract(_read_marks(entry.pin_fd, pages), first, stop)
                     os.setxattr(entry.pin_fd, _purged.NAME, _purged.encode(marks))
+    except TimeoutError:
+        raise
     except OSError as exc:
         raise _sys.translate(exc, "pin", entry.name) from exc
     if entry.unpinned:
