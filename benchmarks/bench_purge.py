@@ -252,11 +252,7 @@ def main() -> None:
             "(half a pair), garbage collector off, purge manager disabled. The 1 GiB region "
             "is not reserved: a pin locks bytes, it never touches pages, so its size does not "
             "matter. Run: `python benchmarks/bench_purge.py`" + suffix,
-            *(
-                ["MISSED: a one-page row is over 10 µs per call."]
-                if missed
-                else []
-            ),
+            *(["MISSED: a one-page row is over 10 µs per call."] if missed else []),
         ],
         readme=not args.no_readme,
     )

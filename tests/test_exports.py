@@ -57,7 +57,16 @@ def test_layers_point_down() -> None:
     import pathlib
 
     src = pathlib.Path(ashmem.__file__).parent
-    order = ["_errors", "_sys", "_purged", "_pins", "region", "_shared_memory", "_memory_file", "fdpass"]
+    order = [
+        "_errors",
+        "_sys",
+        "_purged",
+        "_pins",
+        "region",
+        "_shared_memory",
+        "_memory_file",
+        "fdpass",
+    ]
     for index, module in enumerate(order):
         tree = ast.parse((src / f"{module}.py").read_text())
         imported = {
