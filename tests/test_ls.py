@@ -371,6 +371,7 @@ def _prot_cells(line: str) -> list[str]:
 JSON_KEYS = [
     "pid",
     "process",
+    "command",
     "fd",
     "name",
     "device",
@@ -418,6 +419,17 @@ def test_json_reports_every_field(procs: Procs) -> None:
     check_scene(scene, ls_json(), privileged=map_files_readable())
 
 
+def table_cells(line: str) -> list[str]:
+    """The cells of one table row, with the PROCESS cell (a command line, which has spaces)
+    replaced by the process's comm."""
+    pid = int(line.split()[0])
+    comm = _ls._read_comm(pid)
+    assert comm is not None, f"process {pid} is gone"
+    cell = _ls._command_cell(_ls._read_command(pid, comm), wide=False)
+    assert f" {cell} " in line, (cell, line)
+    return line.replace(f" {cell} ", f" {comm} ", 1).split()
+
+
 def test_table_lists_the_regions(procs: Procs) -> None:
     scene = Scene(procs)
     result = run_ls()
@@ -432,13 +444,14 @@ def test_table_lists_the_regions(procs: Procs) -> None:
     # Names start where the header's NAME does: columns are aligned.
     for name, line in by_name.items():
         assert line.index(name) == header.index("NAME"), line
-    held_cells = by_name[held].split()
+    held_cells = table_cells(by_name[held])
     assert held_cells[:3] == [str(scene.holder_pid), "ls-holder", str(scene.fds[held])]
+    assert f"  {sys.executable[:20]}" in by_name[held]  # PROCESS: the command line
     assert "64.0 KiB" in by_name[held]
     assert _prot_cells(by_name[held]) == ["rw", "yes"]
     assert _prot_cells(by_name[scene.name("readonly")]) == ["ro", "yes"]
     assert _prot_cells(by_name[scene.name("plain")]) == ["rw", "no"]
-    assert by_name[mapped_only].split()[2] == "-"  # fd: held only as a mapping
+    assert table_cells(by_name[mapped_only])[2] == "-"  # fd: held only as a mapping
 
 
 @pytest.mark.skipif(
@@ -449,7 +462,7 @@ def test_unprivileged_user_sees_own_regions_with_unknowns(procs: Procs) -> None:
     check_scene(scene, ls_json(as_user=NOBODY), privileged=False)
     table = run_ls(as_user=NOBODY)
     [line] = [ln for ln in table.stdout.splitlines() if ln.endswith(scene.name("mapped-only"))]
-    assert line.split()[2:4] == ["-", "-"]  # fd and size unknown
+    assert table_cells(line)[2:4] == ["-", "-"]  # fd and size unknown
     assert "map_files" in table.stderr  # the note saying why
 
 
@@ -539,6 +552,7 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
         _ls.RegionInfo(
             pid=7,
             process="a\tb",
+            command="a\tb",
             fd=None,
             name="two\nlines \udcff",
             device="0:1",
@@ -553,6 +567,7 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
         _ls.RegionInfo(
             pid=12345,
             process="python3",
+            command="python3",
             fd=42,
             name="frames",
             device="0:1",

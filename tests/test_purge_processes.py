@@ -76,6 +76,7 @@ class _Peer:
     def stop(self) -> None:
         self.conn.send(("exit",))
         Children.join(self.proc)
+        self.conn.close()
 
 
 def test_truth_table_across_two_processes(
@@ -120,6 +121,7 @@ def test_sigkill_releases_pins_and_purge_empties_every_mapping(children: Childre
         assert peer("read", 0, 1) == b"\x77"
         os.kill(peer.proc.pid, signal.SIGKILL)
         peer.proc.join(CHILD_TIMEOUT)
+        peer.conn.close()
         assert peer.proc.exitcode == -signal.SIGKILL
         assert not shm.is_pinned(0, MiB)  # the kernel dropped its lock with its files
         blocks = os.fstat(shm.fileno()).st_blocks * 512
@@ -182,6 +184,7 @@ def test_pin_never_loses_a_race_with_purge(children: Children) -> None:
             elif not proc.is_alive():
                 break
         Children.join(proc)
+        ours.close()
         assert result is not None and result[0] == "done"
         assert result[1] >= ROUNDS // FORCED_EVERY
         assert purged >= ROUNDS // FORCED_EVERY * 2 * PAGE

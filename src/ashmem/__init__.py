@@ -55,6 +55,17 @@ def _install_purge_hook() -> None:
 _install_purge_hook()
 
 
+def _show_public_module() -> None:
+    # Tracebacks and reprs name the module users import (ashmem.ProtectionError), not the
+    # private one that defines the class; pickle finds the classes there as well.
+    for value in list(globals().values()):
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+
+
+_show_public_module()
+
+
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
     # which programs that only share regions should not pay for at import.
