@@ -9,6 +9,7 @@ import errno
 import logging
 import mmap
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -311,6 +312,33 @@ def test_manager_disabled_does_not_purge() -> None:
         ashmem.purge.configure(budget_bytes=0)  # enabling wakes the manager: now it purges
         _wait_for(lambda: _pins.unpinned_bytes() == 0, "the purge after enabling")
         assert shm.pin() is True
+
+
+def test_manager_purges_on_a_pressure_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pressure path end to end, with the PSI file replaced by a socket whose
+    out-of-band byte raises POLLPRI, as a PSI trigger does (real pressure: the cgroup test in
+    test_purge_processes.py)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        fake = os.dup(theirs.fileno())  # the manager owns and closes this one
+        monkeypatch.setattr(ashmem.purge, "_arm", lambda trigger: (fake, "fake-psi"))
+        with ashmem.SharedMemory.create("pressure", 2 * PAGE) as shm:
+            os.pwrite(shm.fileno(), b"x" * 2 * PAGE, 0)
+            shm.unpin()  # starts the manager if nothing did yet
+            ashmem.purge.configure(psi_trigger="some 100000 2000000")  # re-arm: the fake
+            _wait_for(lambda: ashmem.purge.stats()["pressure_source"] == "fake-psi", "re-arm")
+            before = ashmem.purge.stats()["purges"].get("pressure", 0)
+            assert _pins.unpinned_bytes() == 2 * PAGE  # nothing purged before the event
+            ours.send(b"!", socket.MSG_OOB)
+            _wait_for(
+                lambda: ashmem.purge.stats()["purges"].get("pressure", 0) > before, "the purge"
+            )
+            theirs.recv(1, socket.MSG_OOB)  # one event, as PSI gives one per window
+            assert shm.pin() is True
+            assert os.pread(shm.fileno(), 1, 0) == b"\0"
+    monkeypatch.undo()
+    ashmem.purge.configure()  # back to the real PSI file for the tests after this one
+    _wait_for(lambda: ashmem.purge.stats()["pressure_source"] != "fake-psi", "re-arm back")
 
 
 def test_configure_checks_its_arguments() -> None:

@@ -254,9 +254,10 @@ def stats() -> dict[str, Any]:
     ``purges`` (a dict: trigger -> number of purge passes), ``pressure_source`` (the PSI file
     armed, or None), ``budget_bytes``, ``enabled``."""
     out = _pins.stats()
-    out["pressure_source"] = _manager.psi_path
-    out["budget_bytes"] = _manager.budget
-    out["enabled"] = _manager.enabled
+    with _manager.lock:  # not half-way through a re-arm
+        out["pressure_source"] = _manager.psi_path
+        out["budget_bytes"] = _manager.budget
+        out["enabled"] = _manager.enabled
     return out
 
 
