@@ -458,6 +458,31 @@ def test_a_holder_that_keeps_a_write_lock_cannot_hang_a_pin(
             assert region.pin_region(fd, PAGE, PAGE) == WAS_PURGED
 
 
+def test_a_lock_on_odd_bytes_keeps_its_whole_page() -> None:
+    with _region("odd", 3 * PAGE) as fd:
+        os.pwrite(fd, b"k" * 3 * PAGE, 0)
+        region.unpin_region(fd)
+        other = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        with contextlib.closing(_Fd(other)):
+            assert _sys.ofd_lock(other, _sys.F_RDLCK, PAGE + 100, 100, wait=False)
+            assert region.purge_all_caches() == 2 * PAGE  # pages 0 and 2
+            assert os.pread(fd, PAGE, PAGE) == b"k" * PAGE
+        assert region.pin_region(fd, PAGE, PAGE) == NOT_PURGED
+        assert region.pin_region(fd, 0, PAGE) == WAS_PURGED
+
+
+def test_closing_one_of_two_fds_keeps_the_pins() -> None:
+    shm = ashmem.SharedMemory.create("two-fds", PAGE)
+    other = shm.dup()
+    with other:
+        shm.pin()
+        shm.close()
+        assert other.is_pinned()  # this process still holds the region, and its pin
+        assert region.purge_all_caches() == 0
+        other.unpin()
+        assert region.purge_all_caches() == PAGE
+
+
 def test_ls_shows_pinned_unpinned_and_purged_bytes() -> None:
     from ashmem import _ls
 

@@ -532,7 +532,12 @@ def _purge_range(entry: _Entry, purge_fd: int, start: int, end: int) -> list[tup
     global _warned_xattr
     pages = entry.size // PAGE
     done: list[tuple[int, int]] = []
-    for a, b in _gaps(purge_fd, start, end):
+    for low, high in _gaps(purge_fd, start, end):
+        # Our pins are whole pages, but any holder can lock odd bytes: punch whole pages
+        # only, or a partly locked page would lose bytes without a mark.
+        a, b = -(-low // PAGE) * PAGE, high // PAGE * PAGE
+        if a >= b:
+            continue
         if not _sys.ofd_lock(purge_fd, _sys.F_WRLCK, a, b - a, wait=False):
             continue  # pinned since GETLK looked: skip, the pin won
         try:
@@ -573,7 +578,7 @@ def _prune_locked() -> None:
     for key, entry in list(_entries.items()):
         live = {fd for fd in entry.anchors if _fd_key(fd) == key}
         if not live:
-            other = _find_fd(key, skip=entry.pin_fd)
+            other = _find_fd(key, skip={entry.pin_fd})
             if other is None:
                 _close_entry(entry)
                 continue
@@ -594,14 +599,14 @@ def _fd_key(fd: int) -> _Key | None:
     return (st.st_dev, st.st_ino)
 
 
-def _find_fd(key: _Key, skip: int) -> int | None:
+def _find_fd(key: _Key, skip: set[int]) -> int | None:
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
         return None
     for name in names:
         fd = int(name)
-        if fd != skip and _fd_key(fd) == key:
+        if fd not in skip and _fd_key(fd) == key:
             return fd
     return None
 
@@ -703,8 +708,8 @@ def release(fd: int) -> None:
         entry.anchors.discard(fd)
         live = {a for a in entry.anchors if _fd_key(a) == key}
         if not live:
-            other = _find_fd(key, skip=entry.pin_fd)
-            if other is not None and other != fd:
+            other = _find_fd(key, skip={entry.pin_fd, fd})
+            if other is not None:
                 live = {other}
         if live:
             entry.anchors = live

@@ -188,7 +188,7 @@ class _Manager:
     def _purge(trigger: str, limit: int | None) -> None:
         try:
             _pins.purge(trigger, limit)
-        except OSError:
+        except Exception:  # the thread must outlive one bad purge; say what happened
             _log.exception("purge (%s) failed", trigger)
 
     def after_fork_in_child(self) -> None:
