@@ -215,7 +215,8 @@ def configure(
     """Set this process's purge policy.
 
     ``budget_bytes``: purge the least recently unpinned ranges whenever this process has more
-    unpinned bytes than this (None: no budget). ``psi_trigger``: the PSI trigger, ``"some|full
+    unpinned bytes than this (the sizes of the ranges it unpinned and has not seen purged or
+    pinned again, whether their pages were touched or not; None: no budget). ``psi_trigger``: the PSI trigger, ``"some|full
     STALL_US WINDOW_US"`` (unprivileged processes need a window that is a multiple of 2 s).
     ``enabled=False`` stops automatic purging (``purge_all_caches()`` still works).
 
@@ -300,7 +301,9 @@ class PurgeableCache:
     ``regenerate(key)`` is called on a miss and when the entry was purged. ``value`` is a
     read-only ``memoryview``, or a read-only numpy array when ``regenerate`` returned one.
     ``max_pinned_bytes`` bounds the bytes pinned at once: a ``get`` that would pin more
-    raises ``MemoryError`` instead of waiting. Thread-safe. ``close()`` frees every entry.
+    raises ``MemoryError`` instead of waiting. Thread-safe (``regenerate`` runs under the
+    cache's lock). Each entry holds two descriptors (its region and this process's pin
+    descriptor of it) until ``close()``, which frees every entry.
 
     >>> from ashmem.purge import PurgeableCache
     >>> with PurgeableCache() as cache:
