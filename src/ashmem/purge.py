@@ -216,8 +216,9 @@ def configure(
 
     ``budget_bytes``: purge the least recently unpinned ranges whenever this process has more
     unpinned bytes than this (the sizes of the ranges it unpinned and has not seen purged or
-    pinned again, whether their pages were touched or not; None: no budget). ``psi_trigger``: the PSI trigger, ``"some|full
-    STALL_US WINDOW_US"`` (unprivileged processes need a window that is a multiple of 2 s).
+    pinned again, whether their pages were touched or not; None: no budget).
+    ``psi_trigger``: the PSI trigger, ``"some|full STALL_US WINDOW_US"`` (unprivileged
+    processes need a window that is a multiple of 2 s).
     ``enabled=False`` stops automatic purging (``purge_all_caches()`` still works).
 
     >>> import ashmem.purge
