@@ -46,7 +46,7 @@ from _common import (
     publish,
     verdict,
 )
-from ashmem import region
+from ashmem import _pins, region
 
 PAGE = mmap.PAGESIZE
 GiB = 1 << 30
@@ -191,7 +191,16 @@ def bench_cache(n_keys: int, value_size: int, gets: int) -> list[list[str]]:
             value[0]
     elapsed = time.perf_counter_ns() - t0
     stats = cache.stats()
-    resident = sum(os.fstat(s.shm.fileno()).st_blocks * 512 for s in cache._slots.values())
+
+    def resident() -> int:
+        return sum(os.fstat(s.shm.fileno()).st_blocks * 512 for s in cache._slots.values())
+
+    at_last_get = resident()
+    # The budget is the manager thread's job; give it time to catch up (not timed).
+    deadline = time.monotonic() + 10
+    while _pins.unpinned_bytes() > working_set // 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    settled = resident()
     hit_rate = stats["hits"] / gets
     rows.append(
         [
@@ -199,7 +208,8 @@ def bench_cache(n_keys: int, value_size: int, gets: int) -> list[list[str]]:
             f"{hit_rate:.1%}",
             str(calls["n"]),
             format_ns(elapsed / gets),
-            format_bytes(resident),
+            f"{at_last_get / MiB:.2f} MiB at the last get, {settled / MiB:.2f} MiB once the "
+            "manager caught up",
         ]
     )
     regen_ns = calls["ns"] / max(calls["n"], 1)
@@ -275,8 +285,9 @@ def main() -> None:
         cache_rows,
         [
             f"{gets} gets of 64 keys (Zipf, seeded), values of 256 KiB (16 MiB working set). "
-            "The budget is enforced by the purge manager thread, after the unpins that "
-            "overflow it, so the cache can hold a little more than the budget between purges. "
+            "The budget is enforced by the purge manager thread after the unpins that "
+            "overflow it; it shares the GIL with the loop of gets, so it can fall behind and "
+            "the cache then holds more than the budget (and hits more) until it catches up. "
             "lru_cache's memory is the values it holds (Python objects); PurgeableCache's is "
             "the resident bytes of its regions."
         ],
