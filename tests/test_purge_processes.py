@@ -1,7 +1,8 @@
 """Purgeable memory across real processes: the pin truth table between two processes under
 every start method, pins surviving another process's purge, SIGKILL releasing pins, RssShmem
-of a mapping process dropping, 1,000 rounds of pin racing purge, and purging under memory
-pressure in a memory-limited cgroup v2 group (where this machine lets us create one)."""
+of a mapping process dropping, 1,000 rounds of pin racing purge, and purging under real
+memory pressure: in a memory-limited cgroup v2 group where this machine lets us create one,
+and in a cgroup v1 memory group (page cache thrashing) where that is what it has."""
 
 from __future__ import annotations
 
@@ -275,5 +276,115 @@ def test_purges_under_memory_pressure_in_a_limited_cgroup() -> None:
         assert child.returncode == 0, child.stdout + child.stderr
         assert f"source {group}/memory.pressure" in child.stdout
         assert "purged True" in child.stdout
+    finally:
+        os.rmdir(group)
+
+
+def _cgroup_v1_memory_dir() -> tuple[str | None, str]:
+    """This process's cgroup v1 memory group, if we may create a child group in it."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [
+                line.split()[4]
+                for line in f
+                if " - cgroup " in line and "memory" in line.split(" - ")[1].split()[-1].split(",")
+            ]
+        with open("/proc/self/cgroup") as f:
+            path = next(
+                (
+                    line.split(":", 2)[2].strip()
+                    for line in f
+                    if "memory" in line.split(":", 2)[1].split(",")
+                ),
+                None,
+            )
+    except OSError as exc:
+        return None, f"cannot read cgroup information: {exc}"
+    if not mounts or path is None:
+        return None, "no cgroup v1 memory hierarchy either"
+    base = os.path.join(mounts[0], path.lstrip("/"))
+    if not os.access(base, os.W_OK):
+        return None, f"no permission to create a group under {base}"
+    return base, ""
+
+
+def _filesystem_type(path: str) -> str:
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mount_point, fs_type = fields[4], line.split(" - ")[1].split()[0]
+            if path.startswith(mount_point.rstrip("/") + "/") and len(mount_point) > len(best):
+                best, kind = mount_point, fs_type
+    return kind
+
+
+_THRASH_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    group, path = sys.argv[1], sys.argv[2]
+    with open(os.path.join(group, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    import ashmem, ashmem.purge
+    ashmem.purge.configure(psi_trigger="some 20000 2000000")
+    size = 96 << 20
+    shm = ashmem.SharedMemory.create("pressure", size)
+    with shm.map_read_write() as m:
+        for offset in range(0, size, 1 << 20):
+            m[offset : offset + (1 << 20)] = b"\\x42" * (1 << 20)
+    shm.unpin()
+    print("source", ashmem.purge.stats()["pressure_source"], flush=True)
+    # Page cache charged to this group: drop what the parent's write left, then read the
+    # file again and again. With the unpinned region resident it does not fit: the kernel
+    # evicts and refaults (memory stalls) until the purge gives the region's memory back.
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    buffer = bytearray(1 << 20)
+    deadline = time.monotonic() + 60
+    while ashmem.purge.stats()["purges"].get("pressure", 0) == 0:
+        if time.monotonic() > deadline:
+            print("no pressure purge", ashmem.purge.stats(), flush=True)
+            sys.exit(3)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while os.readv(fd, [buffer]):
+            pass
+    print("purged", shm.pin(), flush=True)
+    """
+)
+
+
+def test_purges_under_page_cache_thrashing_in_a_limited_cgroup_v1_group(
+    tmp_path: Any,
+) -> None:
+    """Where no cgroup v2 group can be limited (this machine): real memory pressure in a
+    cgroup v1 memory group, seen by the PSI trigger on whatever file could be armed."""
+    base, why = _cgroup_v1_memory_dir()
+    if base is None:
+        pytest.skip(f"no memory-limited cgroup v1 group can be created here: {why}")
+    if _filesystem_type(str(tmp_path)) in ("tmpfs", "ramfs", ""):
+        pytest.skip(f"{tmp_path} is not on a disk filesystem: its pages cannot be evicted")
+    path = tmp_path / "thrash"
+    with open(path, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(MiB))
+        os.fsync(f.fileno())
+    group = os.path.join(base, f"ashmem-purge-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(group)
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup v1 memory group under {base}: {exc}")
+    try:
+        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(160 * MiB))
+        child = subprocess.run(
+            [sys.executable, "-c", _THRASH_CHILD, group, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT + 30,
+        )
+        if "source None" in child.stdout:
+            pytest.skip("no PSI trigger could be armed here")
+        assert child.returncode == 0, child.stdout + child.stderr
+        assert "purged True" in child.stdout, child.stdout  # the region's pin says so
     finally:
         os.rmdir(group)
