@@ -228,54 +228,20 @@ def _cgroup_v2_group_dir() -> tuple[str | None, str]:
     return base, ""
 
 
-_PRESSURE_CHILD = textwrap.dedent(
-    """
-    import os, sys, time
-    group = sys.argv[1]
-    with open(os.path.join(group, "cgroup.procs"), "w") as f:
-        f.write(str(os.getpid()))
-    import ashmem, ashmem.purge
-    ashmem.purge.configure(psi_trigger="some 50000 2000000")
-    size = 48 << 20
-    shm = ashmem.SharedMemory.create("pressure", size)
-    with shm.map_read_write() as m:
-        m[:] = b"\\x42" * size
-    shm.unpin()
-    print("source", ashmem.purge.stats()["pressure_source"], flush=True)
-    hog = []
-    deadline = time.monotonic() + 60
-    while ashmem.purge.stats()["purges"].get("pressure", 0) == 0:
-        if time.monotonic() > deadline:
-            print("no pressure purge", flush=True)
-            sys.exit(3)
-        hog.append(bytearray(4 << 20))
-        if len(hog) > 16:
-            hog.pop(0)
-    print("purged", shm.pin(), flush=True)
-    """
-)
-
-
-def test_purges_under_memory_pressure_in_a_limited_cgroup() -> None:
+def test_purges_under_memory_pressure_in_a_limited_cgroup_v2_group(tmp_path: Any) -> None:
     base, why = _cgroup_v2_group_dir()
     if base is None:
         pytest.skip(f"no memory-limited cgroup v2 group can be created here: {why}")
+    path = _thrash_file(tmp_path)
     group = os.path.join(base, f"ashmem-purge-{uuid.uuid4().hex[:8]}")
     os.mkdir(group)
     try:
-        with open(os.path.join(group, "memory.high"), "w") as f:
-            f.write(str(64 * MiB))  # above this the kernel reclaims and throttles: stalls
         with open(os.path.join(group, "memory.max"), "w") as f:
-            f.write(str(256 * MiB))
-        child = subprocess.run(
-            [sys.executable, "-c", _PRESSURE_CHILD, group],
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT + 30,
-        )
-        assert child.returncode == 0, child.stdout + child.stderr
-        assert f"source {group}/memory.pressure" in child.stdout
-        assert "purged True" in child.stdout
+            f.write(str(160 * MiB))
+        stdout = _run_thrash_child(group, path)
+        # The child moved itself into the group before starting its manager, so the trigger
+        # sits on the group's own pressure file.
+        assert f"source {group}/memory.pressure" in stdout
     finally:
         os.rmdir(group)
 
@@ -361,13 +327,7 @@ def test_purges_under_page_cache_thrashing_in_a_limited_cgroup_v1_group(
     base, why = _cgroup_v1_memory_dir()
     if base is None:
         pytest.skip(f"no memory-limited cgroup v1 group can be created here: {why}")
-    if _filesystem_type(str(tmp_path)) in ("tmpfs", "ramfs", ""):
-        pytest.skip(f"{tmp_path} is not on a disk filesystem: its pages cannot be evicted")
-    path = tmp_path / "thrash"
-    with open(path, "wb") as f:
-        for _ in range(96):
-            f.write(os.urandom(MiB))
-        os.fsync(f.fileno())
+    path = _thrash_file(tmp_path)
     group = os.path.join(base, f"ashmem-purge-{uuid.uuid4().hex[:8]}")
     try:
         os.mkdir(group)
@@ -376,15 +336,34 @@ def test_purges_under_page_cache_thrashing_in_a_limited_cgroup_v1_group(
     try:
         with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
             f.write(str(160 * MiB))
-        child = subprocess.run(
-            [sys.executable, "-c", _THRASH_CHILD, group, str(path)],
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT + 30,
-        )
-        if "source None" in child.stdout:
-            pytest.skip("no PSI trigger could be armed here")
-        assert child.returncode == 0, child.stdout + child.stderr
-        assert "purged True" in child.stdout, child.stdout  # the region's pin says so
+        _run_thrash_child(group, path)
     finally:
         os.rmdir(group)
+
+
+def _thrash_file(tmp_path: Any) -> str:
+    """96 MiB on a disk filesystem, whose page cache the kernel can evict."""
+    if _filesystem_type(str(tmp_path)) in ("tmpfs", "ramfs", ""):
+        pytest.skip(f"{tmp_path} is not on a disk filesystem: its pages cannot be evicted")
+    path = tmp_path / "thrash"
+    with open(path, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(MiB))
+        os.fsync(f.fileno())
+    return str(path)
+
+
+def _run_thrash_child(group: str, path: str) -> str:
+    """Run the thrashing child in ``group`` (160 MiB); it exits 0 only after a pressure
+    purge. Returns its output."""
+    child = subprocess.run(
+        [sys.executable, "-c", _THRASH_CHILD, group, path],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT + 30,
+    )
+    if "source None" in child.stdout:
+        pytest.skip("no PSI trigger could be armed here")
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "purged True" in child.stdout, child.stdout  # the region's pin says so
+    return child.stdout
