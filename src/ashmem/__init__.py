@@ -6,7 +6,8 @@ descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM
 
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
 (libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
-``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
+``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices);
+``ashmem.compat`` is a drop-in for ``multiprocessing.shared_memory``.
 Purgeable memory: ``SharedMemory.pin``/``unpin`` and ``ashmem.region.pin_region`` mark
 ranges that may be discarded under memory pressure; ``ashmem.purge`` decides when.
 """
@@ -68,8 +69,10 @@ _show_public_module()
 
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
-    # which programs that only share regions should not pay for at import.
-    if name in ("binder", "purge"):
+    # which programs that only share regions should not pay for at import. ``ashmem.compat``
+    # (the multiprocessing.shared_memory drop-in) likewise: programs that do not use it carry
+    # neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first unpin.
+    if name in ("binder", "compat", "purge"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -93,6 +96,7 @@ __all__ = [
     "SharedMemory",
     "UnsupportedPlatformError",
     "binder",
+    "compat",
     "fdpass",
     "purge",
     "region",
