@@ -229,6 +229,23 @@ def test_close_releases_this_process_pins() -> None:
     assert _pins.unpinned_bytes() == 0
 
 
+def test_pins_and_purges_leave_no_descriptor_behind() -> None:
+    with ashmem.SharedMemory.create("warm-up", PAGE) as shm:
+        shm.unpin()  # the manager's thread, wake pipe and PSI file exist from here on
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with ashmem.SharedMemory.create("no-leak", 2 * PAGE) as shm:
+            shm.pin()
+            shm.unpin(0, PAGE)
+            assert shm.is_pinned(PAGE, PAGE)
+            region.purge_all_caches()
+            assert shm.pin() is True
+    with ashmem.MemoryFile("no-leak-mf", PAGE) as f:
+        f.allow_purging(True)
+        f.write_bytes(b"x", 0, 0, 1)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 # -- write-protected regions -----------------------------------------------------------------
 
 

@@ -326,8 +326,10 @@ def _entry(fd: int, st: os.stat_result) -> _Entry:
                 # the same locks on ours first, then off the shared one. No gap between.
                 for start, end in _creator_locks(fd):
                     length = 0 if end == 0 else end - start
-                    _sys.ofd_lock(entry.pin_fd, _sys.F_RDLCK, start, length, wait=False)
-                    _sys.ofd_lock(fd, _sys.F_UNLCK, start, length, wait=False)
+                    # Granted unless someone write-locks those bytes, which the creator's
+                    # read lock forbids; if it is refused anyway, leave that pin where it is.
+                    if _sys.ofd_lock(entry.pin_fd, _sys.F_RDLCK, start, length, wait=False):
+                        _sys.ofd_lock(fd, _sys.F_UNLCK, start, length, wait=False)
             except OSError as exc:
                 if not entry.anchors:
                     _close_entry(entry)
