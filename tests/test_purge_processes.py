@@ -141,6 +141,7 @@ def _pinner(shm: ashmem.SharedMemory, conn: Connection) -> None:
     seen whatever the scheduling."""
     fd = shm.fileno()
     expected = b"\x01" * (2 * PAGE)
+    shm.pin()  # the purger may have been at it already: write only what is pinned
     os.pwrite(fd, expected, 0)
     shm.unpin()
     purged_seen = 0
