@@ -312,3 +312,24 @@ def test_sent_objects_are_not_kept_by_the_feeder_thread() -> None:
     probe.wait_released()  # the queue is still open, its feeder thread still running
     q.close()
     q.join_thread()
+
+
+def test_small_plain_arrays_of_every_layout_round_trip_inline() -> None:
+    base = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    arrays = [
+        base,
+        base[::-1, :, ::2],
+        np.asfortranarray(base),
+        np.zeros(3, [("a", "i4"), ("b", "f8", (2,))]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+        np.zeros((0, 3)),
+    ]
+    r, w = ashmem.Pipe()
+    with r, w:
+        for a in arrays:
+            w.send(a)
+            got = r.recv()
+            assert got.dtype == a.dtype and got.shape == a.shape
+            assert got.flags.f_contiguous == a.flags.f_contiguous
+            np.testing.assert_array_equal(got, a)
+            assert got.flags.writeable and anp.region_of(got) is None

@@ -60,7 +60,7 @@ from typing import Any
 
 from . import _backing, fdpass
 from ._errors import MessageError
-from ._reduction import QUEUE_REDUCERS, register
+from ._reduction import QUEUE_REDUCERS, queue_pickling, register
 from ._shared_memory import SharedMemory, plain_pickle_error
 
 __all__ = ["DEFAULT_THRESHOLD", "Connection", "Pipe", "Queue", "SimpleQueue"]
@@ -162,7 +162,11 @@ def _dump(obj: Any, slots: _Slots) -> io.BytesIO:
     table = dict(_base_table())
     table[SharedMemory] = slots.reduce_region
     pickler.dispatch_table = table
-    pickler.dump(obj)
+    queue_pickling.threshold = slots.threshold
+    try:
+        pickler.dump(obj)
+    finally:
+        queue_pickling.threshold = None
     return stream
 
 
@@ -415,7 +419,12 @@ class Connection:
         try:
             stream = _dump(obj, pickler)
             with stream.getbuffer() as body:
-                data, regions = _encode(_KIND_PICKLE, body, pickler)
+                if not pickler.regions and len(body) <= _INLINE_MAX:
+                    # The common small message: header and inline pickle, nothing else.
+                    data = _HEAD.pack(_MAGIC, _KIND_PICKLE, 0, 0, 0, len(body)) + body
+                    regions: list[Any] = []
+                else:
+                    data, regions = _encode(_KIND_PICKLE, body, pickler)
             self._send(sock, data, regions)
         finally:
             for shm in pickler.made:

@@ -37,10 +37,15 @@ from typing import Any
 from ._memory_file import MemoryFile
 from ._shared_memory import SharedMemory
 
-__all__ = ["QUEUE_REDUCERS", "register"]
+__all__ = ["QUEUE_REDUCERS", "queue_pickling", "register"]
 
 #: Reducers that ``ashmem._queue``'s pickler uses instead of multiprocessing's, by exact type.
 QUEUE_REDUCERS: dict[type, Callable[[Any], Any]] = {}
+
+#: While ``ashmem._queue`` pickles a message in this thread, ``queue_pickling.threshold`` is
+#: that connection's threshold (else absent), so that a queue reducer can pickle what will go
+#: inline the cheapest way (for numpy: the protocol-4 reduce, rebuilt in C).
+queue_pickling = threading.local()
 
 
 _MP_MODULE = "multiprocessing.reduction"

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - the test environment has numpy
 
 from . import _backing
 from ._errors import ProtectionError
-from ._reduction import register
+from ._reduction import queue_pickling, register
 from ._shared_memory import Mapping, SharedMemory
 from .region import PROT_READ, PROT_WRITE
 
@@ -352,7 +352,14 @@ def _reduce_for_multiprocessing(array: NDArray[Any]) -> Any:
 
 def _reduce_for_queue(array: NDArray[Any]) -> Any:
     reduced = _reduce_region_array(array)
-    return reduced if reduced is not None else array.__reduce_ex__(5)
+    if reduced is not None:
+        return reduced
+    threshold = getattr(queue_pickling, "threshold", None)
+    if threshold is not None and array.nbytes < threshold:
+        # Goes inline anyway: the protocol-4 reduce is rebuilt in C, where protocol 5's
+        # in-band buffer goes through numpy's Python-level _frombuffer.
+        return array.__reduce_ex__(4)
+    return array.__reduce_ex__(5)
 
 
 register(np.ndarray, _reduce_for_multiprocessing, queue_reducer=_reduce_for_queue)
