@@ -63,7 +63,11 @@ from ._directory import start_service as start_service
 from ._errors import BadParcel as BadParcel
 from ._errors import DeadObjectError as DeadObjectError
 from ._errors import RemoteError as RemoteError
+from ._errors import ServiceBusyError as ServiceBusyError
 from ._errors import ServiceNotFoundError as ServiceNotFoundError
+from ._limits import Limits as Limits
+from ._limits import get_limits as get_limits
+from ._limits import set_limits as set_limits
 from ._parcel import Parcel as Parcel
 from ._pool import get_max_threads as get_max_threads
 from ._pool import set_max_threads as set_max_threads
@@ -86,11 +90,13 @@ __all__ = [
     "Credentials",
     "DeadObjectError",
     "DeathRecipient",
+    "Limits",
     "Parcel",
     "Policy",
     "Proxy",
     "RemoteError",
     "Service",
+    "ServiceBusyError",
     "ServiceNotFoundError",
     "ServiceProcess",
     "add_service",
@@ -98,11 +104,13 @@ __all__ = [
     "get_calling_gid",
     "get_calling_pid",
     "get_calling_uid",
+    "get_limits",
     "get_max_threads",
     "get_service",
     "list_services",
     "serve",
     "service_directory",
+    "set_limits",
     "set_max_threads",
     "start_service",
 ]

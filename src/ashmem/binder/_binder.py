@@ -4,6 +4,7 @@ access policies a service can use."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
@@ -58,6 +59,21 @@ class Credentials(NamedTuple):
 #: whether to admit it.
 Policy = Callable[[Credentials], bool]
 
+
+class Caller:
+    """Whose transaction a thread is handling: the caller's credentials, and the socket its
+    call came in on while the caller waits on it for the reply (None for a one-way call):
+    a call from this thread back into the caller's process travels on that socket and runs
+    on the caller's waiting thread. The pool's connections have the same two attributes."""
+
+    __slots__ = ("creds", "sock")
+
+    def __init__(self, creds: Credentials, sock: socket.socket | None) -> None:
+        self.creds = creds
+        self.sock = sock
+
+
+# ``caller``: the Caller (or pool connection) of the transaction this thread handles.
 _identity = threading.local()
 
 
@@ -70,10 +86,10 @@ def get_calling_credentials() -> Credentials:
     >>> get_calling_credentials().pid == os.getpid()
     True
     """
-    creds: Credentials | None = getattr(_identity, "creds", None)
-    if creds is None:
+    caller: Caller | None = getattr(_identity, "caller", None)
+    if caller is None:
         return Credentials(os.getpid(), os.geteuid(), os.getegid())
-    return creds
+    return caller.creds
 
 
 def get_calling_uid() -> int:
