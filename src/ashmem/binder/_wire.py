@@ -459,9 +459,9 @@ def open_spilled(fd: int, max_size: int | None = None) -> Mapping:
     """Map a spilled payload read-only. Borrows ``fd`` (the caller closes it).
 
     Raises ``BadParcel`` unless ``fd`` is a region whose size and contents are sealed, of
-    at most ``max_size`` bytes (default: the ``max_spill`` limit), and fully allocated (no hole: reading a hole of a shmem
-    file allocates a page in the reader's memory cgroup, so a sparse payload would cost its
-    sender nothing and us its whole declared size).
+    at most ``max_size`` bytes (default: the ``max_spill`` limit), and fully allocated (no
+    hole: reading a hole of a shmem file allocates a page charged to the reader, so a
+    sparse payload would cost its sender nothing and us its whole declared size).
     """
     size = region.region_size(fd)
     if size is None:
@@ -476,7 +476,16 @@ def open_spilled(fd: int, max_size: int | None = None) -> Mapping:
             f"(max_spill = {max_size}; see ashmem.binder.set_limits)"
         )
     try:
-        # F_SEAL_WRITE (checked below) also forbids punching holes later, and F_SEAL_GROW
+        sealed = region.contents_sealed_region(fd)
+    except (OSError, ValueError) as exc:
+        raise BadParcel(f"cannot inspect the spilled payload: {exc}") from exc
+    if not sealed:
+        raise BadParcel(
+            "the spilled payload is not sealed with F_SEAL_WRITE: its sender could still "
+            "change it while it is read"
+        )
+    try:
+        # F_SEAL_WRITE (checked above) also forbids punching holes later, and F_SEAL_GROW
         # allocating past the end: what we see now stays true while we read.
         hole = os.lseek(fd, 0, os.SEEK_HOLE)
     except OSError as exc:
@@ -485,14 +494,5 @@ def open_spilled(fd: int, max_size: int | None = None) -> Mapping:
         raise BadParcel(
             f"the spilled payload has a hole at offset {hole} of {size} bytes: a spill must "
             "be fully written (its sender pays for its memory, not the receiver)"
-        )
-    try:
-        sealed = region.contents_sealed_region(fd)
-    except (OSError, ValueError) as exc:
-        raise BadParcel(f"cannot inspect the spilled payload: {exc}") from exc
-    if not sealed:
-        raise BadParcel(
-            "the spilled payload is not sealed with F_SEAL_WRITE: its sender could still "
-            "change it while it is read"
         )
     return Mapping(fd, size, region.PROT_READ, 0, SPILL_NAME)
