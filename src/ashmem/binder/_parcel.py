@@ -167,6 +167,9 @@ class Parcel(Closing):
     # Local binders written here: a callback lives at least as long as the Parcel that
     # carries it (Android's transaction holds a strong reference too).
     _binders: list[Binder] | None = None
+    # True for a Parcel received from a peer: its descriptors are the peer's, closed with
+    # ``_wire.discard_fds`` (never blocking this thread); ours are closed directly.
+    _received = False
 
     @classmethod
     def _from_wire(cls, data: Any, start: int, fds: list[int]) -> Parcel:
@@ -178,6 +181,7 @@ class Parcel(Closing):
         self._end = len(data)
         if fds:
             self._fds = fds
+            self._received = True
         return self
 
     @classmethod
@@ -937,7 +941,10 @@ class Parcel(Closing):
         fds = self._fds
         if fds:
             self._fds = ()
-            _wire.discard_fds(fds)
+            if self._received:
+                _wire.discard_fds(fds)
+            else:
+                _wire.close_fds(fds)
         self._release_mapping()
 
     def close(self) -> None:
@@ -953,7 +960,7 @@ class Parcel(Closing):
     def __del__(self) -> None:
         fds = self._fds
         if fds:
-            _wire.discard_fds(fds)
+            _wire.discard_fds(fds) if self._received else _wire.close_fds(fds)
 
     def __reduce__(self) -> Any:
         raise TypeError("a Parcel cannot be pickled; send it with Proxy.transact")

@@ -545,13 +545,27 @@ class _ProcessState:
         listener.sock.close()
 
     def _add_connection(self, sock: socket.socket, listener: _Listener) -> None:
-        """Admit (or refuse at once) a connection just accepted. Nothing is read from it
-        before its peer passed the endpoint's policy and the limits."""
+        """Serve a connection just accepted, if ``_admit_connection`` lets it in."""
+        conn = self._admit_connection(sock, listener)
+        if conn is None:
+            return
+        try:
+            sock.setblocking(True)
+            _wire.set_receive_timeout(sock, LINGER)
+            self._ep.register(conn.fd, _READ)
+        except (OSError, ValueError):  # stop() closed the epoll set meanwhile
+            self._unregister(conn)
+            _wire.discard_socket(sock)
+
+    def _admit_connection(self, sock: socket.socket, listener: _Listener) -> _Connection | None:
+        """The check right after ``accept``: the endpoint's policy, then the limits. An
+        admitted connection is booked (pending HELLO) and returned; a refused one is told
+        why and closed, and None returned. Nothing is read from the peer here."""
         try:
             creds = Credentials(*_wire.peer_credentials(sock))
         except OSError:
             _wire.discard_socket(sock)
-            return
+            return None
         if not self._endpoint_admits(listener, creds):
             what = listener.node.label if listener.node is not None else "the callback endpoint"
             self._log.warning(
@@ -568,7 +582,7 @@ class _ProcessState:
                 f"{what} refuses uid {creds.uid} (gid {creds.gid}); the service must allow it "
                 "(allow_uids / allow_gids / policy)",
             )
-            return
+            return None
         limits = get_limits()
         uid = creds.uid
         busy = None
@@ -595,14 +609,8 @@ class _ProcessState:
                 f"busy {uid}", "binder: turned away pid %d (uid %d): %s", creds.pid, uid, busy
             )
             self._turn_away(sock, _wire.REFUSED_BUSY, f"the service is busy: {busy}")
-            return
-        try:
-            sock.setblocking(True)
-            _wire.set_receive_timeout(sock, LINGER)
-            self._ep.register(conn.fd, _READ)
-        except (OSError, ValueError):  # stop() closed the epoll set meanwhile
-            self._unregister(conn)
-            _wire.discard_socket(sock)
+            return None
+        return conn
 
     def _turn_away(self, sock: socket.socket, code: int, reason: str) -> None:
         """Tell a peer we never admitted why, and close it (on the closer thread)."""
@@ -740,6 +748,7 @@ class _ProcessState:
                     data.__dict__ = {"_data": msg, "_start": 16, "_pos": 16, "_end": len(msg)}
                     if fds:
                         data._fds = fds
+                        data._received = True
                     reply = _new(Parcel)
                     _identity.caller = conn
                     try:
@@ -898,6 +907,7 @@ class _ProcessState:
             data._end = len(msg)
             if fds:
                 data._fds = fds
+                data._received = True
         node = conn.node
         assert node is not None
         reply = Parcel()
