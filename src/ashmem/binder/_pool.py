@@ -664,11 +664,12 @@ class _ProcessState:
         except OSError:
             self._drop(conn)
 
-    def _drop(self, conn: _Connection) -> None:
+    def _drop(self, conn: _Connection, eof: bool = False) -> None:
         """Close ``conn``. Only its owner thread calls this. The closer thread closes the
         socket, after reading what is still queued in it: closing it here would dispose of
         the descriptors in those messages on this thread (and so could block it), and would
-        reset the peer before it read our last words."""
+        reset the peer before it read our last words. After end-of-file (``eof``) nothing is
+        queued and nothing more can be (the peer's end is shut), so it is closed here."""
         if self._handlers.get(conn.fd) is not conn:
             return  # dropped already
         self._unregister(conn)
@@ -678,7 +679,10 @@ class _ProcessState:
                 node.conns.discard(conn)
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(conn.fd)
-        _wire.discard_socket(conn.sock)
+        if eof:
+            conn.sock.close()
+        else:
+            _wire.discard_socket(conn.sock)
 
     def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
         """Tell the peer why, then drop the connection."""
@@ -780,7 +784,7 @@ class _ProcessState:
                     return
             if not msg:
                 _wire.discard_fds(fds)
-                self._drop(conn)
+                self._drop(conn, eof=not fds)
                 return
             if not conn.greeted and fds:
                 # Descriptors before HELLO: closed unseen (the closer takes them).
