@@ -46,6 +46,7 @@ HOLD = 2  # one-way: wait until released, then count the message
 RELEASE = 3
 COUNT = 4
 CALL_BACK = 5  # read a binder, call it (two-way), reply with what it said
+WAIT_PIPE = 6  # wait until the pipe (first descriptor) is readable, then reply
 NOBODY = 65534
 FORK = multiprocessing.get_context("fork")
 
@@ -71,6 +72,12 @@ class Target(Binder):
                 self.held += 1
         elif code == RELEASE:
             self.gate.set()
+        elif code == WAIT_PIPE:
+            pipe = data.read_file_descriptor()
+            try:
+                select.select([pipe], [], [], 30)
+            finally:
+                os.close(pipe)
         elif code == COUNT:
             with self.lock:
                 reply.write_int(self.held)
@@ -298,32 +305,50 @@ def _linger(on: int, seconds: int) -> bytes:
     return struct.pack("ii", on, seconds)
 
 
+def connect_raw(service: binder.ServiceProcess) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(10)
+    sock.connect(path_of(service))
+    sock.send(_wire.pack(_wire.HELLO, 0, 0, 0, 0))
+    assert sock.recv(_wire.MAX_MESSAGE)[3] == _wire.WELCOME
+    return sock
+
+
 def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
-    with target("linger", threads=1) as service:
+    # One pool thread, plus the main thread that serve() joins: two threads to freeze.
+    with target("linger", threads=1) as service, lingering_sockets(16) as socks:
         baseline = fds_of(service.pid)
-        with lingering_sockets(8) as socks:
-            # A call carrying them, then junk before HELLO carrying the same ones again.
-            call = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            call.settimeout(10)
-            call.connect(path_of(service))
-            call.send(_wire.pack(_wire.HELLO, 0, 0, 0, 0))
-            assert call.recv(_wire.MAX_MESSAGE)[3] == _wire.WELCOME
-            with Parcel() as data:
-                data.write_string("x")
-                flags, parts, _, _ = data._outgoing()
-            fds = [sock.fileno() for sock in socks]
-            header = _wire.pack(_wire.TRANSACTION, flags, len(fds), ECHO, 1)
-            call.sendmsg([header, *parts], _wire.rights(fds))
+        release_read, release_write = os.pipe()
+        calls = []
+        try:
+            # Three calls, each carrying four lingering sockets; each waits for our signal
+            # (connected first: the calls take both threads).
+            calls = [connect_raw(service) for _ in range(3)]
+            for i, call in enumerate(calls):
+                with Parcel() as data:
+                    data.write_file_descriptor(release_read)
+                    for sock in socks[4 * i : 4 * i + 4]:
+                        data.write_file_descriptor(sock.fileno())
+                    flags, parts, fds, _ = data._outgoing()
+                    header = _wire.pack(_wire.TRANSACTION, flags, len(fds), WAIT_PIPE, 1)
+                    call.sendmsg([header, *parts], _wire.rights(fds))
+            # Junk before HELLO carrying four more.
             junk = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             junk.connect(path_of(service))
-            junk.sendmsg([b"junk" * 8], _wire.rights(fds))
+            junk.sendmsg([b"junk" * 8], _wire.rights([s.fileno() for s in socks[12:]]))
+            calls.append(junk)
             for sock in socks:
-                sock.close()  # the messages in flight hold them: the service closes last
-            assert call.recv(_wire.MAX_MESSAGE)[3] == _wire.REPLY
-            # Its only pool thread closed them without blocking: it answers at once.
+                sock.close()  # from now on the service holds the last references
+            os.write(release_write, b"go")
+            for call in calls[:3]:
+                assert call.recv(_wire.MAX_MESSAGE)[3] == _wire.REPLY
+            # The service closed those sockets without blocking a thread: it answers.
             assert echo(service.binder, "not frozen", timeout=5) == "not frozen"
-            call.close()
-            junk.close()
+        finally:
+            for call in calls:
+                call.close()
+            os.close(release_read)
+            os.close(release_write)
         settle(service, baseline)
 
 
