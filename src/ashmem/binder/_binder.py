@@ -127,6 +127,44 @@ def get_calling_gid() -> int:
     return get_calling_credentials().gid
 
 
+def _check_call(code: object, data: object, reply: object, flags: object, timeout: object) -> None:
+    """``TypeError`` / ``ValueError`` naming what ``transact`` expected."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"transact: code must be an int, not {type(code).__name__}")
+    if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+        raise ValueError(
+            f"transaction code {code} is outside FIRST_CALL_TRANSACTION .. "
+            "LAST_CALL_TRANSACTION (1 .. 0xFFFFFF)"
+        )
+    from ._parcel import Parcel
+
+    if data is not None and not isinstance(data, Parcel):
+        raise TypeError(
+            f"transact: data must be a Parcel or None, not {type(data).__name__} "
+            "(write values into a Parcel: data = Parcel(); data.write_bytes(...))"
+        )
+    if reply is not None and not isinstance(reply, Parcel):
+        raise TypeError(f"transact: reply must be a Parcel or None, not {type(reply).__name__}")
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise TypeError(
+            f"transact: flags must be an int (0 or FLAG_ONEWAY), not {type(flags).__name__}"
+        )
+    if flags & ~FLAG_ONEWAY:
+        raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
+    _check_timeout(timeout, "transact")
+
+
+def _check_timeout(timeout: object, method: str) -> None:
+    if timeout is None:
+        return
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(
+            f"{method}: timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout >= 0:
+        raise ValueError(f"{method}: timeout must be >= 0 seconds, got {timeout!r}")
+
+
 class AllowList:
     """The default access policy: admit the service's own uid, plus listed uids and gids.
 
@@ -212,6 +250,7 @@ class Binder:
         """
         from ._parcel import Parcel
 
+        _check_call(code, data, reply, flags, None)
         data = Parcel() if data is None else data
         data.set_data_position(0)
         out = Parcel() if reply is None else reply

@@ -127,7 +127,9 @@ def set_max_threads(count: int) -> None:
     >>> set_max_threads(16)
     """
     global _max_threads
-    if not isinstance(count, int) or count < 1:
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError(f"set_max_threads needs an int, not {type(count).__name__}")
+    if count < 1:
         raise ValueError(f"the thread pool needs at least 1 thread, got {count!r}")
     _max_threads = count
     state = _state
@@ -161,7 +163,6 @@ class _Node:
         "queue",
         "queued_bytes",
         "queued_fds",
-        "ready",
         "state",
         "token",
     )
@@ -174,7 +175,6 @@ class _Node:
         # None: anyone holding the token (a capability, as an Android binder reference).
         self.policy: Policy | None = None
         self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)
         self.queue: collections.deque[tuple[Credentials, int, Parcel, int, int]] = (
             collections.deque()
         )
@@ -378,7 +378,6 @@ class _ProcessState:
         with node.lock:
             node.closed = True
             conns = list(node.conns)
-            node.ready.notify_all()
         self._by_token.pop(node.token, None)
         for conn in conns:
             with contextlib.suppress(OSError):
@@ -1032,7 +1031,6 @@ class _ProcessState:
                     queue.clear()
                     node.queued_fds = node.queued_bytes = 0
                     unparked, node.parked = node.parked, []
-                    node.ready.notify_all()
                     done = True
                 else:
                     leftovers = []

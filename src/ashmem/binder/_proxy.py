@@ -46,13 +46,13 @@ from .._closing import Closing
 from .._errors import ClosedError, MessageError
 from . import _wire
 from ._binder import (
-    FIRST_CALL_TRANSACTION,
     FLAG_ONEWAY,
     INTERFACE_TRANSACTION,
-    LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Caller,
     Credentials,
+    _check_call,
+    _check_timeout,
     _identity,
 )
 from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
@@ -119,42 +119,6 @@ def _remote_error(error: Parcel, code: int, label: str) -> BaseException:
     if type_name == "ashmem.binder.ServiceBusyError":
         return ServiceBusyError(text or f"{label} is busy", label)
     return RemoteError(type_name or "Exception", text or "", code, label)
-
-
-def _check_call(code: object, data: object, reply: object, flags: object, timeout: object) -> None:
-    """``TypeError`` / ``ValueError`` naming what ``transact`` expected."""
-    if not isinstance(code, int) or isinstance(code, bool):
-        raise TypeError(f"transact: code must be an int, not {type(code).__name__}")
-    if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-        raise ValueError(
-            f"transaction code {code} is outside FIRST_CALL_TRANSACTION .. "
-            "LAST_CALL_TRANSACTION (1 .. 0xFFFFFF)"
-        )
-    if data is not None and not isinstance(data, Parcel):
-        raise TypeError(
-            f"transact: data must be a Parcel or None, not {type(data).__name__} "
-            "(write values into a Parcel: data = Parcel(); data.write_bytes(...))"
-        )
-    if reply is not None and not isinstance(reply, Parcel):
-        raise TypeError(f"transact: reply must be a Parcel or None, not {type(reply).__name__}")
-    if not isinstance(flags, int) or isinstance(flags, bool):
-        raise TypeError(
-            f"transact: flags must be an int (0 or FLAG_ONEWAY), not {type(flags).__name__}"
-        )
-    if flags & ~FLAG_ONEWAY:
-        raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
-    _check_timeout(timeout, "transact")
-
-
-def _check_timeout(timeout: object, method: str) -> None:
-    if timeout is None:
-        return
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-        raise TypeError(
-            f"{method}: timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
-    if not timeout >= 0:
-        raise ValueError(f"{method}: timeout must be >= 0 seconds, got {timeout!r}")
 
 
 def _open_channel(
@@ -796,6 +760,7 @@ class Proxy(Closing):
         ...     p.ping()
         True
         """
+        _check_timeout(timeout, "ping")
         try:
             return self._transact(PING_TRANSACTION, None, None, 0, timeout)
         except DeadObjectError:
@@ -811,6 +776,7 @@ class Proxy(Closing):
         ...     p.get_interface_descriptor()
         'demo.IClock'
         """
+        _check_timeout(timeout, "get_interface_descriptor")
         with Parcel() as reply:
             self._transact(INTERFACE_TRANSACTION, None, reply, 0, timeout)
             return reply.read_string() or ""
