@@ -27,13 +27,7 @@ A queue over its limits (``oneway_backlog`` messages, ``oneway_backlog_fds`` des
 nobody reads it (its sender's socket buffer fills and its sends block) until the thread
 delivering the queue has emptied it and re-arms it. No thread ever waits for a queue.
 
-Hostile peers (see ``_limits`` for the numbers): a connection is checked right after
-``accept``, before anything is read from it: the peer's credentials against the endpoint's
-policy (a named service's own; for the process's callback endpoint, this uid, the uids we
-sent a binder to, and the uids any of our services admit), the connections its uid holds,
-the connections still waiting for HELLO, and the descriptors left below ``RLIMIT_NOFILE``.
-A refused peer is told why and closed at once, by the closer thread (``_wire.discard_socket``:
-closing it disposes of whatever descriptors it queued, and that can block). A connection
+Hostile peers: every connection is checked right after ``accept`` (``_gate``). A connection
 that has not said HELLO within ``hello_timeout`` is shut down by the pool's sweep, which
 runs whenever a thread's epoll wait times out (threads wait with a timeout only while
 something is pending). A listener whose ``accept`` fails for lack of descriptors is left
@@ -41,7 +35,7 @@ disarmed and re-armed by the sweep, with a growing back-off, instead of spinning
 
 Nested calls: while a thread handles a two-way call, a call it makes back into the caller's
 process is sent on the caller's own connection (kind NESTED) and runs on the caller's thread
-that waits for our reply (``serve_nested``), as Android does: it needs no free thread there.
+that waits for our reply (``_nested``), as Android does: it needs no free thread there.
 
 Fork: a child forked from a process with a pool gets none (threads do not survive fork);
 ``os.register_at_fork`` closes the inherited sockets in the child so that the parent's peers
@@ -55,7 +49,6 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import secrets
 import select
 import socket
@@ -79,6 +72,7 @@ from ._binder import (
     _identity,
 )
 from ._errors import BadParcel
+from ._gate import Gate, _Connection, _Listener
 from ._limits import get_limits
 from ._parcel import Parcel
 
@@ -91,8 +85,6 @@ LINGER = 0.01
 DEFAULT_MAX_THREADS = 16
 #: Seconds between two sweeps for expired HELLOs and paused listeners, while any are due.
 SWEEP_INTERVAL = 0.25
-#: One log line per this many seconds for each kind of refusal, with a count of the rest.
-LOG_INTERVAL = 1.0
 _BUSY_NAME = "ashmem.binder.ServiceBusyError"
 _ACCEPT_BATCH = 64
 _READ = select.EPOLLIN | select.EPOLLONESHOT
@@ -187,56 +179,6 @@ class _Node:
         self.conns: set[_Connection] = set()
 
 
-class _Listener:
-    __slots__ = ("backoff", "closing", "fd", "node", "paused_until", "sock")
-
-    def __init__(self, sock: socket.socket, node: _Node | None) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.node = node  # None for the host socket, which finds binders by token
-        self.closing = False
-        self.paused_until = 0.0  # > 0: disarmed after EMFILE until then (the sweep re-arms)
-        self.backoff = 0.0
-
-
-class _Connection:
-    """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
-    ``sock``: see ``_binder.Caller``)."""
-
-    __slots__ = ("accepted", "creds", "fd", "greeted", "node", "sock")
-
-    def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.creds = creds
-        self.node = node
-        self.greeted = False
-        self.accepted = time.monotonic()
-
-
-class _RateLimitedLog:
-    """At most one warning per ``LOG_INTERVAL`` per key (a kind of event, and the peer uid
-    where there is one); the ones held back are counted in the next line."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._held: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def warning(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(kind, -LOG_INTERVAL) < LOG_INTERVAL:
-                self._held[kind] += 1
-                return
-            self._last[kind] = now
-            held = self._held.pop(kind, 0)
-        if held:
-            message += " (and %d more like it in the last %.0f s)"
-            args = (*args, held, LOG_INTERVAL)
-        logger.warning(message, *args)
-
-
 def _describe(exc: BaseException) -> str:
     kind = type(exc)
     if kind.__module__ == "builtins":
@@ -244,7 +186,7 @@ def _describe(exc: BaseException) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-class _ProcessState:
+class _ProcessState(Gate):
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.max_threads = _max_threads
@@ -256,19 +198,9 @@ class _ProcessState:
         self._idle = 0
         self._stopping = False
         self._closed = False
-        # Admission bookkeeping, under _lock: connections not greeted yet (oldest first),
-        # connections per peer uid, listeners paused after EMFILE, published services.
-        self._pending: dict[_Connection, None] = {}
-        self._pending_by_uid: collections.Counter[int] = collections.Counter()
-        self._conns_by_uid: collections.Counter[int] = collections.Counter()
-        self._paused: set[_Listener] = set()
-        self._services: weakref.WeakSet[_Node] = weakref.WeakSet()
-        # Uids this process sent a binder to: they may connect to the callback endpoint.
-        self._granted: set[int] = {os.geteuid()}
+        self._init_gate()
+        self._paused: set[_Listener] = set()  # listeners disarmed after EMFILE
         self._next_sweep = 0.0
-        self._log = _RateLimitedLog()
-        self._fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._fd_high = self._fd_high_water()
         self._ep = select.epoll()
         try:
             self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -292,52 +224,6 @@ class _ProcessState:
         self._spawn()
 
     # -- registration -------------------------------------------------------------------
-
-    def _fd_high_water(self) -> int:
-        """Descriptor numbers at or above this mean we are inside ``fd_reserve``.
-
-        The kernel hands out the lowest free number, so a new descriptor numbered N means
-        N descriptors were already open: a cheap lower bound, checked on every accept and
-        every message that brings descriptors."""
-        limit = self._fd_limit
-        if limit == resource.RLIM_INFINITY or limit <= 0:
-            return 1 << 30
-        return max(limit - get_limits().fd_reserve, limit // 2)
-
-    def grant(self, uid: int) -> None:
-        """Let ``uid`` connect to the callback endpoint: we sent it a binder."""
-        if uid not in self._granted:
-            with self._lock:
-                self._granted.add(uid)
-
-    def publish_service(self, node: _Node) -> None:
-        """``node`` is a named service: uids its policy admits may also reach the callback
-        endpoint (where their Proxy opens its further connections)."""
-        self._services.add(node)
-
-    def _endpoint_admits(self, listener: _Listener, creds: Credentials) -> bool:
-        """The policy of the endpoint a peer connected to, checked right after accept."""
-        node = listener.node
-        if node is not None:
-            return self._policy_admits(node, creds)
-        if creds.uid in self._granted:
-            return True
-        return any(
-            service.policy is not None
-            and not service.closed
-            and self._policy_admits(service, creds)
-            for service in list(self._services)
-        )
-
-    def _policy_admits(self, node: _Node, creds: Credentials) -> bool:
-        policy = node.policy
-        if policy is None:
-            return True
-        try:
-            return bool(policy(creds))
-        except Exception:
-            logger.exception("binder: access policy of %s raised; refusing the caller", node.label)
-            return False
 
     def node_for(self, binder: Binder, label: str | None = None) -> _Node:
         """The node serving ``binder`` here, made on first use."""
@@ -463,14 +349,6 @@ class _ProcessState:
         for listener in due:
             self._rearm_listener(listener)
 
-    def _forget_pending(self, conn: _Connection) -> None:
-        """Under ``_lock``: ``conn`` no longer counts as waiting for HELLO."""
-        if self._pending.pop(conn, False) is None:
-            uid = conn.creds.uid
-            self._pending_by_uid[uid] -= 1
-            if self._pending_by_uid[uid] <= 0:
-                del self._pending_by_uid[uid]
-
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         for fd, _ in events:
             if fd == self._wake:
@@ -555,79 +433,6 @@ class _ProcessState:
         except (OSError, ValueError):  # stop() closed the epoll set meanwhile
             self._unregister(conn)
             _wire.discard_socket(sock)
-
-    def _admit_connection(self, sock: socket.socket, listener: _Listener) -> _Connection | None:
-        """The check right after ``accept``: the endpoint's policy, then the limits. An
-        admitted connection is booked (pending HELLO) and returned; a refused one is told
-        why and closed, and None returned. Nothing is read from the peer here."""
-        try:
-            creds = Credentials(*_wire.peer_credentials(sock))
-        except OSError:
-            _wire.discard_socket(sock)
-            return None
-        if not self._endpoint_admits(listener, creds):
-            what = listener.node.label if listener.node is not None else "the callback endpoint"
-            self._log.warning(
-                f"policy {creds.uid} {what}",
-                "binder: refused pid %d (uid %d, gid %d) access to %s: not allowed by its policy",
-                creds.pid,
-                creds.uid,
-                creds.gid,
-                what,
-            )
-            self._turn_away(
-                sock,
-                _wire.REFUSED_PERMISSION,
-                f"{what} refuses uid {creds.uid} (gid {creds.gid}); the service must allow it "
-                "(allow_uids / allow_gids / policy)",
-            )
-            return None
-        limits = get_limits()
-        uid = creds.uid
-        busy = None
-        if sock.fileno() >= self._fd_high:
-            busy = "it is out of descriptors (RLIMIT_NOFILE)"
-        with self._lock:
-            if busy is None:
-                if self._stopping:
-                    busy = "it is stopping"
-                elif self._conns_by_uid[uid] >= limits.max_connections_per_uid:
-                    busy = f"uid {uid} holds {limits.max_connections_per_uid} connections"
-                elif self._pending_by_uid[uid] >= limits.max_pending_per_uid:
-                    busy = f"uid {uid} has {limits.max_pending_per_uid} connections without HELLO"
-                elif len(self._pending) >= limits.max_pending:
-                    busy = f"{limits.max_pending} connections are waiting for HELLO"
-            if busy is None:
-                conn = _Connection(sock, creds, listener.node)
-                self._handlers[conn.fd] = conn
-                self._pending[conn] = None
-                self._pending_by_uid[uid] += 1
-                self._conns_by_uid[uid] += 1
-        if busy is not None:
-            self._log.warning(
-                f"busy {uid}", "binder: turned away pid %d (uid %d): %s", creds.pid, uid, busy
-            )
-            self._turn_away(sock, _wire.REFUSED_BUSY, f"the service is busy: {busy}")
-            return None
-        return conn
-
-    def _turn_away(self, sock: socket.socket, code: int, reason: str) -> None:
-        """Tell a peer we never admitted why, and close it (on the closer thread)."""
-        text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
-        with contextlib.suppress(OSError):
-            sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
-        _wire.discard_socket(sock)
-
-    def _unregister(self, conn: _Connection) -> None:
-        """Forget ``conn`` in the books (it stays open)."""
-        with self._lock:
-            if self._handlers.get(conn.fd) is conn:
-                del self._handlers[conn.fd]
-                self._forget_pending(conn)
-                uid = conn.creds.uid
-                self._conns_by_uid[uid] -= 1
-                if self._conns_by_uid[uid] <= 0:
-                    del self._conns_by_uid[uid]
 
     def _admit(self, conn: _Connection, node: _Node) -> bool:
         """Check ``node``'s policy for ``conn``; refuse (and drop) it if it fails."""
@@ -1121,75 +926,6 @@ def _invoke(binder: Binder, code: int, data: Parcel, reply: Parcel, flags: int) 
         reply.write_string(binder.descriptor)
         return _wire.STATUS_OK
     return _wire.STATUS_UNKNOWN_TRANSACTION
-
-
-def serve_nested(
-    sock: socket.socket,
-    creds: Credentials,
-    msg: bytes,
-    flags: int,
-    fds: list[int],
-    code: int,
-    seq: int,
-) -> None:
-    """Run a NESTED call that arrived on ``sock`` while this thread waits there for a reply,
-    and answer it on ``sock`` (see the module docstring). Takes ``fds``; borrows ``sock``.
-    Raises ``OSError`` if the answer cannot be sent (the caller then treats the connection
-    as broken)."""
-    start = _HEADER_SIZE + _wire.TOKEN_SIZE
-    token = msg[_HEADER_SIZE:start]
-    state = _state
-    node = state._by_token.get(token) if state is not None and len(token) == 16 else None
-    answer = Parcel()
-    kind, status = _wire.EXCEPTION, 0
-    try:
-        if node is None or node.closed:
-            _wire.discard_fds(fds)
-            answer.write_string("ashmem.binder.DeadObjectError")
-            answer.write_string("no such binder here (it was released)")
-        elif state is not None and not state._policy_admits(node, creds):
-            _wire.discard_fds(fds)
-            answer.write_string("PermissionError")
-            answer.write_string(f"{node.label} refuses uid {creds.uid} (gid {creds.gid})")
-        else:
-            try:
-                data = Parcel._from_message(msg, flags, fds, start)
-            except (BadParcel, OSError) as exc:
-                answer.write_string(_describe(exc))
-                answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
-            else:
-                reply = Parcel()
-                previous = getattr(_identity, "caller", None)
-                _identity.caller = Caller(creds, sock)
-                try:
-                    status = _invoke(node.binder, code, data, reply, 0)
-                except BaseException as exc:
-                    logger.error(
-                        "binder: nested on_transact(code=%d) of %s raised (caller pid %d)",
-                        code,
-                        node.label,
-                        creds.pid,
-                        exc_info=exc,
-                    )
-                    reply.close()
-                    answer.write_string(_describe(exc))
-                    answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
-                else:
-                    answer.close()
-                    answer, kind = reply, _wire.REPLY
-                    if reply._binders and state is not None:
-                        state.grant(creds.uid)
-                finally:
-                    _identity.caller = previous
-                    data.close()
-        outgoing = answer._outgoing()
-        try:
-            _wire.send_message(sock, kind, 0, status, seq, outgoing, _SEND_NOWAIT)
-        finally:
-            if outgoing[3] >= 0:
-                os.close(outgoing[3])
-    finally:
-        answer.close()
 
 
 def _error_parcel(node: _Node, code: int, conn: _Connection, exc: BaseException) -> Parcel:

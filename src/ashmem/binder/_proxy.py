@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import queue
@@ -37,7 +36,6 @@ import select
 import socket
 import struct
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,15 +47,15 @@ from ._binder import (
     FLAG_ONEWAY,
     INTERFACE_TRANSACTION,
     PING_TRANSACTION,
-    Caller,
     Credentials,
     _check_call,
     _check_timeout,
     _identity,
 )
-from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
+from ._errors import BadParcel, DeadObjectError, ServiceBusyError
+from ._nested import call_nested, remote_error, serve_nested
 from ._parcel import Parcel
-from ._pool import current_state, serve_nested
+from ._pool import current_state
 
 __all__ = ["DeathRecipient", "Proxy"]
 
@@ -87,7 +85,6 @@ _REPLY = _wire.REPLY
 _STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
 _DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN)
-_nested_seq = itertools.count(1)
 
 
 class _Channel:
@@ -108,17 +105,6 @@ def _refusal(msg: bytes, code: int, label: str) -> BaseException:
     if code == _wire.REFUSED_BUSY:
         return ServiceBusyError(f"{label} turned this connection away: {reason}", label)
     return MessageError(f"{label} rejected a message: {reason}")
-
-
-def _remote_error(error: Parcel, code: int, label: str) -> BaseException:
-    """The exception an EXCEPTION reply stands for."""
-    try:
-        type_name, text = error.read_string(), error.read_string()
-    except BadParcel as exc:
-        return MessageError(f"{label} sent a malformed error reply: {exc}")
-    if type_name == "ashmem.binder.ServiceBusyError":
-        return ServiceBusyError(text or f"{label} is busy", label)
-    return RemoteError(type_name or "Exception", text or "", code, label)
 
 
 def _open_channel(
@@ -361,7 +347,7 @@ class Proxy(Closing):
             return True
         caller = getattr(_identity, "caller", None)
         if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
-            return self._transact_nested(caller, code, data, reply, timeout)
+            return call_nested(self, caller, code, data, reply, timeout)
         outgoing = None if data is None else data._outgoing()
         try:
             try:
@@ -439,94 +425,6 @@ class Proxy(Closing):
         if state is not None and creds is not None:
             state.grant(creds.uid)
 
-    def _transact_nested(
-        self,
-        caller: Caller,
-        code: int,
-        data: Parcel | None,
-        reply: Parcel | None,
-        timeout: float | None,
-    ) -> bool:
-        """A call into the process whose call this thread is handling: sent on the
-        caller's connection, run by its waiting thread (see the module docstring)."""
-        ref = self._ref
-        if ref is None:  # a named Proxy never connected: its token is not known yet
-            self._give(self._take(timeout))
-            ref = self._ref
-            assert ref is not None
-        sock = caller.sock
-        assert sock is not None
-        seq = next(_nested_seq) & 0xFFFFFFFF
-        spilled, parts, fds, spill_fd = _EMPTY if data is None else data._outgoing()
-        try:
-            header = _wire.pack(_wire.NESTED, spilled, len(fds), code, seq)
-            sock.sendmsg(
-                [header, ref[1], *parts], _wire.rights(fds), _wire.SEND_FLAGS | _wire.DONTWAIT
-            )
-        except OSError as exc:
-            reason = f"the connection to {self._label} broke ({exc.strerror})"
-            raise DeadObjectError(reason, self._label) from exc
-        finally:
-            if spill_fd >= 0:
-                os.close(spill_fd)
-        if data is not None and data._binders:
-            state = current_state()
-            if state is not None:
-                state.grant(caller.creds.uid)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
-            except (BlockingIOError, TimeoutError):
-                # A pool connection wakes up every LINGER seconds (SO_RCVTIMEO); a caller's
-                # channel only when its own call's timeout expires.
-                if deadline is not None and time.monotonic() >= deadline:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)  # a late reply must not be misread
-                    raise TimeoutError(
-                        errno.ETIMEDOUT,
-                        f"nested transaction {code} to {self._label} got no reply within "
-                        f"{timeout} s",
-                    ) from None
-                continue
-            except OSError as exc:
-                reason = f"the connection to {self._label} broke ({exc.strerror})"
-                raise DeadObjectError(reason, self._label) from exc
-            fds_in = _wire.take_fds(anc) if anc else _NO_FDS
-            if not msg:
-                _wire.discard_fds(fds_in)
-                raise DeadObjectError(f"{self._label} closed the connection", self._label)
-            try:
-                kind, rflags, status, rseq = _wire.check(msg, mflags, len(fds_in))
-            except MessageError:
-                _wire.discard_fds(fds_in)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                raise
-            if kind == _wire.NESTED:
-                try:
-                    serve_nested(sock, caller.creds, msg, rflags, fds_in, status, rseq)
-                except OSError as exc:
-                    reason = f"the connection to {self._label} broke ({exc.strerror})"
-                    raise DeadObjectError(reason, self._label) from exc
-                continue
-            if rseq != seq or kind not in (_wire.REPLY, _wire.EXCEPTION):
-                _wire.discard_fds(fds_in)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                raise MessageError(
-                    f"{self._label} answered nested call {seq} with {_wire.KIND_NAMES[kind]} {rseq}"
-                )
-            if kind == _wire.REPLY:
-                parcel = Parcel._from_message(msg, rflags, fds_in)
-                if reply is not None:
-                    reply._adopt(parcel)
-                else:
-                    parcel.close()
-                return status == _wire.STATUS_OK
-            with Parcel._from_message(msg, rflags, fds_in) as error:
-                raise _remote_error(error, code, self._label)
-
     def _failure(self, exc: BaseException, code: int, timeout: float | None) -> BaseException:
         if isinstance(exc, TimeoutError):
             return TimeoutError(
@@ -584,7 +482,7 @@ class Proxy(Closing):
                 _wire.discard_fds(fds)
             return status == _wire.STATUS_OK
         with Parcel._from_message(msg, rflags, fds) as error:
-            raise _remote_error(error, code, self._label)
+            raise remote_error(error, code, self._label)
 
     def _send_oneway(
         self, code: int, outgoing: tuple[int, list[Any], Sequence[int], int], timeout: float | None
