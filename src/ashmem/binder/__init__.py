@@ -25,7 +25,10 @@ Layers: ``Parcel`` (``_parcel``: the typed, versioned encoding) travels over the
 protocol (``_wire``: one SOCK_SEQPACKET datagram per message, descriptors as SCM_RIGHTS,
 large Parcels spilled into sealed regions); ``Proxy`` (``_proxy``) is the client side,
 ``Binder`` (``_binder``) and the thread pool (``_pool``) the service side; the directory
-(``_directory``) publishes and finds services by name, one socket per service.
+(``_directory``) publishes and finds services by name, one socket per service. Every peer is
+hostile: ``_gate`` checks each connection right after ``accept`` against the endpoint's
+policy and the limits of ``_limits`` (``set_limits``); ``_nested`` runs a call back into the
+calling process on its waiting thread.
 
 >>> from ashmem.binder import Binder, Parcel, add_service, get_service
 >>> class Echo(Binder):

@@ -721,8 +721,12 @@ def start_service(
     ``target`` (a Binder subclass or a factory) must be importable by name, or defined in
     the main script; it and ``args`` are pickled to the new process (as multiprocessing's
     spawn does). The other arguments are ``serve``'s. Raises ``ChildProcessError`` if the
-    process exits before answering, ``TimeoutError`` after ``timeout`` seconds (the process
-    is then killed). Works from any process, daemonic multiprocessing children included.
+    process exits before answering (with the reason it gave), ``TimeoutError`` after
+    ``timeout`` seconds (the process is then killed), ``RuntimeError`` if ``target`` lives in
+    a script whose top-level code is not under ``if __name__ == "__main__":`` (the new
+    process imports that script), and what ``get_service`` raises if a process already
+    serving ``name`` does not answer. Works from any process, daemonic multiprocessing
+    children included.
 
     >>> from ashmem.binder import Binder, start_service
     >>> with start_service(Binder, "doctest.started") as service:

@@ -114,7 +114,9 @@ def _open_channel(
 
     Raises ``FileNotFoundError`` / ``ConnectionRefusedError`` if nobody listens there,
     ``PermissionError`` if the service refuses this process, ``DeadObjectError`` if the
-    binder is gone, ``TimeoutError``, ``MessageError``.
+    binder is gone or the connection is reset, ``ServiceBusyError`` if the service turns us
+    away (or its backlog is full), ``TimeoutError`` if no answer comes within ``timeout``
+    (else ``CONNECT_TIMEOUT``), ``MessageError``.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     wait = CONNECT_TIMEOUT if timeout is None else timeout
