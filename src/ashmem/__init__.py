@@ -6,7 +6,8 @@ descriptor and mapping are gone. Built on memfd_create, file seals, mmap and SCM
 
 Layers, top to bottom: ``MemoryFile`` -> ``SharedMemory`` / ``Mapping`` -> ``ashmem.region``
 (libcutils) -> the kernel. ``ashmem.fdpass`` moves regions between processes;
-``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices).
+``ashmem.binder`` is a Binder-like IPC layer on top (services by name, Parcels, death notices);
+``ashmem.compat`` is a drop-in for ``multiprocessing.shared_memory``.
 """
 
 from . import fdpass as fdpass
@@ -29,13 +30,26 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 
+def _show_public_module() -> None:
+    # Tracebacks and reprs name the module users import (ashmem.ProtectionError), not the
+    # private one that defines the class; pickle finds the classes there as well.
+    for value in list(globals().values()):
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+
+
+_show_public_module()
+
+
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
-    # which programs that only share regions should not pay for at import.
-    if name == "binder":
+    # which programs that only share regions should not pay for at import. ``ashmem.compat``
+    # (the multiprocessing.shared_memory drop-in) likewise: programs that do not use it carry
+    # neither its import nor its at-fork hook.
+    if name in ("binder", "compat"):
         import importlib
 
-        return importlib.import_module(".binder", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
@@ -55,6 +69,7 @@ __all__ = [
     "SharedMemory",
     "UnsupportedPlatformError",
     "binder",
+    "compat",
     "fdpass",
     "region",
 ]
