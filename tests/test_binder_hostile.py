@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import multiprocessing
 import os
 import resource
@@ -36,6 +37,7 @@ from ashmem.binder import (
     Proxy,
     ServiceBusyError,
     ServiceNotFoundError,
+    _pool,
     _wire,
 )
 
@@ -630,3 +632,67 @@ def test_a_dead_service_is_a_dead_object_not_a_socket_error() -> None:
             for _ in range(3):
                 echo(proxy, "anyone?")
         proxy.close()
+
+
+# -- our own EMFILE: accept backs off, and recovers ------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def out_of_descriptors(name: str, report: Any, release: Any) -> None:
+    """Service side, in a forked child: serve, then use up every descriptor we may open."""
+    records = _Records()
+    logging.getLogger("ashmem.binder").addHandler(records)
+    service = binder.add_service(name, Target())
+    state = _pool.current_state()
+    assert state is not None
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 16, open_now + 16))
+    spare = []
+    with contextlib.suppress(OSError):
+        while True:
+            spare.append(os.dup(0))
+    report.send("exhausted")
+    deadline = time.monotonic() + 20
+    while not state._paused and time.monotonic() < deadline:  # the client's connect arrived
+        time.sleep(0.01)
+    paused = bool(state._paused)
+    for fd in spare:
+        os.close(fd)
+    report.send(("paused", paused))
+    release.recv()  # the client got in: the sweep re-armed the listener
+    failures = [m for m in records.messages if "cannot accept" in m]
+    report.send(("accept failures logged", len(failures)))
+    service.close()
+
+
+def test_running_out_of_descriptors_backs_off_and_recovers() -> None:
+    name = f"test.hostile.emfile.{os.getpid()}"
+    with attacker(out_of_descriptors, name) as (report, release):
+        assert report.recv() == "exhausted"
+        result: list[Any] = []
+
+        def connect() -> None:
+            try:
+                with binder.get_service(name, timeout=30) as proxy:
+                    result.append(echo(proxy, "in at last", timeout=10))
+            except Exception as exc:  # reported below
+                result.append(exc)
+
+        client = threading.Thread(target=connect)
+        client.start()
+        # The service could not accept: its listener was paused, not spinning...
+        assert report.recv() == ("paused", True)
+        client.join(40)
+        # ...and once descriptors were free again, the client got in.
+        assert result == ["in at last"]
+        release.send("done")
+        kind, logged = report.recv()
+        assert kind == "accept failures logged" and 1 <= logged <= 3

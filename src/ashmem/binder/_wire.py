@@ -140,6 +140,7 @@ RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 DONTWAIT = int(socket.MSG_DONTWAIT)
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
+_PEEK_NOWAIT = int(socket.MSG_PEEK) | DONTWAIT
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 PREFIX = MAGIC + bytes((VERSION,))
@@ -215,9 +216,25 @@ def discard_fds(fds: Iterable[int]) -> None:
 
 
 def discard_socket(sock: socket.socket) -> None:
-    """Close a connection a peer may have filled with descriptors (taken), on the closer
-    thread: what is still queued in it is received and discarded there first."""
-    closer().put(sock)
+    """Close a connection a peer may have filled with descriptors (taken) without blocking.
+
+    ``shutdown(SHUT_RD)`` first: from then on the peer's sends fail (EPIPE), so nothing new
+    can be queued. If nothing is queued (a peek finds end-of-file and no descriptors), the
+    close cannot block and happens here; else the closer thread receives and discards what
+    is queued, then closes it.
+    """
+    try:
+        sock.shutdown(socket.SHUT_RD)
+        data, _, mflags, _ = sock.recvmsg(1, 0, _PEEK_NOWAIT)
+        if not data and not mflags & _CTRUNC:
+            sock.close()
+            return
+    except OSError:
+        pass
+    try:
+        closer().put(sock)
+    except RuntimeError:  # no new threads (interpreter shutdown)
+        sock.close()
 
 
 class _Closer:
