@@ -1,6 +1,7 @@
 """ashmem.binder against hostile peers: the six findings of issue 7, each as an attack on a
 live service in its own process, then the service must answer a normal call (with a timeout:
-a bound, not a measurement) and its descriptor count must come back to its baseline.
+a bound, not a measurement) and its descriptor count and resident memory must come back near
+their baseline.
 
 Foreign-uid attackers are forked children that drop to uid/gid 65534 with ``os.setresgid`` /
 ``os.setresuid``; they need root and are skipped otherwise. Attackers report each phase over a
@@ -132,13 +133,31 @@ def echo(proxy: Proxy, text: str, timeout: float = 5.0) -> str | None:
         return reply.read_string()
 
 
-def settle(service: binder.ServiceProcess, baseline: int, margin: int = 4) -> None:
-    """The service answers a normal call, and its descriptors come back near ``baseline``."""
+def rss_of(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (VmRSS)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@contextlib.contextmanager
+def attacked(service: binder.ServiceProcess, margin: int = 4) -> Iterator[None]:
+    """Around an attack: afterwards the service answers a normal call (with a timeout),
+    and its descriptors and resident memory come back near what they were before."""
+    fds, rss = fds_of(service.pid), rss_of(service.pid)
+    yield
     assert echo(service.binder, "still here") == "still here"
     deadline = time.monotonic() + 20
-    while fds_of(service.pid) > baseline + margin and time.monotonic() < deadline:
+    while fds_of(service.pid) > fds + margin and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert fds_of(service.pid) <= baseline + margin, "the service kept what the attack sent"
+    assert fds_of(service.pid) <= fds + margin, "the service kept what the attack sent"
+    assert rss_of(service.pid) <= rss + RSS_MARGIN, "the attack grew the service's memory"
+
+
+#: What a service's resident memory may grow by across an attack (allocator noise).
+RSS_MARGIN = 32 << 20
 
 
 def path_of(service: binder.ServiceProcess) -> str:
@@ -230,19 +249,20 @@ def attacker(target_fn: Any, *args: Any) -> Iterator[tuple[Any, Any]]:
 
 @needs_root
 def test_a_foreign_uid_cannot_hold_the_callback_endpoint() -> None:
-    with target("endpoint") as service:
-        baseline = fds_of(service.pid)
-        with attacker(hold_connections, host_address(service), 1500, True) as (report, release):
-            assert report.recv() == ("connected", 1500)
-            # While uid 65534 holds 1,500 connections, the service holds none of them...
-            assert echo(service.binder, "owner") == "owner"
-            fresh = binder.get_service(service.name, timeout=5)  # and its owner gets in
-            assert echo(fresh, "new connection") == "new connection"
-            fresh.close()
-            release.send("go")
-            # ...because each was refused at accept, with a reason, before anything was read.
-            assert report.recv() == ("closed", 1500, [_wire.REFUSED_PERMISSION])
-        settle(service, baseline)
+    with (
+        target("endpoint") as service,
+        attacked(service),
+        attacker(hold_connections, host_address(service), 1500, True) as (report, release),
+    ):
+        assert report.recv() == ("connected", 1500)
+        # While uid 65534 holds 1,500 connections, the service holds none of them...
+        assert echo(service.binder, "owner") == "owner"
+        fresh = binder.get_service(service.name, timeout=5)  # and its owner gets in
+        assert echo(fresh, "new connection") == "new connection"
+        fresh.close()
+        release.send("go")
+        # ...because each was refused at accept, with a reason, before anything was read.
+        assert report.recv() == ("closed", 1500, [_wire.REFUSED_PERMISSION])
 
 
 # -- 1b. the same uid opens 10,000 connections and never says HELLO -------------------------
@@ -251,21 +271,21 @@ def test_a_foreign_uid_cannot_hold_the_callback_endpoint() -> None:
 def test_ten_thousand_silent_connections_are_bounded_and_timed_out() -> None:
     limits = {"hello_timeout": 1.0}
     with target("silent", limits) as service:
-        baseline = fds_of(service.pid)
-        with attacker(hold_connections, path_of(service), 10_000, False) as (report, release):
-            assert report.recv() == ("connected", 10_000)
-            # Connections already open keep working during the attack.
-            assert echo(service.binder, "during") == "during"
-            assert fds_of(service.pid) <= baseline + binder.get_limits().max_pending + 8
-            release.send("go")
-            kind, closed, codes = report.recv()
-            # Every one was closed by the service: turned away (busy) or timed out.
-            assert (kind, closed) == ("closed", 10_000)
-            assert set(codes) <= {_wire.REFUSED_BUSY}
-        fresh = binder.get_service(service.name, timeout=5)
-        assert echo(fresh, "after") == "after"
-        fresh.close()
-        settle(service, baseline)
+        before = fds_of(service.pid)
+        with attacked(service):
+            with attacker(hold_connections, path_of(service), 10_000, False) as (report, release):
+                assert report.recv() == ("connected", 10_000)
+                # Connections already open keep working during the attack.
+                assert echo(service.binder, "during") == "during"
+                assert fds_of(service.pid) <= before + binder.get_limits().max_pending + 8
+                release.send("go")
+                kind, closed, codes = report.recv()
+                # Every one was closed by the service: turned away (busy) or timed out.
+                assert (kind, closed) == ("closed", 10_000)
+                assert set(codes) <= {_wire.REFUSED_BUSY}
+            fresh = binder.get_service(service.name, timeout=5)
+            assert echo(fresh, "after") == "after"
+            fresh.close()
 
 
 # -- 2. descriptors whose close blocks (SO_LINGER) -------------------------------------------
@@ -318,8 +338,7 @@ def connect_raw(service: binder.ServiceProcess) -> socket.socket:
 
 def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
     # One pool thread, plus the main thread that serve() joins: two threads to freeze.
-    with target("linger", threads=1) as service, lingering_sockets(16) as socks:
-        baseline = fds_of(service.pid)
+    with target("linger", threads=1) as service, lingering_sockets(16) as socks, attacked(service):
         release_read, release_write = os.pipe()
         calls = []
         try:
@@ -351,18 +370,20 @@ def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
                 call.close()
             os.close(release_read)
             os.close(release_write)
-        settle(service, baseline)
 
 
 # -- 3. sparse and oversized spilled payloads ------------------------------------------------
 
 
 def sealed_memfd(size: int, written: list[tuple[int, int]]) -> int:
-    """A memfd of ``size`` bytes, sealed like a spill, with only ``written`` ranges written."""
+    """A memfd of ``size`` bytes, sealed like a spill, with only ``written`` ranges written.
+    Its Parcel is one string spanning all of it, so that reading it would touch every page
+    (and a shmem hole allocates a page when read)."""
     fd = os.memfd_create("hostile-spill", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
+    header = b"\x06" + (size - 5).to_bytes(4, "little")
     for offset, length in written:
-        os.pwrite(fd, b"\x06\x03\x00\x00\x00abc".ljust(length, b"\0"), offset)
+        os.pwrite(fd, (header if offset == 0 else b"").ljust(length, b"x"), offset)
     seals = 0x0002 | 0x0004 | 0x0008  # SHRINK | GROW | WRITE
     fcntl.fcntl(fd, 1033, seals)  # F_ADD_SEALS
     return fd
@@ -390,43 +411,38 @@ MIB = 1 << 20
 @pytest.mark.parametrize(
     ("where", "written"),
     [
-        ("start", [(MIB, 3 * MIB)]),
-        ("middle", [(0, MIB), (2 * MIB, 2 * MIB)]),
-        ("end", [(0, 3 * MIB)]),
+        ("start", [(60 * MIB, 4 * MIB)]),
+        ("middle", [(0, MIB), (63 * MIB, MIB)]),
+        ("end", [(0, MIB)]),
     ],
 )
 def test_a_spill_with_holes_is_refused_before_it_is_mapped(
     where: str, written: list[tuple[int, int]]
 ) -> None:
-    with target(f"sparse-{where}") as service:
-        baseline = fds_of(service.pid)
-        fd = sealed_memfd(4 * MIB, written)
+    with target(f"sparse-{where}") as service, attacked(service):
+        fd = sealed_memfd(64 * MIB, written)  # mostly holes
         try:
             kind, reason = send_spilled(service, fd)
         finally:
             os.close(fd)
         assert kind == _wire.REFUSED and "hole at offset" in reason
-        settle(service, baseline)
 
 
 def test_a_spill_larger_than_max_spill_is_refused() -> None:
-    with target("maxspill", {"max_spill": 4 * MIB}) as service:
-        baseline = fds_of(service.pid)
+    with target("maxspill", {"max_spill": 4 * MIB}) as service, attacked(service):
         fd = sealed_memfd(8 * MIB, [(0, 8 * MIB)])
         try:
             kind, reason = send_spilled(service, fd)
         finally:
             os.close(fd)
         assert kind == _wire.REFUSED and "max_spill" in reason
-        settle(service, baseline)
 
 
 # -- 4. a one-way flood with 63 descriptors per message -------------------------------------
 
 
 def test_a_oneway_flood_with_descriptors_cannot_starve_other_callers() -> None:
-    with target("flood", nofile=1024) as service:
-        baseline = fds_of(service.pid)
+    with target("flood", nofile=1024) as service, attacked(service):
         read_end, write_end = os.pipe()
         sent = [0] * 8
         stop = threading.Event()
@@ -475,15 +491,13 @@ def test_a_oneway_flood_with_descriptors_cannot_starve_other_callers() -> None:
                 break
             time.sleep(0.05)
         assert delivered == sum(sent)
-        settle(service, baseline)
 
 
 # -- 5. a stopped service with a full backlog ------------------------------------------------
 
 
 def test_directory_calls_are_bounded_against_a_stopped_service() -> None:
-    with target("stopped") as service:
-        baseline = fds_of(service.pid)
+    with target("stopped") as service, attacked(service):
         os.kill(service.pid, signal.SIGSTOP)
         junk = []
         try:
@@ -505,7 +519,6 @@ def test_directory_calls_are_bounded_against_a_stopped_service() -> None:
             for sock in junk:
                 sock.close()
             os.kill(service.pid, signal.SIGCONT)
-        settle(service, baseline)
 
 
 # -- 6. a service that resets new connections ------------------------------------------------
