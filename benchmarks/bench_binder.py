@@ -49,6 +49,11 @@ Before and after (``--before REV``, e.g. the commit before a change): the binder
 this same script on it (``--driver``: an old client against an old service), in the same
 rounds as the current code, for the round trips, one-way throughput and the 64 MiB spill.
 
+CPU per call (before and after only): wall-clock times on a loaded machine move by tens of
+percent from run to run, CPU time much less. For the round trips, the calling thread's CPU
+time (``time.thread_time_ns``) plus the service process's, all threads
+(``/proc/PID/task/*/schedstat``), over the calls; for one-way calls, the service's alone.
+
 Accept-time check: a new connection (connect, HELLO, WELCOME: ``Proxy._connect``) against
 the part of it that checks the peer right after ``accept`` (``SO_PEERCRED``, the endpoint's
 policy, the per-uid and pending-HELLO books: ``_ProcessState._admit_connection``, timed
@@ -265,6 +270,31 @@ def oneway_rate(proxy: Proxy, name: str, clients: int, count: int) -> float:
     return clients * count / (elapsed / 1e9)
 
 
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (``schedstat``'s first field)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+            total += int(stat.read().split()[0])
+    return total
+
+
+def cpu_per_call(call: Callable[[], object], count: int, service_pid: int) -> float:
+    """CPU ns per ``call()``: this thread's plus the service process's."""
+    client, service = time.thread_time_ns(), task_cpu_ns(service_pid)
+    for _ in range(count):
+        call()
+    spent = time.thread_time_ns() - client + task_cpu_ns(service_pid) - service
+    return spent / count
+
+
+def service_cpu_per_oneway(proxy: Proxy, name: str, count: int, service_pid: int) -> float:
+    """The service's CPU ns per one-way call, 1 client process sending ``count``."""
+    before = task_cpu_ns(service_pid)
+    oneway_rate(proxy, name, 1, count)
+    return (task_cpu_ns(service_pid) - before) / count
+
+
 class OldCode:
     """A driver process running this script on the binder code of an older revision."""
 
@@ -332,6 +362,18 @@ def driver() -> int:
             answer = str(per_call(call, count))
         elif command == "oneway":
             answer = str(oneway_rate(proxy, service.name, 1, count))
+        elif command == "cpu-empty":
+            answer = str(cpu_per_call(lambda: proxy.transact(EMPTY), count, service.pid))
+        elif command == "cpu-region":
+
+            def call_region() -> None:
+                with Parcel() as data:
+                    data.write_shared_memory(region)
+                    proxy.transact(REGION, data)
+
+            answer = str(cpu_per_call(call_region, count, service.pid))
+        elif command == "cpu-oneway":
+            answer = str(service_cpu_per_oneway(proxy, service.name, count, service.pid))
         elif command == "connect":
             answer = str(per_call(lambda: proxy._connect(None).sock.close(), count))
         elif command == "big":
@@ -509,6 +551,27 @@ def main() -> int:
         },
         rounds,
     )
+    cpu: dict[str, float] = {}
+    if before is not None:
+
+        def region_call() -> None:
+            with Parcel() as data:
+                data.write_shared_memory(region)
+                proxy.transact(REGION, data)
+
+        cpu = interleaved(
+            {
+                "empty": lambda: cpu_per_call(lambda: proxy.transact(EMPTY), calls, service.pid),
+                "empty-before": old(f"cpu-empty {calls}"),
+                "region": lambda: cpu_per_call(region_call, calls, service.pid),
+                "region-before": old(f"cpu-region {calls}"),
+                "oneway": lambda: service_cpu_per_oneway(
+                    proxy, service.name, oneway_count // 4, service.pid
+                ),
+                "oneway-before": old(f"cpu-oneway {oneway_count // 4}"),
+            },
+            rounds,
+        )
     connects = calls // 6
     checks = interleaved(
         {
@@ -739,6 +802,13 @@ def main() -> int:
     )
     if "before" in checks:
         rows.append(before_row("new connection", checks["connect"], checks["before"]))
+    for key, what in (
+        ("empty", "CPU per round trip (client + service), empty"),
+        ("region", "CPU per round trip (client + service), region fd"),
+        ("oneway", "service CPU per one-way call"),
+    ):
+        if key in cpu:
+            rows.append(before_row(what, cpu[key], cpu[f"{key}-before"]))
     if before is not None:
         notes.append(
             f"'before' rows: the binder code of {before_label}, an old client against an old "

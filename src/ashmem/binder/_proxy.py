@@ -44,8 +44,10 @@ from .._closing import Closing
 from .._errors import ClosedError, MessageError
 from . import _wire
 from ._binder import (
+    FIRST_CALL_TRANSACTION,
     FLAG_ONEWAY,
     INTERFACE_TRANSACTION,
+    LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Credentials,
     _check_call,
@@ -322,7 +324,21 @@ class Proxy(Closing):
         ...     p.transact(1, data, reply, timeout=5), reply.read_long()
         (True, 42)
         """
-        _check_call(code, data, reply, flags, timeout)
+        if (
+            code.__class__ is not int
+            or not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
+            or flags.__class__ is not int
+            or (data is not None and data.__class__ is not Parcel)
+            or (reply is not None and reply.__class__ is not Parcel)
+            or (
+                timeout is not None
+                and timeout.__class__ is not float
+                and timeout.__class__ is not int
+            )
+        ):
+            # Not the plain types: the full check raises the right error, or admits
+            # subclasses (an IntEnum code, a Parcel subclass).
+            _check_call(code, data, reply, flags, timeout)
         return self._transact(code, data, reply, flags, timeout)
 
     def _transact(

@@ -65,14 +65,16 @@ closed; a spilled payload needs as much free tmpfs / memory-cgroup room as its s
 Descriptors a peer sent are closed with ``discard_fds``: closing one can block (a socket
 with ``SO_LINGER`` and unsent data, a device), so anything but a pipe or a memfd is closed
 by one "ashmem-binder-closer" thread, after its linger is switched off, never by a thread
-that serves others. A connection we drop goes the same way, since closing it disposes of
-the descriptors still queued in it.
+that serves others. A connection we drop (``discard_socket``) goes the same way if messages
+are still queued in it, since closing it disposes of their descriptors; an empty one is
+closed at once.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
 import queue
 import re
@@ -150,6 +152,7 @@ SPILL_NAME = "ashmem.binder.parcel"
 _HOST_ADDRESS = re.compile(rb"\0ashmem-binder-[0-9]{1,10}-[0-9a-f]{16}")
 _PEERCRED = struct.Struct("3i")
 _LINGER_OFF = struct.pack("ii", 0, 0)
+_F_GET_SEALS = _sys.F_GET_SEALS
 _TIMEVAL = struct.Struct("ll")
 
 
@@ -201,6 +204,15 @@ def discard_fds(fds: Iterable[int]) -> None:
     dev = _memfd_dev if _memfd_dev is not None else _memfd_device()
     for fd in fds:
         try:
+            # Only shmem and hugetlbfs files have seals, and their close never blocks: the
+            # common case (a region) in one cheap call.
+            fcntl.fcntl(fd, _F_GET_SEALS)
+        except OSError:
+            pass
+        else:
+            os.close(fd)
+            continue
+        try:
             st = os.fstat(fd)
         except OSError:
             continue
@@ -243,11 +255,9 @@ class _Closer:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[int | socket.socket] = queue.SimpleQueue()
-        self.pending = 0
         threading.Thread(target=self._run, name="ashmem-binder-closer", daemon=True).start()
 
     def put(self, job: int | socket.socket) -> None:
-        self.pending += 1
         self._jobs.put(job)
 
     def _run(self) -> None:
@@ -260,8 +270,6 @@ class _Closer:
                     _close_unlingered(job)
             except Exception:  # pragma: no cover - nothing may stop this thread
                 pass
-            finally:
-                self.pending -= 1
 
     @staticmethod
     def _drain_and_close(sock: socket.socket) -> None:
