@@ -50,6 +50,8 @@ RELEASE = 3
 COUNT = 4
 CALL_BACK = 5  # read a binder, call it (two-way), reply with what it said
 WAIT_PIPE = 6  # wait until the pipe (first descriptor) is readable, then reply
+KEEP = 7  # keep the descriptor sent (the application holds it)
+DROP_KEPT = 8  # close every descriptor kept
 NOBODY = 65534
 FORK = multiprocessing.get_context("fork")
 
@@ -65,6 +67,7 @@ class Target(Binder):
         self.gate = threading.Event()
         self.held = 0
         self.lock = threading.Lock()
+        self.kept: list[int] = []
 
     def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
         if code == ECHO:
@@ -75,6 +78,12 @@ class Target(Binder):
                 self.held += 1
         elif code == RELEASE:
             self.gate.set()
+        elif code == KEEP:
+            self.kept.append(data.read_file_descriptor())
+        elif code == DROP_KEPT:
+            for fd in self.kept:
+                os.close(fd)
+            self.kept.clear()
         elif code == WAIT_PIPE:
             pipe = data.read_file_descriptor()
             try:
@@ -645,6 +654,36 @@ def test_a_dead_service_is_a_dead_object_not_a_socket_error() -> None:
             for _ in range(3):
                 echo(proxy, "anyone?")
         proxy.close()
+
+
+# -- near RLIMIT_NOFILE: new work is refused, and the caller is told it is not its fault ----
+
+
+def test_a_service_near_its_descriptor_limit_refuses_new_work_with_a_clear_error() -> None:
+    with target("nofile", nofile=160) as service, attacked(service):
+        read_end, write_end = os.pipe()
+        try:
+            accepted = 0
+            with pytest.raises(ServiceBusyError) as refused:
+                for _ in range(200):  # the application keeps every descriptor it gets
+                    with Parcel() as data:
+                        data.write_file_descriptor(read_end)
+                        service.binder.transact(KEEP, data, timeout=5)
+                    accepted += 1
+            # Refused before the limit itself, saying that the service ran short...
+            assert 0 < accepted < 160
+            assert "out of descriptors" in str(refused.value)
+            assert "MSG_CTRUNC" not in str(refused.value)
+            # ...and calls without descriptors still go through.
+            assert echo(service.binder, "no fds") == "no fds"
+            service.binder.transact(DROP_KEPT, timeout=5)
+            with Parcel() as data:  # once the application let go, descriptors work again
+                data.write_file_descriptor(read_end)
+                assert service.binder.transact(KEEP, data, timeout=5)
+            service.binder.transact(DROP_KEPT, timeout=5)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
 
 
 # -- our own EMFILE: accept backs off, and recovers ------------------------------------------

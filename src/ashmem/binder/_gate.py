@@ -119,15 +119,26 @@ class Gate:
         self._fd_high = self._fd_high_water()
 
     def _fd_high_water(self) -> int:
-        """Descriptor numbers at or above this mean we are inside ``fd_reserve``.
-
-        The kernel hands out the lowest free number, so a new descriptor numbered N means
-        N descriptors were already open: a cheap lower bound, checked on every accept and
-        every message that brings descriptors."""
+        """The lowest free descriptor number at or above this means we are inside
+        ``fd_reserve`` (see ``_short_of_fds``)."""
         limit = self._fd_limit
         if limit == resource.RLIM_INFINITY or limit <= 0:
             return 1 << 30
         return max(limit - get_limits().fd_reserve, limit // 2)
+
+    def _short_of_fds(self, fd: int) -> bool:
+        """True if this process is inside its descriptor reserve, probed by duplicating
+        ``fd`` (borrowed) once: the kernel hands out the lowest free number, so a new
+        descriptor numbered N means numbers 0 .. N-1 are all taken. Probing after what a
+        peer brought was installed matters: an application that keeps descriptors fills
+        the table upwards while each new message reuses the same low hole, so the
+        numbers of the received descriptors themselves say nothing."""
+        try:
+            probe = os.dup(fd)
+        except OSError:  # EMFILE: no room at all
+            return True
+        os.close(probe)
+        return probe >= self._fd_high
 
     def grant(self, uid: int) -> None:
         """Let ``uid`` connect to the callback endpoint: we sent it a binder."""
@@ -201,7 +212,7 @@ class Gate:
         limits = get_limits()
         uid = creds.uid
         busy = None
-        if sock.fileno() >= self._fd_high:
+        if self._short_of_fds(sock.fileno()):
             busy = "it is out of descriptors (RLIMIT_NOFILE)"
         with self._lock:
             if busy is None:

@@ -548,7 +548,7 @@ class _ProcessState(Gate):
                     and not (mflags | reserved)
                     and nfds == len(fds) <= _MAX_FDS
                     and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
-                    and (not fds or max(fds) < self._fd_high)
+                    and (not fds or not self._short_of_fds(fds[0]))
                 ):
                     node = conn.node
                     assert node is not None
@@ -625,7 +625,7 @@ class _ProcessState(Gate):
                 if mflags & _wire.F_ONEWAY:
                     if self._oneway(conn, code, mflags, msg, fds):
                         return
-                elif fds and max(fds) >= self._fd_high:
+                elif fds and self._short_of_fds(fds[0]):
                     _wire.discard_fds(fds)
                     if not self._busy(conn, code, seq, "it is out of descriptors (RLIMIT_NOFILE)"):
                         return
@@ -798,7 +798,9 @@ class _ProcessState(Gate):
             return True
         node = conn.node
         assert node is not None
-        nfds = len(data._fds)
+        held = data._fds
+        nfds = len(held)
+        short = isinstance(held, list) and bool(held) and self._short_of_fds(held[0])
         size = data._end - data._start
         limits = get_limits()
         with node.lock:
@@ -812,7 +814,7 @@ class _ProcessState(Gate):
                     len(node.queue) >= limits.oneway_backlog
                     or node.queued_fds >= limits.oneway_backlog_fds
                     or node.queued_bytes >= limits.oneway_backlog_bytes
-                    or (nfds and max(fds) >= self._fd_high)
+                    or short
                 ) and not (node.closed or self._stopping):
                     node.parked.append(conn)
                     return True
