@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ._parcel import Parcel
@@ -73,8 +73,24 @@ class Caller:
         self.sock = sock
 
 
-# ``caller``: the Caller (or pool connection) of the transaction this thread handles.
-_identity = threading.local()
+class CallerLike(Protocol):
+    """What a ``Caller`` has; the pool's connections have it too."""
+
+    @property
+    def creds(self) -> Credentials: ...
+
+    @property
+    def sock(self) -> socket.socket | None: ...
+
+
+class _Identity(threading.local):
+    #: The Caller (or pool connection) of the transaction this thread is handling. A class
+    #: default, so that reading it where it was never set costs an attribute lookup, not
+    #: a caught AttributeError (this is read on every call a client makes).
+    caller: CallerLike | None = None
+
+
+_identity = _Identity()
 
 
 def get_calling_credentials() -> Credentials:
@@ -86,7 +102,7 @@ def get_calling_credentials() -> Credentials:
     >>> get_calling_credentials().pid == os.getpid()
     True
     """
-    caller: Caller | None = getattr(_identity, "caller", None)
+    caller = _identity.caller
     if caller is None:
         return Credentials(os.getpid(), os.geteuid(), os.getegid())
     return caller.creds

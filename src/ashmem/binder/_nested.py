@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import MessageError
 from . import _wire
-from ._binder import Caller, Credentials, _identity
+from ._binder import Caller, CallerLike, Credentials, _identity
 from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
 from ._parcel import Parcel
 from ._pool import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke, current_state
@@ -95,7 +95,7 @@ def serve_nested(
                 answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
             else:
                 reply = Parcel()
-                previous = getattr(_identity, "caller", None)
+                previous = _identity.caller
                 _identity.caller = Caller(creds, sock)
                 try:
                     status = _invoke(node.binder, code, data, reply, 0)
@@ -130,7 +130,7 @@ def serve_nested(
 
 def call_nested(
     proxy: Proxy,
-    caller: Caller,
+    caller: CallerLike,
     code: int,
     data: Parcel | None,
     reply: Parcel | None,

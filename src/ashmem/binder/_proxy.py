@@ -363,7 +363,7 @@ class Proxy(Closing):
             if data is not None and data._binders:
                 self._grant()
             return True
-        caller = getattr(_identity, "caller", None)
+        caller = _identity.caller
         if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
             return call_nested(self, caller, code, data, reply, timeout)
         outgoing = None if data is None else data._outgoing()
