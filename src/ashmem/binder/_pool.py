@@ -548,7 +548,7 @@ class _ProcessState(Gate):
                     and not (mflags | reserved)
                     and nfds == len(fds) <= _MAX_FDS
                     and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
-                    and (not fds or not self._short_of_fds(fds[0]))
+                    and (not fds or not self._short_of_fds_often(fds[0]))
                 ):
                     node = conn.node
                     assert node is not None
@@ -625,7 +625,7 @@ class _ProcessState(Gate):
                 if mflags & _wire.F_ONEWAY:
                     if self._oneway(conn, code, mflags, msg, fds):
                         return
-                elif fds and self._short_of_fds(fds[0]):
+                elif fds and self._short_of_fds_often(fds[0]):
                     _wire.discard_fds(fds)
                     if not self._busy(conn, code, seq, "it is out of descriptors (RLIMIT_NOFILE)"):
                         return
@@ -800,7 +800,7 @@ class _ProcessState(Gate):
         assert node is not None
         held = data._fds
         nfds = len(held)
-        short = isinstance(held, list) and bool(held) and self._short_of_fds(held[0])
+        short = isinstance(held, list) and bool(held) and self._short_of_fds_often(held[0])
         size = data._end - data._start
         limits = get_limits()
         with node.lock:
