@@ -31,7 +31,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from . import _wire
-from ._binder import Credentials
+from ._binder import Caller, Credentials
 from ._limits import get_limits
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class _Connection:
     """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
     ``sock``: see ``_binder.Caller``)."""
 
-    __slots__ = ("accepted", "creds", "fd", "greeted", "node", "sock")
+    __slots__ = ("accepted", "creds", "fd", "greeted", "node", "oneway_caller", "sock")
 
     def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
         self.sock = sock
@@ -73,6 +73,8 @@ class _Connection:
         self.node = node
         self.greeted = False
         self.accepted = time.monotonic()
+        # The Caller of its one-way calls: no reply socket (the sender does not wait).
+        self.oneway_caller = Caller(creds, None)
 
 
 class _RateLimitedLog:

@@ -67,7 +67,6 @@ from ._binder import (
     PING_TRANSACTION,
     Binder,
     Caller,
-    Credentials,
     Policy,
     _identity,
 )
@@ -167,9 +166,7 @@ class _Node:
         # None: anyone holding the token (a capability, as an Android binder reference).
         self.policy: Policy | None = None
         self.lock = threading.Lock()
-        self.queue: collections.deque[tuple[Credentials, int, Parcel, int, int]] = (
-            collections.deque()
-        )
+        self.queue: collections.deque[tuple[Caller, int, Parcel, int, int]] = collections.deque()
         self.queued_fds = 0
         self.queued_bytes = 0
         # Connections not read until the queue drains (see the module docstring).
@@ -800,11 +797,11 @@ class _ProcessState(Gate):
         assert node is not None
         held = data._fds
         nfds = len(held)
-        short = isinstance(held, list) and bool(held) and self._short_of_fds_often(held[0])
+        short = bool(held) and isinstance(held, list) and self._short_of_fds_often(held[0])
         size = data._end - data._start
         limits = get_limits()
         with node.lock:
-            node.queue.append((conn.creds, code, data, nfds, size))
+            node.queue.append((conn.oneway_caller, code, data, nfds, size))
             node.queued_fds += nfds
             node.queued_bytes += size
             if node.draining:
@@ -830,7 +827,7 @@ class _ProcessState(Gate):
     def _drain(self, node: _Node) -> None:
         queue = node.queue
         while True:
-            unparked: list[_Connection] = []
+            unparked: list[_Connection] | tuple[()] = ()
             with node.lock:
                 if not queue or self._stopping:
                     node.draining = False
@@ -840,8 +837,7 @@ class _ProcessState(Gate):
                     unparked, node.parked = node.parked, []
                     done = True
                 else:
-                    leftovers = []
-                    creds, code, data, nfds, size = queue.popleft()
+                    caller, code, data, nfds, size = queue.popleft()
                     node.queued_fds -= nfds
                     node.queued_bytes -= size
                     if node.parked:
@@ -859,7 +855,7 @@ class _ProcessState(Gate):
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
                 return
-            _identity.caller = Caller(creds, None)
+            _identity.caller = caller
             try:
                 _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
             except BaseException:
@@ -867,7 +863,7 @@ class _ProcessState(Gate):
                     "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
                     code,
                     node.label,
-                    creds.pid,
+                    caller.creds.pid,
                 )
             finally:
                 _identity.caller = None
