@@ -43,13 +43,37 @@ ashmem.binder, region (informative)
     ``write_shared_memory`` + ``transact``; nothing is copied at all.
 Connection.send_bytes + recv_bytes
     The same payload through a ``multiprocessing.Pipe``.
+
+Before and after (``--before REV``, e.g. the commit before a change): the binder code of
+``REV`` is extracted (``git archive``) into a temporary directory and a driver process runs
+this same script on it (``--driver``: an old client against an old service), in the same
+rounds as the current code, for the round trips, one-way throughput and the 64 MiB spill.
+
+CPU per call (before and after only): wall-clock times on a loaded machine move by tens of
+percent from run to run, CPU time much less. For the round trips, the calling thread's CPU
+time (``time.thread_time_ns``) plus the service process's, all threads
+(``/proc/PID/task/*/schedstat``), over the calls; for one-way calls, the service's alone.
+
+Accept-time check: a new connection (connect, HELLO, WELCOME: ``Proxy._connect``) against
+the part of it that checks the peer right after ``accept`` (``SO_PEERCRED``, the endpoint's
+policy, the per-uid and pending-HELLO books: ``_ProcessState._admit_connection``, timed
+in this process on a socketpair, with the books undone after each call).
+
+CPU placement is left to the scheduler: on this shared two-core machine, pinning client and
+server to separate CPUs made every round trip several times slower (the other developers'
+load then cannot be moved off the server's CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -246,7 +270,179 @@ def oneway_rate(proxy: Proxy, name: str, clients: int, count: int) -> float:
     return clients * count / (elapsed / 1e9)
 
 
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (``schedstat``'s first field)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+            total += int(stat.read().split()[0])
+    return total
+
+
+def cpu_per_call(call: Callable[[], object], count: int, service_pid: int) -> float:
+    """CPU ns per ``call()``: this thread's plus the service process's."""
+    client, service = time.thread_time_ns(), task_cpu_ns(service_pid)
+    for _ in range(count):
+        call()
+    spent = time.thread_time_ns() - client + task_cpu_ns(service_pid) - service
+    return spent / count
+
+
+def service_cpu_per_oneway(proxy: Proxy, name: str, count: int, service_pid: int) -> float:
+    """The service's CPU ns per one-way call, 1 client process sending ``count``."""
+    before = task_cpu_ns(service_pid)
+    oneway_rate(proxy, name, 1, count)
+    return (task_cpu_ns(service_pid) - before) / count
+
+
+class OldCode:
+    """A driver process running this script on the binder code of an older revision."""
+
+    def __init__(self, revision: str) -> None:
+        root = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+        self.tmp = tempfile.mkdtemp(prefix="ashmem-bench-before-")
+        archive = subprocess.run(
+            ["git", "archive", revision, "src"], capture_output=True, check=True, cwd=root
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", self.tmp], input=archive, check=True)
+        env = dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "src"))
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--driver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        where = self.ask("where")
+        assert where.startswith(self.tmp), f"the driver imported ashmem from {where}"
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def measure(self, command: str) -> float:
+        return float(self.ask(command))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.ask("quit")
+        self.proc.wait(30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def driver() -> int:
+    """``--driver``: serve measurement commands on stdin with whatever ashmem is importable
+    (the old code, see ``OldCode``); one number per line on stdout."""
+    service = start_service(BenchService, f"bench.before.{os.getpid()}", timeout=30)
+    proxy = service.binder
+    region = ashmem.SharedMemory.create("bench-region", PAGE)
+    payload = b""
+    for line in sys.stdin:
+        command, *rest = line.split()
+        count = int(rest[0]) if rest else 0
+        if command == "where":
+            answer = ashmem.__file__
+        elif command == "empty":
+            answer = str(per_call(lambda: proxy.transact(EMPTY), count))
+        elif command == "region":
+
+            def call() -> None:
+                with Parcel() as data:
+                    data.write_shared_memory(region)
+                    proxy.transact(REGION, data)
+
+            answer = str(per_call(call, count))
+        elif command == "oneway":
+            answer = str(oneway_rate(proxy, service.name, 1, count))
+        elif command == "cpu-empty":
+            answer = str(cpu_per_call(lambda: proxy.transact(EMPTY), count, service.pid))
+        elif command == "cpu-region":
+
+            def call_region() -> None:
+                with Parcel() as data:
+                    data.write_shared_memory(region)
+                    proxy.transact(REGION, data)
+
+            answer = str(cpu_per_call(call_region, count, service.pid))
+        elif command == "cpu-oneway":
+            answer = str(service_cpu_per_oneway(proxy, service.name, count, service.pid))
+        elif command == "connect":
+            answer = str(per_call(lambda: proxy._connect(None).sock.close(), count))
+        elif command == "big":
+            if not payload:
+                payload = os.urandom(1 << 20) * (BIG_SIZE >> 20)
+            time.sleep(SETTLE)
+            with Parcel() as data, Parcel() as reply:
+                start = time.perf_counter_ns()
+                data.write_bytes(payload)
+                proxy.transact(BIG, data, reply, timeout=60)
+                answer = str(time.perf_counter_ns() - start)
+                assert reply.read_long() == BIG_SIZE
+        else:
+            break
+        print(answer, flush=True)
+    service.stop()
+    region.close()
+    return 0
+
+
+def admission_cost(count: int) -> float:
+    """Nanoseconds of the check right after accept, on this process's pool (see the module
+    docstring): ``_admit_connection`` on a connected socket, its books undone each time."""
+    from ashmem.binder import _pool
+
+    state = _pool.process_state()
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = _pool._Listener(host, None)  # the callback endpoint's policy
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+
+        def check() -> None:
+            conn = state._admit_connection(ours, listener)
+            assert conn is not None
+            state._unregister(conn)
+
+        return per_call(check, count)
+    finally:
+        for sock in (host, ours, theirs):
+            sock.close()
+
+
 def main() -> int:
+    if "--driver" in sys.argv:
+        return driver()
+    before: OldCode | None = None
+    before_label = ""
+    if "--before" in sys.argv:
+        at = sys.argv.index("--before")
+        revision = sys.argv[at + 1]
+        del sys.argv[at : at + 2]
+        before = OldCode(revision)
+        before_label = revision
+
+    def before_row(
+        what: str, after_ns: float, before_ns: float, shown: tuple[str, str] | None = None
+    ) -> list[str]:
+        ratio = after_ns / before_ns
+        after_text, before_text = shown or (format_ns(after_ns), format_ns(before_ns))
+        return [
+            what,
+            after_text,
+            f"same, before ({before_label})",
+            before_text,
+            f"{format_ratio(ratio)} of before",
+            "<= 1.05x",
+            verdict(ratio <= 1.05),
+        ]
+
     args = parse_args(__doc__.splitlines()[0])
     scale = 5 if args.quick else 1
     rounds = 3 if args.quick else 7
@@ -322,8 +518,18 @@ def main() -> int:
     def manager_region() -> float:
         return per_call(lambda: managed.take(region), slow_calls // 3)
 
+    def old(command: str) -> Callable[[], float]:
+        assert before is not None
+        return lambda: before.measure(command)
+
+    def olds(**commands: str) -> dict[str, Callable[[], float]]:
+        return {} if before is None else {key: old(cmd) for key, cmd in commands.items()}
+
     for warm in (binder_empty, binder_region, raw_empty, raw_region, pipe_empty, manager_empty):
         warm()
+    if before is not None:
+        before.measure(f"empty {calls}")
+        before.measure(f"region {calls}")
     empty = interleaved(
         {
             "binder": binder_empty,
@@ -331,6 +537,7 @@ def main() -> int:
             "seqpacket": seqpacket_empty,
             "pipe": pipe_empty,
             "manager": manager_empty,
+            **olds(before=f"empty {calls}"),
         },
         rounds,
     )
@@ -340,6 +547,40 @@ def main() -> int:
             "raw": raw_region,
             "pipe": pipe_region,
             "manager": manager_region,
+            **olds(before=f"region {calls}"),
+        },
+        rounds,
+    )
+    cpu: dict[str, float] = {}
+    if before is not None:
+
+        def region_call() -> None:
+            with Parcel() as data:
+                data.write_shared_memory(region)
+                proxy.transact(REGION, data)
+
+        # Three times the rounds, a third of the calls each: load from elsewhere comes and
+        # goes within a second, and shorter rounds spread it more evenly over both sides.
+        short = calls // 3
+        cpu = interleaved(
+            {
+                "empty": lambda: cpu_per_call(lambda: proxy.transact(EMPTY), short, service.pid),
+                "empty-before": old(f"cpu-empty {short}"),
+                "region": lambda: cpu_per_call(region_call, short, service.pid),
+                "region-before": old(f"cpu-region {short}"),
+                "oneway": lambda: service_cpu_per_oneway(
+                    proxy, service.name, oneway_count // 8, service.pid
+                ),
+                "oneway-before": old(f"cpu-oneway {oneway_count // 8}"),
+            },
+            3 * rounds,
+        )
+    connects = calls // 6
+    checks = interleaved(
+        {
+            "connect": lambda: per_call(lambda: proxy._connect(None).sock.close(), connects),
+            "check": lambda: admission_cost(calls),
+            **olds(before=f"connect {connects}"),
         },
         rounds,
     )
@@ -369,6 +610,8 @@ def main() -> int:
                     "",
                 ]
             )
+        if "before" in result:
+            rows.append(before_row(f"round trip, {label}", ours, result["before"]))
         rows.append(
             [
                 f"round trip, {label}",
@@ -422,6 +665,7 @@ def main() -> int:
             "binder4": lambda: oneway_rate(proxy, service.name, 4, oneway_count // 4),
             "raw": raw_oneway,
             "pipe": pipe_oneway,
+            **olds(before=f"oneway {oneway_count}"),
         },
         max(3, rounds // 2),
     )
@@ -437,6 +681,16 @@ def main() -> int:
                 "",
                 "",
             ]
+        )
+    if "before" in throughput:
+        # A rate: higher is better, so the ratio is before / after, as for times.
+        rows.append(
+            before_row(
+                "one-way, 1 client process",
+                1e9 / throughput["binder1"],
+                1e9 / throughput["before"],
+                shown=(f"{throughput['binder1']:,.0f} /s", f"{throughput['before']:,.0f} /s"),
+            )
         )
     rows.append(
         [
@@ -499,8 +753,16 @@ def main() -> int:
         return elapsed
 
     binder_big(), pipe_big(), binder_sealed()
+    if before is not None:
+        before.measure("big")
     big = interleaved(
-        {"binder": binder_big, "sealed": binder_sealed, "pipe": pipe_big, "spill": spill_only},
+        {
+            "binder": binder_big,
+            "sealed": binder_sealed,
+            "pipe": pipe_big,
+            "spill": spill_only,
+            **olds(before="big"),
+        },
         big_rounds,
     )
     speedup = big["pipe"] / big["binder"]
@@ -515,6 +777,8 @@ def main() -> int:
             verdict(speedup >= 5),
         ]
     )
+    if "before" in big:
+        rows.append(before_row("64 MiB payload, auto-spill", big["binder"], big["before"]))
     rows.append(
         [
             "64 MiB already in a region",
@@ -527,6 +791,35 @@ def main() -> int:
         ]
     )
 
+    share = checks["check"] / checks["connect"]
+    rows.append(
+        [
+            "accept-time peer check",
+            format_ns(checks["check"]),
+            "new connection (connect, HELLO, WELCOME)",
+            format_ns(checks["connect"]),
+            f"{share:.1%} of a connect",
+            "< 5%",
+            verdict(share < 0.05),
+        ]
+    )
+    if "before" in checks:
+        rows.append(before_row("new connection", checks["connect"], checks["before"]))
+    for key, what in (
+        ("empty", "CPU per round trip (client + service), empty"),
+        ("region", "CPU per round trip (client + service), region fd"),
+        ("oneway", "service CPU per one-way call"),
+    ):
+        if key in cpu:
+            rows.append(before_row(what, cpu[key], cpu[f"{key}-before"]))
+    if before is not None:
+        notes.append(
+            f"'before' rows: the binder code of {before_label}, an old client against an old "
+            "service, measured in the same rounds as the current code (`--before REV`); "
+            "ratio is after / before for times, before / after for rates (above 1: slower now). "
+            f"CPU rows: {3 * rounds} rounds of {calls // 3} calls ({oneway_count // 8} one-way "
+            "calls), the caller's thread CPU time plus all the service's threads'."
+        )
     notes.append(
         "Medians of per-round means, peers interleaved in each round "
         f"({rounds} rounds of {calls} calls for binder, raw and Pipe; {slow_calls} Manager "
@@ -574,6 +867,8 @@ def main() -> int:
         readme=not args.no_readme,
     )
 
+    if before is not None:
+        before.close()
     for proc in [*servers, *counters, big_server]:
         proc.kill()  # each holds copies of the others' sockets: no EOF would reach it
         proc.join(5)

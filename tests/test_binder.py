@@ -833,3 +833,75 @@ def test_public_names_are_exported_once_with_docstrings() -> None:
             assert (value.__doc__ and ">>>" in value.__doc__) or name in _NO_EXAMPLE, name
     assert issubclass(binder.BadParcel, ashmem.MessageError)
     assert issubclass(binder.DeadObjectError, ashmem.Error)
+
+
+# -- first-hour errors (issue 13): types named, public module shown, no main guard ------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "expected"),
+    [
+        (("1",), {}, "code must be an int"),
+        ((1, b"abc"), {}, "data must be a Parcel"),
+        ((1, None, b"abc"), {}, "reply must be a Parcel"),
+        ((1, None, None, "1"), {}, "flags must be an int"),
+        ((1,), {"timeout": "5"}, "timeout must be a number"),
+    ],
+)
+def test_transact_names_the_expected_type(
+    probe: binder.ServiceProcess, args: tuple[Any, ...], kwargs: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(TypeError, match=expected):
+        probe.binder.transact(*args, **kwargs)
+    with pytest.raises(TypeError, match=expected):
+        asyncio.run(probe.binder.transact_async(*args, **kwargs))
+    assert echo(probe.binder, "still fine") == "still fine"
+
+
+def test_directory_calls_name_the_expected_type() -> None:
+    with pytest.raises(TypeError, match="name must be a str"):
+        binder.get_service(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        binder.get_service("x", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a Binder"):
+        binder.add_service("x", object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="target must be a Binder subclass"):
+        binder.start_service("name", "target")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="hello_timeout must be a number"):
+        binder.set_limits(hello_timeout="5")
+    with pytest.raises(TypeError, match="unknown binder limit"):
+        binder.set_limits(nonsense=1)
+
+
+def test_binder_errors_show_their_public_module() -> None:
+    for error in (BadParcel, DeadObjectError, RemoteError, ServiceNotFoundError):
+        assert error.__module__ == "ashmem.binder"
+        assert getattr(binder, error.__name__) is error
+    assert binder.ServiceBusyError.__module__ == "ashmem.binder"
+
+
+_UNGUARDED = """
+from ashmem.binder import Binder, start_service
+
+class Greeter(Binder):
+    pass
+
+start_service(Greeter, "test.unguarded.{pid}", timeout=20)
+"""
+
+
+def test_start_service_without_a_main_guard_says_so_in_the_caller(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED.format(pid=os.getpid()))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError") and "if __name__ ==" in last
+
+
+def test_start_service_reports_why_the_child_failed() -> None:
+    with pytest.raises(ChildProcessError, match="RuntimeError: this service cannot start"):
+        binder.start_service(_broken_target, f"test.broken.why.{os.getpid()}")

@@ -31,7 +31,7 @@ from ashmem.binder import (
     Binder,
     Parcel,
     RemoteError,
-    _pool,
+    _limits,
     _wire,
 )
 
@@ -304,7 +304,7 @@ class Gate(Binder):
 
 
 def test_a_oneway_flood_pushes_back_on_its_sender(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_pool, "ONEWAY_BACKLOG", 4)
+    monkeypatch.setattr(_limits, "_current", _limits.Limits(oneway_backlog=4))
     gate = Gate()
     name = f"test.flood.{os.getpid()}"
     with binder.add_service(name, gate), binder.get_service(name) as proxy:

@@ -25,7 +25,10 @@ Layers: ``Parcel`` (``_parcel``: the typed, versioned encoding) travels over the
 protocol (``_wire``: one SOCK_SEQPACKET datagram per message, descriptors as SCM_RIGHTS,
 large Parcels spilled into sealed regions); ``Proxy`` (``_proxy``) is the client side,
 ``Binder`` (``_binder``) and the thread pool (``_pool``) the service side; the directory
-(``_directory``) publishes and finds services by name, one socket per service.
+(``_directory``) publishes and finds services by name, one socket per service. Every peer is
+hostile: ``_gate`` checks each connection right after ``accept`` against the endpoint's
+policy and the limits of ``_limits`` (``set_limits``); ``_nested`` runs a call back into the
+calling process on its waiting thread.
 
 >>> from ashmem.binder import Binder, Parcel, add_service, get_service
 >>> class Echo(Binder):
@@ -63,7 +66,11 @@ from ._directory import start_service as start_service
 from ._errors import BadParcel as BadParcel
 from ._errors import DeadObjectError as DeadObjectError
 from ._errors import RemoteError as RemoteError
+from ._errors import ServiceBusyError as ServiceBusyError
 from ._errors import ServiceNotFoundError as ServiceNotFoundError
+from ._limits import Limits as Limits
+from ._limits import get_limits as get_limits
+from ._limits import set_limits as set_limits
 from ._parcel import Parcel as Parcel
 from ._pool import get_max_threads as get_max_threads
 from ._pool import set_max_threads as set_max_threads
@@ -86,11 +93,13 @@ __all__ = [
     "Credentials",
     "DeadObjectError",
     "DeathRecipient",
+    "Limits",
     "Parcel",
     "Policy",
     "Proxy",
     "RemoteError",
     "Service",
+    "ServiceBusyError",
     "ServiceNotFoundError",
     "ServiceProcess",
     "add_service",
@@ -98,11 +107,13 @@ __all__ = [
     "get_calling_gid",
     "get_calling_pid",
     "get_calling_uid",
+    "get_limits",
     "get_max_threads",
     "get_service",
     "list_services",
     "serve",
     "service_directory",
+    "set_limits",
     "set_max_threads",
     "start_service",
 ]

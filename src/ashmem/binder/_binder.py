@@ -4,9 +4,10 @@ access policies a service can use."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ._parcel import Parcel
@@ -58,7 +59,38 @@ class Credentials(NamedTuple):
 #: whether to admit it.
 Policy = Callable[[Credentials], bool]
 
-_identity = threading.local()
+
+class Caller:
+    """Whose transaction a thread is handling: the caller's credentials, and the socket its
+    call came in on while the caller waits on it for the reply (None for a one-way call):
+    a call from this thread back into the caller's process travels on that socket and runs
+    on the caller's waiting thread. The pool's connections have the same two attributes."""
+
+    __slots__ = ("creds", "sock")
+
+    def __init__(self, creds: Credentials, sock: socket.socket | None) -> None:
+        self.creds = creds
+        self.sock = sock
+
+
+class CallerLike(Protocol):
+    """What a ``Caller`` has; the pool's connections have it too."""
+
+    @property
+    def creds(self) -> Credentials: ...
+
+    @property
+    def sock(self) -> socket.socket | None: ...
+
+
+class _Identity(threading.local):
+    #: The Caller (or pool connection) of the transaction this thread is handling. A class
+    #: default, so that reading it where it was never set costs an attribute lookup, not
+    #: a caught AttributeError (this is read on every call a client makes).
+    caller: CallerLike | None = None
+
+
+_identity = _Identity()
 
 
 def get_calling_credentials() -> Credentials:
@@ -70,10 +102,10 @@ def get_calling_credentials() -> Credentials:
     >>> get_calling_credentials().pid == os.getpid()
     True
     """
-    creds: Credentials | None = getattr(_identity, "creds", None)
-    if creds is None:
+    caller = _identity.caller
+    if caller is None:
         return Credentials(os.getpid(), os.geteuid(), os.getegid())
-    return creds
+    return caller.creds
 
 
 def get_calling_uid() -> int:
@@ -109,6 +141,44 @@ def get_calling_gid() -> int:
     True
     """
     return get_calling_credentials().gid
+
+
+def _check_call(code: object, data: object, reply: object, flags: object, timeout: object) -> None:
+    """``TypeError`` / ``ValueError`` naming what ``transact`` expected."""
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise TypeError(f"transact: code must be an int, not {type(code).__name__}")
+    if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+        raise ValueError(
+            f"transaction code {code} is outside FIRST_CALL_TRANSACTION .. "
+            "LAST_CALL_TRANSACTION (1 .. 0xFFFFFF)"
+        )
+    from ._parcel import Parcel
+
+    if data is not None and not isinstance(data, Parcel):
+        raise TypeError(
+            f"transact: data must be a Parcel or None, not {type(data).__name__} "
+            "(write values into a Parcel: data = Parcel(); data.write_bytes(...))"
+        )
+    if reply is not None and not isinstance(reply, Parcel):
+        raise TypeError(f"transact: reply must be a Parcel or None, not {type(reply).__name__}")
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise TypeError(
+            f"transact: flags must be an int (0 or FLAG_ONEWAY), not {type(flags).__name__}"
+        )
+    if flags & ~FLAG_ONEWAY:
+        raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
+    _check_timeout(timeout, "transact")
+
+
+def _check_timeout(timeout: object, method: str) -> None:
+    if timeout is None:
+        return
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(
+            f"{method}: timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout >= 0:
+        raise ValueError(f"{method}: timeout must be >= 0 seconds, got {timeout!r}")
 
 
 class AllowList:
@@ -196,6 +266,7 @@ class Binder:
         """
         from ._parcel import Parcel
 
+        _check_call(code, data, reply, flags, None)
         data = Parcel() if data is None else data
         data.set_data_position(0)
         out = Parcel() if reply is None else reply

@@ -26,7 +26,14 @@ check that it is still the one at that path (see ``_lock_name``).
 ``sys.path``, then the target and its arguments pickled (by the parent, for its own child,
 over a private pipe: trusted, unlike anything a peer sends, which is never unpickled). The
 child serves until its stdin reaches end-of-file, that is until the parent stops it, exits
-or dies; so no service outlives the process that started it.
+or dies; so no service outlives the process that started it. If the child fails before it
+serves, it writes why on a second pipe, so the starter's exception says it (not only the
+child's stderr).
+
+Every call here that talks to another process is bounded: a liveness probe is a
+non-blocking ``connect`` (a listener with a full backlog is alive; one refusing is dead),
+``get_service`` waits at most ``timeout`` (at least a second per attempt) for a WELCOME,
+``start_service`` at most its ``timeout``.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from typing import Any
 from .._closing import Closing
 from .._user_dir import user_directory
 from ._binder import AllowList, Binder, Policy
-from ._errors import DeadObjectError, ServiceNotFoundError
+from ._errors import DeadObjectError, ServiceBusyError, ServiceNotFoundError
 from ._pool import process_state, set_max_threads, stop_process_state
 from ._proxy import Proxy
 
@@ -79,7 +86,9 @@ _services: weakref.WeakSet[Service] = weakref.WeakSet()
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str):
+        raise TypeError(f"a service name must be a str, not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid service name {name!r}: use 1-80 letters, digits, '.', '_' or '-', "
             "not starting with '.' or '-'"
@@ -126,6 +135,10 @@ def _shared_directory(path: str, serving: bool) -> str:
 def _directory(directory: str | os.PathLike[str] | None, serving: bool) -> str:
     if directory is None:
         return service_directory()
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"directory must be a str or os.PathLike path, not {type(directory).__name__}"
+        )
     return _shared_directory(os.fspath(directory), serving)
 
 
@@ -222,6 +235,10 @@ class Service(Closing):
 
 def _policy(allow_uids: Iterable[int], allow_gids: Iterable[int], policy: Policy | None) -> Policy:
     uids, gids = list(allow_uids), list(allow_gids)
+    for what, ids in (("allow_uids", uids), ("allow_gids", gids)):
+        for value in ids:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{what} must hold ints, not {type(value).__name__}")
     if policy is not None:
         if uids or gids:
             raise ValueError("give either policy or allow_uids/allow_gids, not both")
@@ -266,6 +283,7 @@ def add_service(
         state = process_state()
         node = state.node_for(binder, label=f"service {name!r}")
         node.policy = rule
+        state.publish_service(node)
         listener = state.add_listener(_bind(where, path), node)
     except BaseException:
         os.close(lock_fd)
@@ -308,10 +326,15 @@ def _lock_name(lock_path: str, name: str, where: str, patience: float = 0.5) -> 
 
 
 def _answers(path: str) -> bool:
-    """True if something listens on the socket at ``path``."""
+    """True if something listens on the socket at ``path``. Never blocks: a non-blocking
+    ``connect`` to a listener whose backlog is full fails with EAGAIN, and that listener is
+    alive (stopped, busy or out of descriptors, but alive)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        probe.setblocking(False)
         try:
             probe.connect(path)
+        except BlockingIOError:
+            return True
         except OSError:
             return False
     return True
@@ -414,7 +437,11 @@ def get_service(
     (0: look once), as Android's ``ServiceManager.getService``.
 
     Raises ``ServiceNotFoundError`` if nobody serves it in time, ``PermissionError`` if it
-    refuses this process.
+    refuses this process, ``ServiceBusyError`` if it turns this connection away at one of
+    its limits, ``TimeoutError`` if a process listens under that name but does not answer
+    the connection within ``max(timeout, 1)`` seconds (it is stopped, e.g. SIGSTOP, or
+    overloaded). Never a raw ``ConnectionResetError``: a service that resets the connection
+    (one stopping) counts as not there yet.
 
     >>> from ashmem.binder import get_service, ServiceNotFoundError
     >>> try:
@@ -424,6 +451,8 @@ def get_service(
     'doctest.nobody'
     """
     name = _check_name(name)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"get_service: timeout must be a number, not {type(timeout).__name__}")
     where = _directory(directory, serving=False)
     path = _socket_path(where, name)
     deadline = time.monotonic() + timeout
@@ -432,6 +461,9 @@ def get_service(
         remaining = deadline - time.monotonic()
         try:
             return Proxy._connect_named(path, name, max(remaining, 1.0))
+        except ServiceBusyError:
+            if remaining <= 0:  # its backlog stayed full: it is alive but not accepting
+                raise
         except (FileNotFoundError, ConnectionRefusedError, DeadObjectError):
             # Not there yet, a stale socket, or a service stopping: look again.
             if remaining <= 0:
@@ -445,7 +477,9 @@ def get_service(
 
 
 def list_services(directory: str | os.PathLike[str] | None = None) -> list[str]:
-    """Names of the services that are accepting connections in ``directory``, sorted.
+    """Names of the services that are listening in ``directory``, sorted.
+
+    Never blocks on a service: a stopped or overloaded one that still listens is listed.
 
     Sockets left behind by services that died without cleaning up (SIGKILL, power loss)
     are removed on the way, when this process may (it needs write access to the
@@ -495,13 +529,29 @@ def _launch() -> None:
     """
     stdin = sys.stdin.fileno()
     (size,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
-    sys_path, main_path = json.loads(_read_exactly(stdin, size))
+    sys_path, main_path, reason_fd = json.loads(_read_exactly(stdin, size))
+    os.set_inheritable(reason_fd, False)
+    try:
+        _launch_with(stdin, sys_path, main_path)
+    except BaseException as exc:
+        # Tell the starter why, so that its exception says it (stderr gets it too).
+        with contextlib.suppress(OSError):
+            os.write(reason_fd, f"{type(exc).__name__}: {exc}".encode()[:4096])
+        raise
+
+
+def _launch_with(stdin: int, sys_path: list[str], main_path: str | None) -> None:
+    global _importing_main
     sys.path[:] = sys_path
     if main_path:
         # The target may live in the starter's __main__ (a script): run that script as
         # __mp_main__, as multiprocessing's spawn does, so unpickling finds it.
         main = types.ModuleType("__mp_main__")
-        main.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        _importing_main = True
+        try:
+            main.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
+        finally:
+            _importing_main = False
         sys.modules["__main__"] = sys.modules["__mp_main__"] = main
     (size,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
     # The starter pickled these for its own child over a private pipe: trusted, unlike
@@ -635,8 +685,12 @@ def start_service(
     ``target`` (a Binder subclass or a factory) must be importable by name, or defined in
     the main script; it and ``args`` are pickled to the new process (as multiprocessing's
     spawn does). The other arguments are ``serve``'s. Raises ``ChildProcessError`` if the
-    process exits before answering, ``TimeoutError`` after ``timeout`` seconds (the process
-    is then killed). Works from any process, daemonic multiprocessing children included.
+    process exits before answering (with the reason it gave), ``TimeoutError`` after
+    ``timeout`` seconds (the process is then killed), ``RuntimeError`` if ``target`` lives in
+    a script whose top-level code is not under ``if __name__ == "__main__":`` (the new
+    process imports that script), and what ``get_service`` raises if a process already
+    serving ``name`` does not answer. Works from any process, daemonic multiprocessing
+    children included.
 
     >>> from ashmem.binder import Binder, start_service
     >>> with start_service(Binder, "doctest.started") as service:
@@ -644,7 +698,16 @@ def start_service(
     (True, True)
     """
     global _atexit_registered
+    if _importing_main:
+        raise RuntimeError(_NO_MAIN_GUARD)
+    if not callable(target):
+        raise TypeError(
+            f"start_service: target must be a Binder subclass or a function returning one, "
+            f"not {type(target).__name__} (note the order: start_service(target, name))"
+        )
     name = _check_name(name)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"start_service: timeout must be a number, not {type(timeout).__name__}")
     where = _directory(directory, serving=False)
     try:
         return ServiceProcess(name, get_service(name, timeout=0, directory=where), None)
@@ -664,18 +727,31 @@ def start_service(
         if getattr(target, "__module__", None) == ("__main__")
         else None
     )
-    setup = json.dumps([sys.path, main_path and os.path.abspath(main_path)]).encode()
+    if main_path and not _has_main_guard(main_path):
+        raise RuntimeError(_NO_MAIN_GUARD + f" ({main_path} has no such guard)")
+    reason_read, reason_write = os.pipe()
+    setup = json.dumps([sys.path, main_path and os.path.abspath(main_path), reason_write])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from ashmem.binder._directory import _launch; _launch()"],
-        stdin=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # a terminal's Ctrl-C is for us; we stop it ourselves
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from ashmem.binder._directory import _launch; _launch()"],
+            stdin=subprocess.PIPE,
+            env=env,
+            pass_fds=(reason_write,),
+            start_new_session=True,  # a terminal's Ctrl-C is for us; we stop it ourselves
+        )
+    except BaseException:
+        os.close(reason_read)
+        raise
+    finally:
+        os.close(reason_write)
     try:
         assert process.stdin is not None
-        process.stdin.write(_LENGTH.pack(len(setup)) + setup + _LENGTH.pack(len(orders)) + orders)
+        encoded = setup.encode()
+        process.stdin.write(
+            _LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(orders)) + orders
+        )
         process.stdin.flush()
         deadline = time.monotonic() + timeout
         delay = 0.002
@@ -685,9 +761,10 @@ def start_service(
                 break
             except ServiceNotFoundError:
                 if process.poll() is not None:
+                    why = _read_reason(reason_read)
                     raise ChildProcessError(
                         f"the process for service {name!r} exited with code "
-                        f"{process.returncode} before answering; its stderr says why"
+                        f"{process.returncode} before answering: " + (why or "its stderr says why")
                     ) from None
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
@@ -703,12 +780,42 @@ def start_service(
             with contextlib.suppress(OSError):
                 process.stdin.close()
         raise
+    finally:
+        os.close(reason_read)
     handle = ServiceProcess(name, proxy, process)
     _started.add(handle)
     if not _atexit_registered:
         atexit.register(_stop_started)
         _atexit_registered = True
     return handle
+
+
+_NO_MAIN_GUARD = (
+    "start_service() was called while the service process was importing the main script: "
+    "the target is defined in a script whose top-level code starts the service. Put that "
+    "code under 'if __name__ == \"__main__\":' (the new process imports the script to find "
+    "the target, as multiprocessing's spawn does), or define the target in a module"
+)
+_importing_main = False  # True in a service process while it imports the starter's script
+
+
+def _has_main_guard(path: str) -> bool:
+    """Whether the script at ``path`` tests ``__name__`` at all (a cheap check that keeps a
+    script without a guard from starting itself over and over)."""
+    try:
+        with open(path, "rb") as script:
+            return b"__name__" in script.read()
+    except OSError:
+        return True  # cannot tell: the child reports what goes wrong
+
+
+def _read_reason(fd: int) -> str:
+    """What a failed service process wrote on its reason pipe (non-blocking)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _after_fork_in_child() -> None:

@@ -12,12 +12,20 @@
      ├── RemoteError                           ``on_transact`` raised in the service; carries
      │                                         the remote type name and message, never the
      │                                         object (a peer's exception is not unpickled)
+     ├── ServiceBusyError                      the service is at one of its limits (descriptors,
+     │                                         connections, queued one-way calls) and refused
+     │                                         this new work; nothing is wrong with the call,
+     │                                         retry later
      └── ServiceNotFoundError(Error, LookupError)
                                                no service of that name answered in time
 
 Builtins raised on purpose: ``PermissionError`` when a service refuses the caller (its uid,
-gid or policy), ``TimeoutError`` when ``transact(..., timeout=...)`` expires, ``ValueError`` /
-``TypeError`` for bad arguments.
+gid or policy), ``TimeoutError`` when ``transact(..., timeout=...)`` expires or a service
+accepts a connection but does not answer its HELLO in time, ``ValueError`` / ``TypeError``
+for bad arguments. A broken connection is always ``DeadObjectError``, never a raw
+``ConnectionResetError`` / ``BrokenPipeError``.
+
+The classes show their public module, ``ashmem.binder``, in tracebacks and reprs.
 
 Every exception here keeps its structured fields when pickled, so it can cross a process
 boundary (``multiprocessing``, a test child).
@@ -27,7 +35,13 @@ from __future__ import annotations
 
 from .._errors import Error, MessageError
 
-__all__ = ["BadParcel", "DeadObjectError", "RemoteError", "ServiceNotFoundError"]
+__all__ = [
+    "BadParcel",
+    "DeadObjectError",
+    "RemoteError",
+    "ServiceBusyError",
+    "ServiceNotFoundError",
+]
 
 
 class BadParcel(MessageError):
@@ -89,6 +103,24 @@ class RemoteError(Error):
         return f"{self.type_name} in on_transact(code={self.code}){where}: {self.remote_message}"
 
 
+class ServiceBusyError(Error):
+    """The service refused this call or connection because it is at one of its limits
+    (descriptors near ``RLIMIT_NOFILE``, connections, queued one-way calls): its side ran
+    short, not the caller's. Retry later; the Proxy is still usable.
+
+    >>> from ashmem.binder import ServiceBusyError
+    >>> str(ServiceBusyError("service 'clock' is busy: out of descriptors", binder="clock"))
+    "service 'clock' is busy: out of descriptors"
+    """
+
+    def __init__(self, message: str, binder: str | None = None) -> None:
+        super().__init__(message, binder)
+        self.binder = binder
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ServiceNotFoundError(Error, LookupError):
     """No service of that name answered in the directory before the timeout.
 
@@ -105,3 +137,9 @@ class ServiceNotFoundError(Error, LookupError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+# Tracebacks and reprs name the module users import them from.
+for _cls in (BadParcel, DeadObjectError, RemoteError, ServiceBusyError, ServiceNotFoundError):
+    _cls.__module__ = "ashmem.binder"
+del _cls

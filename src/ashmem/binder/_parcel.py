@@ -164,6 +164,12 @@ class Parcel(Closing):
     _size = 0
     # The descriptors this Parcel owns, in message order; a list once it has any.
     _fds: list[int] | tuple[()] = ()
+    # Local binders written here: a callback lives at least as long as the Parcel that
+    # carries it (Android's transaction holds a strong reference too).
+    _binders: list[Binder] | None = None
+    # True for a Parcel received from a peer: its descriptors are the peer's, closed with
+    # ``_wire.discard_fds`` (never blocking this thread); ours are closed directly.
+    _received = False
 
     @classmethod
     def _from_wire(cls, data: Any, start: int, fds: list[int]) -> Parcel:
@@ -175,18 +181,22 @@ class Parcel(Closing):
         self._end = len(data)
         if fds:
             self._fds = fds
+            self._received = True
         return self
 
     @classmethod
-    def _from_message(cls, msg: bytes, flags: int, fds: list[int]) -> Parcel:
-        """The Parcel a checked message carries. Takes ownership of ``fds``: they belong to
-        the Parcel, or are closed if it cannot be made (``BadParcel``, ``OSError``)."""
+    def _from_message(
+        cls, msg: bytes, flags: int, fds: list[int], start: int = _wire.HEADER_SIZE
+    ) -> Parcel:
+        """The Parcel a checked message carries from ``msg[start:]``. Takes ownership of
+        ``fds``: they belong to the Parcel, or are closed if it cannot be made
+        (``BadParcel``, ``OSError``)."""
         if not flags & _wire.F_SPILLED:
-            return cls._from_wire(msg, _wire.HEADER_SIZE, fds)
+            return cls._from_wire(msg, start, fds)
         try:
             mapping = _wire.open_spilled(fds[0])
         except BaseException:
-            _wire.close_fds(fds)
+            _wire.discard_fds(fds)
             raise
         os.close(fds[0])
         return cls._from_wire(mapping, 0, fds[1:])
@@ -411,8 +421,10 @@ class Parcel(Closing):
         serves it from its thread pool, started on demand) or a ``Proxy`` (the receiver then
         talks to its process directly), or None.
 
-        The local Binder stays reachable while this process holds a reference to it or a
-        peer is connected to it; keep a reference for as long as callbacks should work.
+        A local Binder stays reachable while this Parcel is open (it holds a reference, so
+        the transaction that carries it can reach it), while this process holds a
+        reference to it, and while a peer is connected to it (the receiver's Proxy
+        connects on its first call); keep a reference for as long as callbacks should work.
 
         >>> from ashmem.binder import Binder, Parcel
         >>> p = Parcel(); p.write_binder(None); p.set_data_position(0); p.read_binder()
@@ -427,6 +439,9 @@ class Parcel(Closing):
             from ._pool import publish
 
             address, token = publish(binder)
+            if self._binders is None:
+                self._binders = []
+            self._binders.append(binder)
         elif isinstance(binder, Proxy):
             address, token = binder._reference()
         else:
@@ -926,7 +941,10 @@ class Parcel(Closing):
         fds = self._fds
         if fds:
             self._fds = ()
-            _wire.close_fds(fds)
+            if self._received:
+                _wire.discard_fds(fds)
+            else:
+                _wire.close_fds(fds)
         self._release_mapping()
 
     def close(self) -> None:
@@ -942,7 +960,7 @@ class Parcel(Closing):
     def __del__(self) -> None:
         fds = self._fds
         if fds:
-            _wire.close_fds(fds)
+            _wire.discard_fds(fds) if self._received else _wire.close_fds(fds)
 
     def __reduce__(self) -> Any:
         raise TypeError("a Parcel cannot be pickled; send it with Proxy.transact")

@@ -22,8 +22,20 @@ One-way calls: each served binder has a FIFO. The thread that reads a one-way me
 appends it *before* it reads the next one from that connection, so arrival order is queue
 order; the first thread to find the binder idle delivers the queue one message at a time
 until it is empty, then goes on reading its connection.
-A queue longer than ``ONEWAY_BACKLOG`` stops reading the connections that feed it until it
-drains, so a flood of one-way calls pushes back on its senders instead of eating memory.
+A queue over its limits (``oneway_backlog`` messages, ``oneway_backlog_fds`` descriptors,
+``oneway_backlog_bytes`` bytes, see ``_limits``) *parks* the connection that overfilled it:
+nobody reads it (its sender's socket buffer fills and its sends block) until the thread
+delivering the queue has emptied it and re-arms it. No thread ever waits for a queue.
+
+Hostile peers: every connection is checked right after ``accept`` (``_gate``). A connection
+that has not said HELLO within ``hello_timeout`` is shut down by the pool's sweep, which
+runs whenever a thread's epoll wait times out (threads wait with a timeout only while
+something is pending). A listener whose ``accept`` fails for lack of descriptors is left
+disarmed and re-armed by the sweep, with a growing back-off, instead of spinning.
+
+Nested calls: while a thread handles a two-way call, a call it makes back into the caller's
+process is sent on the caller's own connection (kind NESTED) and runs on the caller's thread
+that waits for our reply (``_nested``), as Android does: it needs no free thread there.
 
 Fork: a child forked from a process with a pool gets none (threads do not survive fork);
 ``os.register_at_fork`` closes the inherited sockets in the child so that the parent's peers
@@ -54,11 +66,13 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Binder,
-    Credentials,
+    Caller,
     Policy,
     _identity,
 )
 from ._errors import BadParcel
+from ._gate import Gate, _Connection, _Listener
+from ._limits import get_limits
 from ._parcel import Parcel
 
 __all__ = ["get_max_threads", "publish", "set_max_threads"]
@@ -67,9 +81,10 @@ logger = logging.getLogger("ashmem.binder")
 
 #: Seconds a thread keeps waiting on a connection it just served before going back to epoll.
 LINGER = 0.01
-#: One-way messages queued for one binder before its senders are made to wait.
-ONEWAY_BACKLOG = 1024
 DEFAULT_MAX_THREADS = 16
+#: Seconds between two sweeps for expired HELLOs and paused listeners, while any are due.
+SWEEP_INTERVAL = 0.25
+_BUSY_NAME = "ashmem.binder.ServiceBusyError"
 _ACCEPT_BATCH = 64
 _READ = select.EPOLLIN | select.EPOLLONESHOT
 _RECV_NOWAIT = _wire.RECV_FLAGS | _wire.DONTWAIT
@@ -103,7 +118,9 @@ def set_max_threads(count: int) -> None:
     >>> set_max_threads(16)
     """
     global _max_threads
-    if not isinstance(count, int) or count < 1:
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError(f"set_max_threads needs an int, not {type(count).__name__}")
+    if count < 1:
         raise ValueError(f"the thread pool needs at least 1 thread, got {count!r}")
     _max_threads = count
     state = _state
@@ -132,9 +149,11 @@ class _Node:
         "draining",
         "label",
         "lock",
+        "parked",
         "policy",
         "queue",
-        "ready",
+        "queued_bytes",
+        "queued_fds",
         "state",
         "token",
     )
@@ -147,32 +166,14 @@ class _Node:
         # None: anyone holding the token (a capability, as an Android binder reference).
         self.policy: Policy | None = None
         self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)
-        self.queue: collections.deque[tuple[Credentials, int, Parcel]] = collections.deque()
+        self.queue: collections.deque[tuple[Caller, int, Parcel, int, int]] = collections.deque()
+        self.queued_fds = 0
+        self.queued_bytes = 0
+        # Connections not read until the queue drains (see the module docstring).
+        self.parked: list[_Connection] = []
         self.draining = False
         self.closed = False
         self.conns: set[_Connection] = set()
-
-
-class _Listener:
-    __slots__ = ("closing", "fd", "node", "sock")
-
-    def __init__(self, sock: socket.socket, node: _Node | None) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.node = node  # None for the host socket, which finds binders by token
-        self.closing = False
-
-
-class _Connection:
-    __slots__ = ("creds", "fd", "greeted", "node", "sock")
-
-    def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.creds = creds
-        self.node = node
-        self.greeted = False
 
 
 def _describe(exc: BaseException) -> str:
@@ -182,7 +183,7 @@ def _describe(exc: BaseException) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-class _ProcessState:
+class _ProcessState(Gate):
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.max_threads = _max_threads
@@ -194,6 +195,9 @@ class _ProcessState:
         self._idle = 0
         self._stopping = False
         self._closed = False
+        self._init_gate()
+        self._paused: set[_Listener] = set()  # listeners disarmed after EMFILE
+        self._next_sweep = 0.0
         self._ep = select.epoll()
         try:
             self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -257,7 +261,6 @@ class _ProcessState:
         with node.lock:
             node.closed = True
             conns = list(node.conns)
-            node.ready.notify_all()
         self._by_token.pop(node.token, None)
         for conn in conns:
             with contextlib.suppress(OSError):
@@ -286,10 +289,13 @@ class _ProcessState:
         ep, lock = self._ep, self._lock
         try:
             while True:
+                # Wait with a timeout only while a HELLO deadline or a paused listener is
+                # due: the thread whose wait times out runs the sweep.
+                timeout = SWEEP_INTERVAL if self._pending or self._paused else -1
                 with lock:
                     self._idle += 1
                 try:
-                    events = ep.poll(-1, 1)
+                    events = ep.poll(timeout, 1)
                 except OSError:  # the epoll fd was closed under us by stop()
                     return
                 finally:
@@ -300,12 +306,45 @@ class _ProcessState:
                     return
                 if starve:
                     self._spawn()
+                if timeout > 0 and time.monotonic() >= self._next_sweep:
+                    self._sweep()
                 # In a helper, so that an idle thread keeps no reference to its last
                 # connection (and through it, to a binder).
                 self._dispatch(events)
         finally:
             with lock:
                 self._nthreads -= 1
+
+    def _sweep(self) -> None:
+        """Shut down connections past their HELLO deadline; re-arm paused listeners."""
+        now = time.monotonic()
+        self._next_sweep = now + SWEEP_INTERVAL
+        deadline = now - get_limits().hello_timeout
+        expired = []
+        with self._lock:
+            for conn in self._pending:
+                if conn.accepted > deadline:
+                    break  # oldest first: the rest are younger
+                expired.append(conn)
+            for conn in expired:
+                self._forget_pending(conn)
+            due = [listener for listener in self._paused if listener.paused_until <= now]
+            for listener in due:
+                self._paused.discard(listener)
+                listener.paused_until = 0.0
+        for conn in expired:
+            # Its owner (a thread reading it, or epoll) sees the shutdown and drops it.
+            self._log.warning(
+                "hello",
+                "binder: dropping pid %d (uid %d): no HELLO within %s s",
+                conn.creds.pid,
+                conn.creds.uid,
+                get_limits().hello_timeout,
+            )
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        for listener in due:
+            self._rearm_listener(listener)
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         for fd, _ in events:
@@ -343,11 +382,22 @@ class _ProcessState:
                 break
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logger.warning("binder: cannot accept a connection: %s; retrying", exc)
-                    time.sleep(0.01)  # the backlog stays readable: do not spin on it
-                    break
+                    # Our own shortage: leave the listener disarmed (its backlog stays
+                    # readable, re-arming now would spin) and let the sweep retry later.
+                    listener.backoff = min(max(listener.backoff * 2, 0.01), 1.0)
+                    self._log.warning(
+                        "accept",
+                        "binder: cannot accept connections (%s); retrying in %.2f s",
+                        exc.strerror,
+                        listener.backoff,
+                    )
+                    with self._lock:
+                        listener.paused_until = time.monotonic() + listener.backoff
+                        self._paused.add(listener)
+                    return  # this thread goes back to epoll with a timeout and sweeps
                 raise
-            self._add_connection(sock, listener.node)
+            listener.backoff = 0.0
+            self._add_connection(sock, listener)
         self._rearm_listener(listener)
 
     def _rearm_listener(self, listener: _Listener) -> None:
@@ -368,47 +418,32 @@ class _ProcessState:
             self._ep.unregister(listener.fd)
         listener.sock.close()
 
-    def _add_connection(self, sock: socket.socket, node: _Node | None) -> None:
+    def _add_connection(self, sock: socket.socket, listener: _Listener) -> None:
+        """Serve a connection just accepted, if ``_admit_connection`` lets it in."""
+        conn = self._admit_connection(sock, listener)
+        if conn is None:
+            return
         try:
             sock.setblocking(True)
-            creds = Credentials(*_wire.peer_credentials(sock))
             _wire.set_receive_timeout(sock, LINGER)
-        except OSError:
-            sock.close()
-            return
-        conn = _Connection(sock, creds, node)
-        with self._lock:
-            if self._stopping:
-                sock.close()
-                return
-            self._handlers[conn.fd] = conn
-        try:
             self._ep.register(conn.fd, _READ)
         except (OSError, ValueError):  # stop() closed the epoll set meanwhile
-            with self._lock:
-                self._handlers.pop(conn.fd, None)
-            sock.close()
+            self._unregister(conn)
+            _wire.discard_socket(sock)
 
     def _admit(self, conn: _Connection, node: _Node) -> bool:
         """Check ``node``'s policy for ``conn``; refuse (and drop) it if it fails."""
-        policy = node.policy
-        if policy is None:
+        if self._policy_admits(node, conn.creds):
             return True
         creds = conn.creds
-        try:
-            allowed = bool(policy(creds))
-        except Exception:
-            logger.exception("binder: access policy of %s raised; refusing the caller", node.label)
-            allowed = False
-        if allowed:
-            return True
-        logger.warning(
+        self._log.warning(
+            f"policy {creds.uid} {node.label}",
             "binder: refused pid %d (uid %d, gid %d) access to %s: not allowed by %r",
             creds.pid,
             creds.uid,
             creds.gid,
             node.label,
-            policy,
+            node.policy,
         )
         self._refuse(
             conn,
@@ -430,39 +465,58 @@ class _ProcessState:
         except OSError:
             self._drop(conn)
 
-    def _drop(self, conn: _Connection) -> None:
-        """Close ``conn``. Only its owner thread calls this."""
-        with self._lock:
-            if self._handlers.get(conn.fd) is conn:
-                del self._handlers[conn.fd]
+    def _drop(self, conn: _Connection, eof: bool = False) -> None:
+        """Close ``conn``. Only its owner thread calls this. The closer thread closes the
+        socket, after reading what is still queued in it: closing it here would dispose of
+        the descriptors in those messages on this thread (and so could block it), and would
+        reset the peer before it read our last words. After end-of-file (``eof``) nothing is
+        queued and nothing more can be (the peer's end is shut), so it is closed here."""
+        if self._handlers.get(conn.fd) is not conn:
+            return  # dropped already
+        self._unregister(conn)
         node = conn.node
         if node is not None:
             with node.lock:
                 node.conns.discard(conn)
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(conn.fd)
-        conn.sock.close()
+        if eof:
+            conn.sock.close()
+        else:
+            _wire.discard_socket(conn.sock)
 
     def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
-        """Tell the peer why, then drop the connection (or close it, if never registered)."""
+        """Tell the peer why, then drop the connection."""
         text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
-        sock = conn.sock
         with contextlib.suppress(OSError):
-            sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
-        # Closing a socket with unread messages resets the peer's end (ECONNRESET), and the
-        # peer would lose our reason: read what it already sent first.
-        for _ in range(_wire.MAX_FDS):
-            try:
-                msg, anc, _, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _RECV_NOWAIT)
-            except OSError:
-                break
-            _wire.close_fds(_wire.take_fds(anc))
-            if not msg:
-                break
-        if conn.fd in self._handlers:
+            conn.sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
+        self._drop(conn)
+
+    def _busy(self, conn: _Connection, code: int, seq: int, why: str) -> bool:
+        """Refuse one two-way call because *we* ran short: the caller gets
+        ``ServiceBusyError`` and keeps its connection. False if the connection was lost."""
+        node = conn.node
+        self._log.warning(
+            "busy-call",
+            "binder: refused a call from pid %d (uid %d) to %s: %s",
+            conn.creds.pid,
+            conn.creds.uid,
+            node.label if node is not None else "?",
+            why,
+        )
+        error = Parcel()
+        error.write_string(_BUSY_NAME)
+        error.write_string(f"{node.label if node else 'the service'} is busy: {why}")
+        try:
+            _wire.send_message(
+                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
+            )
+        except OSError:
             self._drop(conn)
-        else:
-            conn.sock.close()
+            return False
+        finally:
+            error.close()
+        return True
 
     def _serve(self, conn: _Connection) -> None:
         """Read and handle messages on ``conn``, which this thread owns until it re-arms or
@@ -491,6 +545,7 @@ class _ProcessState:
                     and not (mflags | reserved)
                     and nfds == len(fds) <= _MAX_FDS
                     and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
+                    and (not fds or not self._short_of_fds_often(fds[0]))
                 ):
                     node = conn.node
                     assert node is not None
@@ -498,18 +553,19 @@ class _ProcessState:
                     data.__dict__ = {"_data": msg, "_start": 16, "_pos": 16, "_end": len(msg)}
                     if fds:
                         data._fds = fds
+                        data._received = True
                     reply = _new(Parcel)
-                    _identity.creds = conn.creds
+                    _identity.caller = conn
                     try:
                         status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
                     except BaseException as exc:
-                        _identity.creds = None
+                        _identity.caller = None
                         data.close()
                         reply.close()
                         if not self._reply_error(conn, node, code, seq, exc):
                             return
                     else:
-                        _identity.creds = None
+                        _identity.caller = None
                         if reply._buf is None and not reply._fds:
                             try:  # an empty reply: just the header
                                 send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
@@ -528,13 +584,35 @@ class _ProcessState:
                     self._rearm(conn)
                     return
             if not msg:
-                _wire.close_fds(fds)
-                self._drop(conn)
+                _wire.discard_fds(fds)
+                self._drop(conn, eof=not fds)
+                return
+            if not conn.greeted and fds:
+                # Descriptors before HELLO: closed unseen (the closer takes them).
+                _wire.discard_fds(fds)
+                self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
             try:
                 kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
+            except _wire.OwnDescriptorsExhausted as exc:
+                # We ran out, not the peer: the message lost descriptors, so it cannot run.
+                _wire.discard_fds(fds)
+                if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
+                    if msg[4] & _wire.F_ONEWAY:
+                        self._log.warning(
+                            "lost",
+                            "binder: lost a one-way call from pid %d: %s",
+                            conn.creds.pid,
+                            exc,
+                        )
+                    elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+                        return
+                    self._rearm(conn)
+                    return
+                self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
+                return
             except MessageError as exc:
-                _wire.close_fds(fds)
+                _wire.discard_fds(fds)
                 version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
                 reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
                 logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
@@ -544,17 +622,20 @@ class _ProcessState:
                 if mflags & _wire.F_ONEWAY:
                     if self._oneway(conn, code, mflags, msg, fds):
                         return
+                elif fds and self._short_of_fds_often(fds[0]):
+                    _wire.discard_fds(fds)
+                    if not self._busy(conn, code, seq, "it is out of descriptors (RLIMIT_NOFILE)"):
+                        return
                 elif not self._call(conn, code, mflags, seq, msg, fds):
                     return
             elif not conn.greeted:
-                if kind != _wire.HELLO or fds:
-                    _wire.close_fds(fds)
+                if kind != _wire.HELLO:
                     self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                     return
                 if not self._hello(conn, msg, seq):
                     return
             else:
-                _wire.close_fds(fds)
+                _wire.discard_fds(fds)
                 self._refuse(
                     conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
                 )
@@ -585,8 +666,9 @@ class _ProcessState:
         elif token:
             self._refuse(conn, _wire.REFUSED_PROTOCOL, "a named service's HELLO takes no token")
             return False
-        elif not self._admit(conn, node):
-            return False
+        # (A named service's policy was checked at accept.)
+        with self._lock:
+            self._forget_pending(conn)
         with node.lock:
             if node.closed:
                 closed = True
@@ -630,21 +712,22 @@ class _ProcessState:
             data._end = len(msg)
             if fds:
                 data._fds = fds
+                data._received = True
         node = conn.node
         assert node is not None
         reply = Parcel()
-        _identity.creds = conn.creds
+        _identity.caller = conn
         try:
             if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
                 status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
             else:
                 status = _invoke(node.binder, code, data, reply, 0)
         except BaseException as exc:
-            _identity.creds = None
+            _identity.caller = None
             data.close()
             reply.close()
             return self._reply_error(conn, node, code, seq, exc)
-        _identity.creds = None
+        _identity.caller = None
         if reply._buf is None and not reply._fds:
             # The common case, an empty reply: one send of the header.
             try:
@@ -675,6 +758,8 @@ class _ProcessState:
                 outgoing = reply._outgoing()
             except OSError as exc:  # the reply could not be spilled (ENOSPC, EMFILE, ...)
                 return self._reply_error(conn, node, code, seq, exc)
+            if reply._binders:
+                self.grant(conn.creds.uid)  # it may call back the binders we hand it
             try:
                 _wire.send_message(conn.sock, _wire.REPLY, 0, status, seq, outgoing, _SEND_NOWAIT)
             finally:
@@ -704,18 +789,32 @@ class _ProcessState:
 
     def _oneway(self, conn: _Connection, code: int, flags: int, msg: bytes, fds: list[int]) -> bool:
         """Queue a one-way transaction, delivering the queue if nobody is. True if this
-        thread let go of the connection."""
+        thread let go of the connection (dropped, or parked until the queue drains)."""
         data = self._parcel(conn, msg, flags, fds)
         if data is None:
             return True
         node = conn.node
         assert node is not None
+        held = data._fds
+        nfds = len(held)
+        short = bool(held) and isinstance(held, list) and self._short_of_fds_often(held[0])
+        size = data._end - data._start
+        limits = get_limits()
         with node.lock:
-            node.queue.append((conn.creds, code, data))
+            node.queue.append((conn.oneway_caller, code, data, nfds, size))
+            node.queued_fds += nfds
+            node.queued_bytes += size
             if node.draining:
-                # Someone delivers; keep reading. Push back on the sender if we run ahead.
-                while len(node.queue) >= ONEWAY_BACKLOG and not node.closed and not self._stopping:
-                    node.ready.wait(0.1)
+                # Someone delivers; keep reading, unless the queue is over a limit: then
+                # nobody reads this sender until the deliverer re-arms it.
+                if (
+                    len(node.queue) >= limits.oneway_backlog
+                    or node.queued_fds >= limits.oneway_backlog_fds
+                    or node.queued_bytes >= limits.oneway_backlog_bytes
+                    or short
+                ) and not (node.closed or self._stopping):
+                    node.parked.append(conn)
+                    return True
                 return False
             node.draining = True
         # Deliver the queue, ours first, then go on reading this connection: one thread
@@ -728,19 +827,35 @@ class _ProcessState:
     def _drain(self, node: _Node) -> None:
         queue = node.queue
         while True:
+            unparked: list[_Connection] | tuple[()] = ()
             with node.lock:
                 if not queue or self._stopping:
                     node.draining = False
-                    for _, _, data in queue:
-                        data.close()
-                    if self._stopping:
-                        queue.clear()
-                    node.ready.notify_all()
-                    return
-                creds, code, data = queue.popleft()
-                if len(queue) == ONEWAY_BACKLOG - 1:
-                    node.ready.notify_all()
-            _identity.creds = creds
+                    leftovers = list(queue)
+                    queue.clear()
+                    node.queued_fds = node.queued_bytes = 0
+                    unparked, node.parked = node.parked, []
+                    done = True
+                else:
+                    caller, code, data, nfds, size = queue.popleft()
+                    node.queued_fds -= nfds
+                    node.queued_bytes -= size
+                    if node.parked:
+                        limits = get_limits()
+                        if (
+                            len(queue) <= limits.oneway_backlog // 2
+                            and node.queued_fds <= limits.oneway_backlog_fds // 2
+                            and node.queued_bytes <= limits.oneway_backlog_bytes // 2
+                        ):
+                            unparked, node.parked = node.parked, []
+                    done = False
+            for conn in unparked:
+                self._rearm(conn)  # parked connections are ours to hand back to epoll
+            if done:
+                for _, _, stale, _, _ in leftovers:
+                    stale.close()
+                return
+            _identity.caller = caller
             try:
                 _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
             except BaseException:
@@ -748,10 +863,10 @@ class _ProcessState:
                     "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
                     code,
                     node.label,
-                    creds.pid,
+                    caller.creds.pid,
                 )
             finally:
-                _identity.creds = None
+                _identity.caller = None
                 data.close()
 
     # -- shutdown -----------------------------------------------------------------------

@@ -13,6 +13,15 @@ Every channel after the first connects to the *reference* the service returned i
 WELCOME (its process's own abstract socket and the binder's token), never to the service's
 name again: if the service is restarted under the same name, an old Proxy cannot silently
 reach the new process; it is dead, as on Android.
+
+Nested calls: while a thread waits for a reply, the service may call back into this process
+on the same channel (a NESTED message, see ``_wire``); the waiting thread runs that call
+itself and goes on waiting. The other way round, a thread that handles a call and calls into
+the caller's process sends it on the caller's connection (``_transact_nested``). Either way
+no free pool thread is needed, as with Android's binder.
+
+Every connect and every receive has a bound (the call's timeout, else ``CONNECT_TIMEOUT``
+for a new connection's WELCOME), and a broken connection is always ``DeadObjectError``.
 """
 
 from __future__ import annotations
@@ -41,9 +50,14 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Credentials,
+    _check_call,
+    _check_timeout,
+    _identity,
 )
-from ._errors import BadParcel, DeadObjectError, RemoteError
+from ._errors import BadParcel, DeadObjectError, ServiceBusyError
+from ._nested import call_nested, remote_error, serve_nested
 from ._parcel import Parcel
+from ._pool import current_state
 
 __all__ = ["DeathRecipient", "Proxy"]
 
@@ -76,10 +90,11 @@ _DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCO
 
 
 class _Channel:
-    __slots__ = ("seq", "sock")
+    __slots__ = ("creds", "seq", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, creds: Credentials) -> None:
         self.sock = sock
+        self.creds = creds
         self.seq = 0
 
 
@@ -89,6 +104,8 @@ def _refusal(msg: bytes, code: int, label: str) -> BaseException:
         return PermissionError(errno.EACCES, f"{label} refused this process: {reason}")
     if code == _wire.REFUSED_NO_SUCH_BINDER:
         return DeadObjectError(f"{label} is gone: {reason}", binder=label)
+    if code == _wire.REFUSED_BUSY:
+        return ServiceBusyError(f"{label} turned this connection away: {reason}", label)
     return MessageError(f"{label} rejected a message: {reason}")
 
 
@@ -99,18 +116,38 @@ def _open_channel(
 
     Raises ``FileNotFoundError`` / ``ConnectionRefusedError`` if nobody listens there,
     ``PermissionError`` if the service refuses this process, ``DeadObjectError`` if the
-    binder is gone, ``TimeoutError``, ``MessageError``.
+    binder is gone or the connection is reset, ``ServiceBusyError`` if the service turns us
+    away (or its backlog is full), ``TimeoutError`` if no answer comes within ``timeout``
+    (else ``CONNECT_TIMEOUT``), ``MessageError``.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    wait = CONNECT_TIMEOUT if timeout is None else timeout
     try:
-        sock.settimeout(CONNECT_TIMEOUT if timeout is None else timeout)
-        sock.connect(address)
-        # If the service hung up first, its REFUSED (if any) is still waiting to be read.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendmsg([_wire.pack(_wire.HELLO, 0, 0, 0, 0), token], (), _wire.SEND_FLAGS)
-        msg, anc, mflags, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
+        sock.settimeout(wait)
+        try:
+            sock.connect(address)
+            # If the service hung up first, its REFUSED (if any) is still waiting to be read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendmsg([_wire.pack(_wire.HELLO, 0, 0, 0, 0), token], (), _wire.SEND_FLAGS)
+            msg, anc, mflags, _ = sock.recvmsg(
+                _wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS
+            )
+        except TimeoutError:
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"{label} did not answer a new connection within {wait} s (it is stopped, "
+                "overloaded, or not accepting)",
+            ) from None
+        except BlockingIOError:
+            raise ServiceBusyError(
+                f"{label} is not accepting connections (its listen backlog is full)", label
+            ) from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise DeadObjectError(
+                f"{label} closed a new connection before answering ({exc.strerror})", label
+            ) from exc
         fds = _wire.take_fds(anc)
-        _wire.close_fds(fds)
+        _wire.discard_fds(fds)
         if not msg:
             raise DeadObjectError(f"{label} closed the connection before answering", label)
         kind, _, code, _ = _wire.check(msg, mflags, len(fds))
@@ -127,7 +164,7 @@ def _open_channel(
     except BaseException:
         sock.close()
         raise
-    return _Channel(sock), ref_address, ref_token, creds
+    return _Channel(sock, creds), ref_address, ref_token, creds
 
 
 class Proxy(Closing):
@@ -168,6 +205,9 @@ class Proxy(Closing):
         self._watch: socket.socket | None = None
         self._dead: str | None = None
         self._closed = False
+        # The serving process, to route a call into a process whose call we are handling
+        # back on that caller's connection (-1 until known).
+        self._peer_pid = -1
         _live.add(self)
 
     @classmethod
@@ -175,6 +215,7 @@ class Proxy(Closing):
         pid = address.rsplit(b"-", 2)[1].decode()
         proxy = cls(address, token, f"binder {token[:4].hex()} of pid {pid}")
         proxy._ref = (address, token)
+        proxy._peer_pid = int(pid)
         return proxy
 
     @classmethod
@@ -192,6 +233,7 @@ class Proxy(Closing):
             self._ref = (address, token)
             self._target = (address, token)
             self._creds = creds
+            self._peer_pid = creds.pid
 
     # -- channels -------------------------------------------------------------------------
 
@@ -262,9 +304,14 @@ class Proxy(Closing):
         With ``FLAG_ONEWAY`` the call returns once sent, True, with no reply.
 
         Raises ``RemoteError`` if ``on_transact`` raised, ``DeadObjectError`` if the
-        service is gone, ``TimeoutError`` after ``timeout`` seconds (the call may still run
-        in the service), ``ValueError`` for a code outside ``FIRST_CALL_TRANSACTION`` ..
-        ``LAST_CALL_TRANSACTION``.
+        service is gone, ``ServiceBusyError`` if the service is at one of its limits (it ran
+        short, not you), ``PermissionError`` if it refuses this process, ``TimeoutError``
+        after ``timeout`` seconds (the call may still run in the service), ``TypeError``
+        for arguments of the wrong type, ``ValueError`` for a code outside
+        ``FIRST_CALL_TRANSACTION`` .. ``LAST_CALL_TRANSACTION``.
+
+        Called while this thread handles a call from the service's own process, the call
+        runs there on the thread waiting for our reply (no free pool thread needed).
 
         >>> from ashmem.binder import Binder, Parcel, add_service, get_service
         >>> class Twice(Binder):
@@ -277,11 +324,21 @@ class Proxy(Closing):
         ...     p.transact(1, data, reply, timeout=5), reply.read_long()
         (True, 42)
         """
-        if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-            raise ValueError(
-                f"transaction code {code} is outside FIRST_CALL_TRANSACTION .. "
-                "LAST_CALL_TRANSACTION (1 .. 0xFFFFFF)"
+        if (
+            code.__class__ is not int
+            or not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
+            or flags.__class__ is not int
+            or (data is not None and data.__class__ is not Parcel)
+            or (reply is not None and reply.__class__ is not Parcel)
+            or (
+                timeout is not None
+                and timeout.__class__ is not float
+                and timeout.__class__ is not int
             )
+        ):
+            # Not the plain types: the full check raises the right error, or admits
+            # subclasses (an IntEnum code, a Parcel subclass).
+            _check_call(code, data, reply, flags, timeout)
         return self._transact(code, data, reply, flags, timeout)
 
     def _transact(
@@ -303,13 +360,20 @@ class Proxy(Closing):
             finally:
                 if oneway[3] >= 0:
                     os.close(oneway[3])
+            if data is not None and data._binders:
+                self._grant()
             return True
+        caller = _identity.caller
+        if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
+            return call_nested(self, caller, code, data, reply, timeout)
         outgoing = None if data is None else data._outgoing()
         try:
             try:
                 channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
             except IndexError:
                 channel = self._connect(timeout)
+            if data is not None and data._binders:
+                self._grant()
             sock = channel.sock
             seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
             try:
@@ -354,7 +418,30 @@ class Proxy(Closing):
                 if reply is not None:
                     reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, _NO_FDS))
                 return bool(status == _STATUS_OK)
-        return self._finish(channel, seq, msg, anc, mflags, reply, code)
+        while True:
+            result = self._finish(channel, seq, msg, anc, mflags, reply, code)
+            if result is not None:
+                return result
+            # The service called back into us on this channel, and we answered: wait on.
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                if timeout is not None:
+                    sock.settimeout(None)
+            except BaseException as exc:
+                sock.close()
+                error = self._failure(exc, code, timeout)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    def _grant(self) -> None:
+        """We sent the service binders: let its uid connect to our callback endpoint."""
+        state = current_state()
+        creds = self._creds
+        if state is not None and creds is not None:
+            state.grant(creds.uid)
 
     def _failure(self, exc: BaseException, code: int, timeout: float | None) -> BaseException:
         if isinstance(exc, TimeoutError):
@@ -377,8 +464,9 @@ class Proxy(Closing):
         mflags: int,
         reply: Parcel | None,
         code: int,
-    ) -> bool:
-        """Handle the reply to call ``seq`` received on ``channel`` (which this call owns)."""
+    ) -> bool | None:
+        """Handle the reply to call ``seq`` received on ``channel`` (which this call owns).
+        None: it was a nested call from the service, answered here; wait on."""
         fds = _wire.take_fds(anc) if anc else _NO_FDS
         try:
             if not msg:
@@ -386,6 +474,14 @@ class Proxy(Closing):
                 self._die(reason)
                 raise DeadObjectError(reason, self._label)
             kind, rflags, status, rseq = _wire.check(msg, mflags, len(fds))
+            if kind == _wire.NESTED:
+                try:
+                    serve_nested(channel.sock, channel.creds, msg, rflags, fds, status, rseq)
+                except OSError as exc:
+                    reason = f"the connection to {self._label} broke ({exc.strerror})"
+                    self._die(reason)
+                    raise DeadObjectError(reason, self._label) from exc
+                return None
             if rseq != seq or kind not in (_wire.REPLY, _wire.EXCEPTION):
                 if kind == _wire.REFUSED:
                     raise _refusal(msg, status, self._label)
@@ -393,7 +489,7 @@ class Proxy(Closing):
                     f"{self._label} answered call {seq} with {_wire.KIND_NAMES[kind]} {rseq}"
                 )
         except BaseException:
-            _wire.close_fds(fds)
+            _wire.discard_fds(fds)
             channel.sock.close()
             raise
         self._give(channel)
@@ -401,14 +497,10 @@ class Proxy(Closing):
             if reply is not None:
                 reply._adopt(Parcel._from_message(msg, rflags, fds))
             elif fds:
-                _wire.close_fds(fds)
+                _wire.discard_fds(fds)
             return status == _wire.STATUS_OK
         with Parcel._from_message(msg, rflags, fds) as error:
-            try:
-                type_name, text = error.read_string(), error.read_string()
-            except BadParcel as exc:
-                raise MessageError(f"{self._label} sent a malformed error reply: {exc}") from None
-        raise RemoteError(type_name or "Exception", text or "", code, self._label)
+            raise remote_error(error, code, self._label)
 
     def _send_oneway(
         self, code: int, outgoing: tuple[int, list[Any], Sequence[int], int], timeout: float | None
@@ -466,12 +558,9 @@ class Proxy(Closing):
         ...     asyncio.run(p.transact_async(1, timeout=5))
         True
         """
-        if not FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-            raise ValueError(f"transaction code {code} is outside 1 .. 0xFFFFFF")
+        _check_call(code, data, reply, flags, timeout)
         if self._dead is not None:
             raise DeadObjectError(self._dead, self._label)
-        if flags & ~FLAG_ONEWAY:
-            raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
         loop = asyncio.get_running_loop()
         outgoing = _EMPTY if data is None else data._outgoing()
         try:
@@ -515,21 +604,31 @@ class Proxy(Closing):
                     sock, _wire.TRANSACTION, 0, code, seq, outgoing, _wire.SEND_FLAGS | nowait
                 ),
             )
-            msg, anc, mflags, _ = await _retry_blocking(
-                loop,
-                sock,
-                False,
-                lambda: sock.recvmsg(
-                    _wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS | nowait
-                ),
-            )
         except BaseException as exc:  # cancelled, timed out or broken: drop the channel
             sock.close()
             error = self._failure(exc, code, None)
             if error is exc:
                 raise
             raise error from exc
-        return self._finish(channel, seq, msg, anc, mflags, reply, code)
+        while True:
+            try:
+                msg, anc, mflags, _ = await _retry_blocking(
+                    loop,
+                    sock,
+                    False,
+                    lambda: sock.recvmsg(
+                        _wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS | nowait
+                    ),
+                )
+            except BaseException as exc:  # cancelled, timed out or broken: drop the channel
+                sock.close()
+                error = self._failure(exc, code, None)
+                if error is exc:
+                    raise
+                raise error from exc
+            result = self._finish(channel, seq, msg, anc, mflags, reply, code)
+            if result is not None:
+                return result
 
     async def _send_oneway_async(
         self,
@@ -577,6 +676,7 @@ class Proxy(Closing):
         ...     p.ping()
         True
         """
+        _check_timeout(timeout, "ping")
         try:
             return self._transact(PING_TRANSACTION, None, None, 0, timeout)
         except DeadObjectError:
@@ -592,6 +692,7 @@ class Proxy(Closing):
         ...     p.get_interface_descriptor()
         'demo.IClock'
         """
+        _check_timeout(timeout, "get_interface_descriptor")
         with Parcel() as reply:
             self._transact(INTERFACE_TRANSACTION, None, reply, 0, timeout)
             return reply.read_string() or ""

@@ -33,6 +33,14 @@ Kinds and their payloads::
                    payload: the reply Parcel.
     6 EXCEPTION    service -> client: on_transact raised. payload: a Parcel holding two
                    strings, the exception's type name and its message.
+    7 NESTED       either way, only while the receiver is waiting on this connection for the
+                   reply to its own call: a call back into the receiver's process, run on the
+                   waiting thread (as Android does). payload: the 16-byte token of the
+                   receiver's binder, then the Parcel (SPILLED: the token only). Answered
+                   with REPLY or EXCEPTION carrying the NESTED message's seq.
+
+REFUSED codes also include 5 busy: the service is at one of its limits (descriptors near
+``RLIMIT_NOFILE``, connections, queued calls); the caller did nothing wrong.
 
 A Parcel's encoding is described in ``ashmem.binder._parcel``. Its descriptors travel as the
 message's SCM_RIGHTS descriptors, in order. If the Parcel is larger than ``MAX_INLINE`` the
@@ -41,7 +49,9 @@ sender *spills* it: it copies the bytes into a new region, seals it with ``F_SEA
 the region as descriptor 0, ahead of the Parcel's own; the payload is empty. The receiver
 maps the region read-only and reads it in place (zero-copy), after checking that it is a
 region, that its size is sealed and that it is sealed against writes, so the bytes cannot
-change while it parses them.
+change while it parses them, that it is no larger than the receiver's ``max_spill``, and
+that it has no holes (``SEEK_HOLE``): a sparse region would cost its sender nothing and the
+receiver every page that reading the holes allocates.
 
 A binder reference is ``u8 n, n bytes address, 16 bytes token``: an abstract-namespace
 ``AF_UNIX`` address ``\\0ashmem-binder-<pid>-<16 hex digits>`` owned by the process that
@@ -51,16 +61,27 @@ capabilities; references read from a peer are checked against this exact shape.
 Limits that remain: at most ``MAX_FDS`` (64) descriptors per message, spilled region
 included; every descriptor received counts against ``RLIMIT_NOFILE`` until its Parcel is
 closed; a spilled payload needs as much free tmpfs / memory-cgroup room as its size.
+
+Descriptors a peer sent are closed with ``discard_fds``: closing one can block (a socket
+with ``SO_LINGER`` and unsent data, a device), so anything but a pipe or a memfd is closed
+by one "ashmem-binder-closer" thread, after its linger is switched off, never by a thread
+that serves others. A connection we drop (``discard_socket``) goes the same way if messages
+are still queued in it, since closing it disposes of their descriptors; an empty one is
+closed at once.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import fcntl
 import os
+import queue
 import re
 import socket
+import stat
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,6 +89,7 @@ from .. import _sys, region
 from .._errors import MessageError
 from .._shared_memory import Mapping
 from ._errors import BadParcel
+from ._limits import get_limits
 
 HEADER = struct.Struct("<2sBBBBHII")
 HEADER_SIZE = HEADER.size
@@ -88,6 +110,7 @@ REFUSED = 3
 TRANSACTION = 4
 REPLY = 5
 EXCEPTION = 6
+NESTED = 7
 KIND_NAMES = {
     HELLO: "HELLO",
     WELCOME: "WELCOME",
@@ -95,6 +118,7 @@ KIND_NAMES = {
     TRANSACTION: "TRANSACTION",
     REPLY: "REPLY",
     EXCEPTION: "EXCEPTION",
+    NESTED: "NESTED",
 }
 
 F_ONEWAY = 0x01
@@ -105,6 +129,7 @@ REFUSED_PERMISSION = 1
 REFUSED_NO_SUCH_BINDER = 2
 REFUSED_VERSION = 3
 REFUSED_PROTOCOL = 4
+REFUSED_BUSY = 5
 
 STATUS_OK = 0
 STATUS_UNKNOWN_TRANSACTION = 1
@@ -117,6 +142,7 @@ RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 DONTWAIT = int(socket.MSG_DONTWAIT)
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
+_PEEK_NOWAIT = int(socket.MSG_PEEK) | DONTWAIT
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 PREFIX = MAGIC + bytes((VERSION,))
@@ -125,6 +151,8 @@ SPILL_NAME = "ashmem.binder.parcel"
 
 _HOST_ADDRESS = re.compile(rb"\0ashmem-binder-[0-9]{1,10}-[0-9a-f]{16}")
 _PEERCRED = struct.Struct("3i")
+_LINGER_OFF = struct.pack("ii", 0, 0)
+_F_GET_SEALS = _sys.F_GET_SEALS
 _TIMEVAL = struct.Struct("ll")
 
 
@@ -151,6 +179,150 @@ def close_fds(fds: Iterable[int]) -> None:
             os.close(fd)
 
 
+_memfd_dev: int | None = None
+
+
+def _memfd_device() -> int:
+    """``st_dev`` of every memfd (they all live on the kernel's internal shmem mount)."""
+    global _memfd_dev
+    if _memfd_dev is None:
+        fd = os.memfd_create("ashmem.binder.probe", os.MFD_CLOEXEC)
+        try:
+            _memfd_dev = os.fstat(fd).st_dev
+        finally:
+            os.close(fd)
+    return _memfd_dev
+
+
+def discard_fds(fds: Iterable[int]) -> None:
+    """Close descriptors a peer sent (taken) without ever blocking the calling thread.
+
+    Pipes and memfds are closed here: their last close cannot block. Anything else (a
+    socket with ``SO_LINGER``, a device, a file on a network or FUSE mount) goes to the
+    closer thread, which switches a socket's linger off before closing it.
+    """
+    dev = _memfd_dev if _memfd_dev is not None else _memfd_device()
+    for fd in fds:
+        try:
+            # Only shmem and hugetlbfs files have seals, and their close never blocks: the
+            # common case (a region) in one cheap call.
+            fcntl.fcntl(fd, _F_GET_SEALS)
+        except OSError:
+            pass
+        else:
+            os.close(fd)
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        mode = st.st_mode
+        if stat.S_ISFIFO(mode) or (stat.S_ISREG(mode) and st.st_dev == dev):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        else:
+            try:
+                closer().put(fd)
+            except RuntimeError:  # no new threads (interpreter shutdown): close it here
+                _close_unlingered(fd)
+
+
+def discard_socket(sock: socket.socket) -> None:
+    """Close a connection a peer may have filled with descriptors (taken) without blocking.
+
+    ``shutdown(SHUT_RD)`` first: from then on the peer's sends fail (EPIPE), so nothing new
+    can be queued. If nothing is queued (a peek finds end-of-file and no descriptors), the
+    close cannot block and happens here; else the closer thread receives and discards what
+    is queued, then closes it.
+    """
+    try:
+        sock.shutdown(socket.SHUT_RD)
+        data, _, mflags, _ = sock.recvmsg(1, 0, _PEEK_NOWAIT)
+        if not data and not mflags & _CTRUNC:
+            sock.close()
+            return
+    except OSError:
+        pass
+    try:
+        closer().put(sock)
+    except RuntimeError:  # no new threads (interpreter shutdown)
+        sock.close()
+
+
+class _Closer:
+    """One thread that closes what a peer sent us, so that no blocking close ever runs on
+    a thread that serves others."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[int | socket.socket] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="ashmem-binder-closer", daemon=True).start()
+
+    def put(self, job: int | socket.socket) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if isinstance(job, socket.socket):
+                    self._drain_and_close(job)
+                else:
+                    _close_unlingered(job)
+            except Exception:  # pragma: no cover - nothing may stop this thread
+                pass
+
+    @staticmethod
+    def _drain_and_close(sock: socket.socket) -> None:
+        try:
+            sock.setblocking(False)
+            for _ in range(4096):
+                msg, anc, _, _ = sock.recvmsg(MAX_MESSAGE, CMSG_SPACE, RECV_FLAGS | DONTWAIT)
+                for fd in take_fds(anc):
+                    _close_unlingered(fd)
+                if not msg and not anc:
+                    break
+        except OSError:
+            pass
+        sock.close()
+
+
+def _close_unlingered(fd: int) -> None:
+    try:
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            sock = socket.socket(fileno=fd)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+            sock.close()
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+_closer: _Closer | None = None
+_closer_lock = threading.Lock()
+
+
+def closer() -> _Closer:
+    """This process's closer thread, started on first use."""
+    global _closer
+    if _closer is None:
+        with _closer_lock:
+            if _closer is None:
+                _closer = _Closer()
+    return _closer
+
+
+def _after_fork_in_child() -> None:
+    global _closer, _closer_lock
+    _closer_lock = threading.Lock()
+    _closer = None  # the thread did not survive the fork; its queue is the parent's
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     """Ancillary data attaching ``fds`` (borrowed) to a message."""
     if not fds:
@@ -168,11 +340,14 @@ def check(msg: bytes, mflags: int, nfds: int) -> tuple[int, int, int, int]:
         prefix, kind, flags, declared, reserved, code, seq = FAST.unpack_from(msg)
         if (
             prefix == PREFIX
-            and 0 < kind <= EXCEPTION
+            and 0 < kind <= NESTED
             and not flags & ~F_ALL
             and not reserved
             and declared == nfds <= MAX_FDS
-            and (not flags & F_SPILLED or (nfds and len(msg) == HEADER_SIZE))
+            and (
+                not flags & F_SPILLED
+                or (nfds and len(msg) == HEADER_SIZE + (TOKEN_SIZE if kind == NESTED else 0))
+            )
         ):
             return kind, flags, code, seq
     raise _diagnose(msg, mflags, nfds)
@@ -181,6 +356,14 @@ def check(msg: bytes, mflags: int, nfds: int) -> tuple[int, int, int, int]:
 def _diagnose(msg: bytes, mflags: int, nfds: int) -> MessageError:
     """Why ``check`` rejected a datagram."""
     if mflags & _CTRUNC:
+        declared = msg[5] if len(msg) >= HEADER_SIZE and msg[:3] == PREFIX else None
+        if declared is not None and declared <= MAX_FDS and nfds < declared:
+            # The kernel could not install all of them here: our own table is full.
+            return OwnDescriptorsExhausted(
+                f"this process ran out of descriptors (RLIMIT_NOFILE) receiving a message "
+                f"with {declared}; it got {nfds} and the rest were lost. The peer did nothing "
+                "wrong; close descriptors or raise the limit"
+            )
         return MessageError(
             f"peer attached more than {MAX_FDS} descriptors to one message (MSG_CTRUNC)"
         )
@@ -202,6 +385,11 @@ def _diagnose(msg: bytes, mflags: int, nfds: int) -> MessageError:
     if nfds > MAX_FDS:
         return MessageError(f"message carried {nfds} descriptors, more than {MAX_FDS}")
     return MessageError("a SPILLED message must carry its region first and no inline bytes")
+
+
+class OwnDescriptorsExhausted(MessageError):
+    """``check``: a message lost descriptors because *this* process's descriptor table is
+    full (MSG_CTRUNC with fewer than the header declares); the sender is not at fault."""
 
 
 def send_message(
@@ -292,16 +480,26 @@ def spill(parts: Sequence[Any], total: int) -> int:
     return fd
 
 
-def open_spilled(fd: int) -> Mapping:
+def open_spilled(fd: int, max_size: int | None = None) -> Mapping:
     """Map a spilled payload read-only. Borrows ``fd`` (the caller closes it).
 
-    Raises ``BadParcel`` unless ``fd`` is a region whose size and contents are sealed.
+    Raises ``BadParcel`` unless ``fd`` is a region whose size and contents are sealed, of
+    at most ``max_size`` bytes (default: the ``max_spill`` limit), and fully allocated (no
+    hole: reading a hole of a shmem file allocates a page charged to the reader, so a
+    sparse payload would cost its sender nothing and us its whole declared size).
     """
     size = region.region_size(fd)
     if size is None:
         raise BadParcel("the spilled payload is not an ashmem region with a sealed size")
     if size == 0:
         raise BadParcel("the spilled payload is an empty region")
+    if max_size is None:
+        max_size = get_limits().max_spill
+    if size > max_size:
+        raise BadParcel(
+            f"the spilled payload is {size} bytes, more than this process accepts "
+            f"(max_spill = {max_size}; see ashmem.binder.set_limits)"
+        )
     try:
         sealed = region.contents_sealed_region(fd)
     except (OSError, ValueError) as exc:
@@ -310,5 +508,16 @@ def open_spilled(fd: int) -> Mapping:
         raise BadParcel(
             "the spilled payload is not sealed with F_SEAL_WRITE: its sender could still "
             "change it while it is read"
+        )
+    try:
+        # F_SEAL_WRITE (checked above) also forbids punching holes later, and F_SEAL_GROW
+        # allocating past the end: what we see now stays true while we read.
+        hole = os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError as exc:
+        raise BadParcel(f"cannot inspect the spilled payload: {exc}") from exc
+    if hole < size:
+        raise BadParcel(
+            f"the spilled payload has a hole at offset {hole} of {size} bytes: a spill must "
+            "be fully written (its sender pays for its memory, not the receiver)"
         )
     return Mapping(fd, size, region.PROT_READ, 0, SPILL_NAME)
