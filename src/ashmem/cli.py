@@ -20,7 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="share a region between two processes and print what each wrote"
     )
 
+    from .logd import cli as logd_cli
+
+    logd_cli.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("log", "logd"):
+        return logd_cli.run(args)
     if args.command == "ls":
         from . import _ls
 
