@@ -83,8 +83,9 @@ def _read(path: str | os.PathLike[str], what: str) -> bytes:
 def load_public(path: str | os.PathLike[str]) -> bytes:
     """The raw 32-byte X25519 public key in a ``.pub`` file."""
     _, serialization, x25519, _, _ = _crypto()
+    data = _read(path, "public")
     try:
-        key = serialization.load_pem_public_key(_read(path, "public"))
+        key = serialization.load_pem_public_key(data)
     except ValueError:
         raise KeyFileError(f"{os.fspath(path)} is not a PEM public key") from None
     if not isinstance(key, x25519.X25519PublicKey):
@@ -95,8 +96,9 @@ def load_public(path: str | os.PathLike[str]) -> bytes:
 def load_private(path: str | os.PathLike[str]) -> Any:
     """The X25519 private key in a ``.key`` file."""
     _, serialization, x25519, _, _ = _crypto()
+    data = _read(path, "private")
     try:
-        key = serialization.load_pem_private_key(_read(path, "private"), None)
+        key = serialization.load_pem_private_key(data, None)
     except (ValueError, TypeError):
         raise KeyFileError(f"{os.fspath(path)} is not an unencrypted PEM private key") from None
     if not isinstance(key, x25519.X25519PrivateKey):
