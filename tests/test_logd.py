@@ -7,6 +7,7 @@ import json
 import logging
 import mmap
 import os
+import pathlib
 import random
 import signal
 import struct
@@ -299,9 +300,9 @@ def test_cli_filters_tail_and_damage(tmp_path: Any) -> None:
     assert [t.split()[-1] for t in tail] == ["198", "199", "haystack"]
     # Damage: print the rest, report the range, exit 1.
     path = _segment.segment_paths(d)[0]
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(pathlib.Path(path).read_bytes())
     data[120] ^= 0xFF  # in the first block's index
-    open(path, "wb").write(data)
+    pathlib.Path(path).write_bytes(data)
     out = run("cat", d)
     assert out.returncode == 1
     assert f"{path}: bytes 72-" in out.stderr and "damaged (checksum mismatch)" in out.stderr

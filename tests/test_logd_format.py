@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pathlib
 import random
 import struct
 
@@ -53,7 +54,7 @@ def test_full_ring_drops_are_counted_and_reported_in_order() -> None:
 
 
 def test_block_mode_gives_up_after_its_timeout_and_counts() -> None:
-    mm, p = _producer(on_full="block", block_timeout=0.01)
+    _mm, p = _producer(on_full="block", block_timeout=0.01)
     while _log(p, "fill"):
         pass
     assert p.dropped == 1
@@ -137,7 +138,7 @@ def test_segment_round_trip_with_cursor(tmp_path: object) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage-between"])
 def test_damaged_segment_decodes_around_the_damage(tmp_path: object, damage: str) -> None:
     path = _write_segment(str(tmp_path), 4)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(pathlib.Path(path).read_bytes())
     blocks = [b for b in _segment.read_segment(path) if isinstance(b, _segment.Block)]
     second = blocks[1]
     if damage == "truncate":
@@ -146,8 +147,7 @@ def test_damaged_segment_decodes_around_the_damage(tmp_path: object, damage: str
         data[second.offset + 40] ^= 0xFF
     else:
         data[second.end : second.end] = os.urandom(300)
-    with open(path, "wb") as f:
-        f.write(data)
+    pathlib.Path(path).write_bytes(data)
     items = list(_segment.read_segment(path))
     damages = [i for i in items if isinstance(i, _segment.Damage)]
     got = _messages(items)
@@ -195,7 +195,7 @@ def test_encrypted_round_trip_and_key_errors(tmp_path: object) -> None:
     other, _ = _crypto.generate_keys(os.path.join(d, "other"))
     assert os.stat(key).st_mode & 0o777 == 0o600
     path = _write_segment(d, 2, recipient=_crypto.load_public(pub))
-    assert b"b0r0" not in open(path, "rb").read()
+    assert b"b0r0" not in pathlib.Path(path).read_bytes()
     assert _messages(list(_segment.read_segment(path, key=_crypto.load_private(key))))[:2] == [
         "b0r0",
         "b0r1",
@@ -204,16 +204,15 @@ def test_encrypted_round_trip_and_key_errors(tmp_path: object) -> None:
         list(_segment.read_segment(path))
     with pytest.raises(KeyFileError, match="another key"):
         list(_segment.read_segment(path, key=_crypto.load_private(other)))
-    with pytest.raises(KeyFileError, match="not an X25519 private key|not an unencrypted"):
+    with pytest.raises(KeyFileError, match=r"not an X25519 private key|not an unencrypted"):
         _crypto.load_private(pub)
     # The index stays readable: a restarted collector de-duplicates without the key.
     assert _segment.last_seqs(d) == {(1000, 42, 1): 40}
     # A tampered encrypted block is damage, not garbage output.
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(pathlib.Path(path).read_bytes())
     data[-5] ^= 1
     struct.pack_into("<I", data, 72 + 24, 0)  # and fix nothing: crc fails too
-    with open(path, "wb") as f:
-        f.write(data)
+    pathlib.Path(path).write_bytes(data)
     items = list(_segment.read_segment(path, key=_crypto.load_private(key)))
     assert any(isinstance(i, _segment.Damage) for i in items)
 

@@ -37,7 +37,7 @@ from ._ring import Producer
 __all__ = ["Handler", "Logger", "flush", "get_logger"]
 
 ENV = "ASHMEM_LOGD"
-_RECONNECT_EVERY = 1.0
+_RECONNECT_NS = 1_000_000_000  # at most one connection check per second
 _DEFAULT_RING = 1 << 20
 
 # Attributes every LogRecord has; anything else on a record is "extra".
@@ -80,13 +80,13 @@ class _Client:
         self.mm: Mapping | None = None
         self.producer: Producer | None = None
         self.process = _process_name()
-        self.next_check = 0.0
+        self.next_check_ns = 0
         self.ever_connected = False
         self._connect(first=True)
 
     # Called with self.lock held (or before anyone else can see this object).
     def _connect(self, first: bool = False) -> bool:
-        self.next_check = time.monotonic() + _RECONNECT_EVERY
+        self.next_check_ns = time.time_ns() + _RECONNECT_NS
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(5.0)
@@ -132,7 +132,6 @@ class _Client:
 
     def _check(self) -> None:
         """At most once a second: is the collector still there? If not, try another."""
-        self.next_check = time.monotonic() + _RECONNECT_EVERY
         sock = self.sock
         if sock is not None:
             try:
@@ -157,12 +156,17 @@ class _Client:
         extra: str,
         time_ns: int,
     ) -> bool:
-        tid = threading.get_native_id()
+        # gettid(2) once per thread, not per record: system calls are what we avoid here.
+        try:
+            tid = _thread_ids.tid
+        except AttributeError:
+            tid = _thread_ids.tid = threading.get_native_id()
         with self.lock:
             producer = self.producer
             if producer is None:
                 return False
-            if time.monotonic() >= self.next_check:
+            if time_ns >= self.next_check_ns:
+                self.next_check_ns = time_ns + _RECONNECT_NS
                 self._check()
                 if not self.ever_connected:
                     producer.on_full = "drop"
@@ -225,9 +229,13 @@ _client: _Client | None = None
 _client_lock = threading.Lock()
 
 
+_thread_ids = threading.local()
+
+
 def _get() -> _Client:
+    # No getpid() here (a system call): the fork hook below clears _client in a child.
     client = _client
-    if client is not None and client.pid == os.getpid():
+    if client is not None:
         return client
     return _new_client()
 
@@ -235,15 +243,16 @@ def _get() -> _Client:
 def _new_client() -> _Client:
     global _client
     with _client_lock:
-        if _client is None or _client.pid != os.getpid():
+        if _client is None:
             _client = _Client()
         return _client
 
 
 def _after_fork_in_child() -> None:
-    global _client, _client_lock
+    global _client, _client_lock, _thread_ids
     old, _client = _client, None
     _client_lock = threading.Lock()
+    _thread_ids = threading.local()  # the forking thread has a new tid here
     if old is not None:
         # The parent's ring stays the parent's: never write to it from here.
         with contextlib.suppress(OSError):
@@ -267,7 +276,7 @@ def _reset_for_address_change() -> None:
 def _readdress(address: str) -> None:
     """A new collector address (``start()``): keep this process's ring, register it there."""
     client = _client
-    if client is None or client.pid != os.getpid():
+    if client is None:
         return
     with client.lock:
         client.address = address

@@ -103,6 +103,7 @@ _DROPPED_BODY = struct.Struct("<QBqQ")
 _PAD_BODY = struct.Struct("<QB")
 _NO_EXC = 0xFFFFFFFF
 _MAX_FIELD = 0xFFFF
+_MAX_NAME = 1024  # bytes of a logger name kept
 
 RawRecord = bytes
 
@@ -160,7 +161,10 @@ class Producer:
         self.dropped = 0  # not yet reported in a notice
         self.dropped_total = 0
         self._tail = 0
+        self._limit = self.data_size  # head may grow up to here without reading the tail
         self.max_record = min(self.data_size // 2, 1 << 24)
+        self._budget = self.max_record - 8 - _LOG_FIXED.size - 64 - 2 * 255 - _MAX_NAME
+        self._names: dict[str, bytes] = {}
 
     def _free(self) -> int:
         tail = _U64.unpack_from(self._mm, TAIL_OFFSET)[0]  # type: ignore[arg-type]
@@ -169,6 +173,7 @@ class Producer:
         if tail > head or tail < head - self.data_size:
             tail = self._tail
         self._tail = tail
+        self._limit = tail + self.data_size
         return int(self.data_size - (head - tail))
 
     def _room(self, *lengths: int) -> int:
@@ -239,53 +244,67 @@ class Producer:
         tid: int,
     ) -> bool:
         """Write one log record; False if it was dropped (counted)."""
-        lvl = levelname.encode("utf-8", "replace")[:255]
-        name = logger.encode("utf-8", "replace")[:_MAX_FIELD]
+        names = self._names
+        lvl = names.get(levelname)
+        if lvl is None:
+            lvl = names[levelname] = levelname.encode("utf-8", "replace")[:255]
+        name = names.get(logger)
+        if name is None:
+            name = names[logger] = logger.encode("utf-8", "replace")[:_MAX_NAME]
+        proc = names.get(process)
+        if proc is None:
+            proc = names[process] = process.encode("utf-8", "replace")[:255]
+        if len(names) > 4096:
+            names.clear()
         msg = message.encode("utf-8", "replace")
-        proc = process.encode("utf-8", "replace")[:_MAX_FIELD]
         exc_b = b"" if exc is None else exc.encode("utf-8", "replace")
         extra_b = extra.encode("utf-8", "replace")
-        fixed = _LOG_FIXED.size
-        budget = self.max_record - 8 - fixed - len(lvl) - len(name) - len(proc) - 64
-        if len(msg) + len(exc_b) + len(extra_b) > budget:
-            # Too large for this ring: keep the start of each text field and say so.
-            cap = budget // 3
-            if len(msg) > cap:
-                msg = msg[:cap] + b" [truncated by ashmem.logd]"
-            if len(exc_b) > cap:
-                exc_b = exc_b[:cap] + b"\n[truncated by ashmem.logd]"
-            if len(extra_b) > cap:
-                extra_b = b'{"ashmem_truncated": true}'
-        levelno = min(max(levelno, 0), _MAX_FIELD)
+        if len(msg) + len(exc_b) + len(extra_b) > self._budget:
+            msg, exc_b, extra_b = self._truncate(msg, exc_b, extra_b, len(lvl) + len(name))
+        if not 0 <= levelno <= _MAX_FIELD:
+            levelno = min(max(levelno, 0), _MAX_FIELD)
         if not 0 <= tid <= 0xFFFFFFFF:
             tid = 0
         seq = self.seq + 1
-        body = b"".join(
-            (
-                _LOG_FIXED.pack(
-                    seq,
-                    KIND_LOG,
-                    levelno,
-                    time_ns,
-                    tid,
-                    len(lvl),
-                    len(name),
-                    len(msg),
-                    len(proc),
-                    _NO_EXC if exc is None else len(exc_b),
-                    len(extra_b),
-                ),
-                lvl,
-                name,
-                msg,
-                proc,
-                exc_b,
-                extra_b,
+        body = (
+            _LOG_FIXED.pack(
+                seq, KIND_LOG, levelno, time_ns, tid, len(lvl), len(name), len(msg),
+                len(proc), _NO_EXC if exc is None else len(exc_b), len(extra_b),
             )
-        )
+            + lvl + name + msg + proc + exc_b + extra_b
+        )  # fmt: skip
+        # Fast path: no drops to report, no wrap, room known without reading the tail.
+        length = 8 + len(body)
+        padded = (length + 7) & ~7
+        head = self.head
+        pos = head % self.data_size
+        if not self.dropped and padded <= self.data_size - pos and head + padded <= self._limit:
+            start = HEADER_SIZE + pos
+            mm = self._mm
+            _CRC_HEAD.pack_into(mm, start, length, zlib.crc32(body, length))  # type: ignore[arg-type]
+            mm[start + 8 : start + length] = body  # type: ignore[index]
+            self.head = head = head + padded
+            self.seq = seq
+            _U64.pack_into(mm, HEAD_OFFSET, head)  # type: ignore[arg-type]
+            return True
+        return self._write_slow(body, seq, time_ns)
+
+    def _truncate(
+        self, msg: bytes, exc_b: bytes, extra_b: bytes, names: int
+    ) -> tuple[bytes, bytes, bytes]:
+        """Too large for this ring: keep the start of each text field and say so."""
+        cap = max(0, self._budget - names) // 3
+        if len(msg) > cap:
+            msg = msg[:cap] + b" [truncated by ashmem.logd]"
+        if len(exc_b) > cap:
+            exc_b = exc_b[:cap] + b"\n[truncated by ashmem.logd]"
+        if len(extra_b) > cap:
+            extra_b = b'{"ashmem_truncated": true}'
+        return msg, exc_b, extra_b
+
+    def _write_slow(self, body: bytes, seq: int, time_ns: int) -> bool:
         lengths = (8 + _DROPPED_BODY.size, 8 + len(body)) if self.dropped else (8 + len(body),)
-        need = self._room(*lengths)
-        if not self._wait(need):
+        if not self._wait(self._room(*lengths)):
             self.dropped += 1
             self.dropped_total += 1
             _U64.pack_into(self._mm, 16, self.dropped_total)  # type: ignore[arg-type]
@@ -295,6 +314,7 @@ class Producer:
             self._put(_DROPPED_BODY.pack(self.seq, KIND_DROPPED, time_ns, self.dropped))
             self.dropped = 0
             seq = self.seq + 1
+            fixed = _LOG_FIXED.size
             body = _LOG_FIXED.pack(seq, *_LOG_FIXED.unpack_from(body)[1:]) + body[fixed:]
         self.seq = seq
         self._put(body)
