@@ -399,3 +399,30 @@ def test_status_and_hostile_clients(collector: ashmem.logd.Collector) -> None:
     assert mine and mine[0]["records"] >= 1 and status["records"] >= 1
     ashmem.logd.get_logger("st").info("still collecting")
     ashmem.logd.flush(timeout=30)
+
+
+def test_embedded_mode_recovers_a_sigkilled_process_on_next_start(tmp_path: Any) -> None:
+    d = str(tmp_path / "logs")
+    code = (
+        "import sys, time, ashmem.logd\n"
+        f"ashmem.logd.start({d!r}, embedded=True, interval=0.5)\n"
+        "log = ashmem.logd.get_logger('solo')\n"
+        "[log.info('kept %d', i) for i in range(500)]\n"
+        "print('written', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"written\n"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert os.path.exists(os.path.join(d, "embedded.ring"))
+    again = ashmem.logd.start(d, embedded=True)
+    again.stop()
+    assert isinstance(again, ashmem.logd.EmbeddedCollector)
+    messages = [e.record.message for e in ashmem.logd.read(d) if e.pid == proc.pid]
+    assert messages == [f"kept {i}" for i in range(500)]
+    # A second recovery finds nothing new: no duplicates.
+    third = ashmem.logd.start(d, embedded=True)
+    third.stop()
+    assert third.recovered == 0  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ __all__ = [
     "Collector",
     "CollectorError",
     "Cursor",
+    "EmbeddedCollector",
     "Entry",
     "Handler",
     "KeyFileError",
@@ -153,6 +154,81 @@ class Collector:
         self.stop()
 
 
+class EmbeddedCollector(Collector):
+    """A collector in a thread of this process, its ring backed by a file (Logan's mode).
+
+    Made by ``start(directory, embedded=True)``. The ring of this process is the file
+    ``DIR/embedded.ring`` (when ``start`` comes before the process's first record), so
+    records written before a SIGKILL of the whole process are still on disk; the next
+    ``start(DIR, embedded=True)`` writes them into the log first. Child processes log to
+    this collector through its socket, with shared rings of their own.
+    """
+
+    def __init__(self, directory: str, settings: Settings) -> None:
+        import fcntl
+        import socket
+        import threading
+
+        from . import _client
+        from ._collector import CollectorServer, bind_listener, recover_file_ring
+
+        self.directory = os.path.abspath(directory)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        ring_path = os.path.join(self.directory, "embedded.ring")
+        self._lock_fd = os.open(
+            os.path.join(self.directory, ".embedded.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )  # fmt: skip
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise CollectorError(
+                f"another process runs an embedded collector on {self.directory}; "
+                "use one directory per process, or a shared collector (start())"
+            ) from None
+        self.recovered = recover_file_ring(self.directory, ring_path, settings)
+        self._private = tempfile.mkdtemp(prefix="ashmem-logd-", dir=_runtime_dir())
+        self.address = os.path.join(self._private, "logd.sock")
+        self._listener: socket.socket = bind_listener(self.address)
+        self._server = CollectorServer(self.directory, self._listener, settings, local_rings=True)
+        self._thread = threading.Thread(
+            target=self._server.serve, name="ashmem.logd collector", daemon=True
+        )
+        self._thread.start()
+        self._previous = os.environ.get(ENV)
+        os.environ[ENV] = self.address
+        if _client._client is None:
+            _client._ring_file = ring_path
+        _client._readdress(self.address)
+
+    @property
+    def pid(self) -> int:
+        """This process's pid: the collector is a thread here."""
+        return os.getpid()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Drain every ring, stop the collector thread; 0 if it stopped in time."""
+        import fcntl
+
+        self._server.stop()
+        self._thread.join(timeout)
+        self._listener.close()
+        if os.environ.get(ENV) == self.address:
+            if self._previous is None:
+                del os.environ[ENV]
+            else:
+                os.environ[ENV] = self._previous
+        import shutil
+
+        shutil.rmtree(self._private, ignore_errors=True)
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        return 1 if self._thread.is_alive() else 0
+
+
 def _runtime_dir() -> str | None:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
@@ -172,11 +248,17 @@ def start(directory: str | os.PathLike[str], **options: Any) -> Collector:
     ``"interval"`` = at most once a second and on ``flush``, default, or ``"never"``),
     ``interval`` (seconds between drain passes, 0.02), ``allow_uids``. See the module
     example.
+
+    ``embedded=True`` runs the collector in a thread of this process instead and backs
+    this process's ring with a file in ``directory``: see ``EmbeddedCollector``.
     """
+    embedded = bool(options.pop("embedded", False))
     settings = Settings(**options)
     if settings.encrypt_to is not None:
         settings.encrypt_to = os.path.abspath(os.fspath(settings.encrypt_to))
     settings.check()
+    if embedded:
+        return EmbeddedCollector(os.fspath(directory), settings)
     return Collector(os.fspath(directory), settings)
 
 

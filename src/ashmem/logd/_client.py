@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -76,6 +77,7 @@ class _Client:
         self.flush_lock = threading.Lock()
         self.address = _address()
         self.sock: socket.socket | None = None
+        self.file_fd = -1
         self.shm: SharedMemory | None = None
         self.mm: Mapping | None = None
         self.producer: Producer | None = None
@@ -99,7 +101,8 @@ class _Client:
             elif self.producer is not None:
                 self.producer.on_full = str(settings.get("on_full", "block"))
                 self.producer.block_timeout = float(settings.get("block_timeout", 5.0))
-            fdpass.send(sock, [self.shm] if self.shm is not None else [], b'{"op": "register"}')
+            ring: list[Any] = [self.shm] if self.shm is not None else [self.file_fd]
+            fdpass.send(sock, ring, b'{"op": "register"}')
             sock.setblocking(False)
         except (OSError, ValueError, EOFError, TypeError):
             sock.close()
@@ -114,14 +117,28 @@ class _Client:
         return True
 
     def _make_ring(self, size: int, settings: dict[str, Any]) -> None:
-        self.shm = SharedMemory.create(f"ashmem.logd:{self.pid}", size)
-        self.mm = self.shm.map_read_write()
+        if _ring_file is not None:
+            # Embedded mode: the ring is a file, so that it outlives a SIGKILL of the
+            # only process; the next start() of the directory recovers it.
+            fd = os.open(_ring_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, size)
+                self.mm = mmap.mmap(fd, size)  # type: ignore[assignment]
+                self.file_fd = fd
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            self.shm = SharedMemory.create(f"ashmem.logd:{self.pid}", size)
+            self.mm = self.shm.map_read_write()
         self.producer = Producer(
             self.mm,
             secrets.randbits(63),
             on_full=str(settings.get("on_full", "block")),
             block_timeout=float(settings.get("block_timeout", 5.0)),
             wake=self._wake,
+            pid=self.pid,
         )
 
     def _wake(self) -> None:
@@ -230,6 +247,7 @@ _client_lock = threading.Lock()
 
 
 _thread_ids = threading.local()
+_ring_file: str | None = None  # embedded mode: back this process's ring with this file
 
 
 def _get() -> _Client:
@@ -249,8 +267,9 @@ def _new_client() -> _Client:
 
 
 def _after_fork_in_child() -> None:
-    global _client, _client_lock, _thread_ids
+    global _client, _client_lock, _thread_ids, _ring_file
     old, _client = _client, None
+    _ring_file = None  # the file ring is the parent's; a child gets a shared one
     _client_lock = threading.Lock()
     _thread_ids = threading.local()  # the forking thread has a new tid here
     if old is not None:

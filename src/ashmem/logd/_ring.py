@@ -12,6 +12,9 @@ Ring header (192 bytes; ``head`` and ``tail`` on cache lines of their own)::
     8      8    ring_id: random, chosen by the producer (with the kernel's uid and pid it
                 names the ring in the files, for de-duplication after a collector restart)
     16     8    dropped: records dropped so far (informational, producer-written)
+    24     4    pid: the producer's pid as it says (trusted only for a file-backed ring of
+                this process's own, ``start(embedded=True)``; the collector takes the pid
+                of a shared ring from the kernel)
     64     8    head: bytes ever published; written by the producer, LAST, after a record
     128    8    tail: bytes ever consumed AND persisted; written by the collector
     136    8    tail_seq: the seq of the record at ``tail``; written by the collector with
@@ -112,7 +115,7 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def init_ring(mm: object, ring_id: int) -> int:
+def init_ring(mm: object, ring_id: int, pid: int = 0) -> int:
     """Write a fresh ring header into ``mm`` (a writable buffer); return the area size."""
     buf = memoryview(mm).cast("B")  # type: ignore[arg-type]
     try:
@@ -120,6 +123,7 @@ def init_ring(mm: object, ring_id: int) -> int:
         if data_size < MIN_RING_SIZE - HEADER_SIZE:
             raise ValueError(f"ring of {len(buf)} bytes is too small (at least {MIN_RING_SIZE})")
         _RING_HEAD.pack_into(buf, 0, RING_MAGIC, data_size, ring_id, 0)
+        struct.pack_into("<I", buf, 24, pid & 0xFFFFFFFF)
         _U64.pack_into(buf, HEAD_OFFSET, 0)
         _TAIL.pack_into(buf, TAIL_OFFSET, 0, 1)
     finally:
@@ -147,11 +151,12 @@ class Producer:
         on_full: str = "block",
         block_timeout: float = 5.0,
         wake: Callable[[], None] | None = None,
+        pid: int = 0,
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError(f"on_full must be 'block' or 'drop', not {on_full!r}")
         self._mm = mm
-        self.data_size = init_ring(mm, ring_id)
+        self.data_size = init_ring(mm, ring_id, pid)
         self.ring_id = ring_id
         self.on_full = on_full
         self.block_timeout = block_timeout
@@ -404,6 +409,7 @@ class Drain:
             raise ValueError(f"ring declares {data_size} bytes but the region is {size}")
         self.data_size = data_size
         self.ring_id = ring_id
+        self.pid_hint = struct.unpack_from("<I", mm, 24)[0]  # type: ignore[arg-type]
         tail, tail_seq = _TAIL.unpack_from(mm, TAIL_OFFSET)  # type: ignore[arg-type]
         head = _U64.unpack_from(mm, HEAD_OFFSET)[0]  # type: ignore[arg-type]
         self.corrupt = 0
