@@ -75,6 +75,10 @@ class _Usage(Exception):
 def run(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; return the exit code."""
     try:
+        if args.command == "demo":
+            from ._demo import main
+
+            return main()
         if args.command == "logd":
             return _status(args) if args.action == "status" else _logd(args)
         if args.log_command == "keygen":
