@@ -363,6 +363,7 @@ class Scene:
 JSON_KEYS = [
     "pid",
     "process",
+    "command",
     "fd",
     "name",
     "device",
@@ -407,6 +408,17 @@ def test_json_reports_every_field(procs: Procs) -> None:
     check_scene(scene, ls_json(), privileged=map_files_readable())
 
 
+def table_cells(line: str) -> list[str]:
+    """The cells of one table row, with the PROCESS cell (a command line, which has spaces)
+    replaced by the process's comm."""
+    pid = int(line.split()[0])
+    comm = _ls._read_comm(pid)
+    assert comm is not None, f"process {pid} is gone"
+    cell = _ls._command_cell(_ls._read_command(pid, comm), wide=False)
+    assert f" {cell} " in line, (cell, line)
+    return line.replace(f" {cell} ", f" {comm} ", 1).split()
+
+
 def test_table_lists_the_regions(procs: Procs) -> None:
     scene = Scene(procs)
     result = run_ls()
@@ -421,13 +433,14 @@ def test_table_lists_the_regions(procs: Procs) -> None:
     # Names start where the header's NAME does: columns are aligned.
     for name, line in by_name.items():
         assert line.index(name) == header.index("NAME"), line
-    held_cells = by_name[held].split()
+    held_cells = table_cells(by_name[held])
     assert held_cells[:3] == [str(scene.holder_pid), "ls-holder", str(scene.fds[held])]
+    assert f"  {sys.executable[:20]}" in by_name[held]  # PROCESS: the command line
     assert "64.0 KiB" in by_name[held]
-    assert by_name[held].split()[-3:-1] == ["rw", "yes"]
-    assert by_name[scene.name("readonly")].split()[-3:-1] == ["ro", "yes"]
-    assert by_name[scene.name("plain")].split()[-3:-1] == ["rw", "no"]
-    assert by_name[mapped_only].split()[2] == "-"  # fd: held only as a mapping
+    assert held_cells[-3:-1] == ["rw", "yes"]
+    assert table_cells(by_name[scene.name("readonly")])[-3:-1] == ["ro", "yes"]
+    assert table_cells(by_name[scene.name("plain")])[-3:-1] == ["rw", "no"]
+    assert table_cells(by_name[mapped_only])[2] == "-"  # fd: held only as a mapping
 
 
 @pytest.mark.skipif(
@@ -438,7 +451,7 @@ def test_unprivileged_user_sees_own_regions_with_unknowns(procs: Procs) -> None:
     check_scene(scene, ls_json(as_user=NOBODY), privileged=False)
     table = run_ls(as_user=NOBODY)
     [line] = [ln for ln in table.stdout.splitlines() if ln.endswith(scene.name("mapped-only"))]
-    assert line.split()[2:4] == ["-", "-"]  # fd and size unknown
+    assert table_cells(line)[2:4] == ["-", "-"]  # fd and size unknown
     assert "map_files" in table.stderr  # the note saying why
 
 
@@ -528,6 +541,7 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
         _ls.RegionInfo(
             pid=7,
             process="a\tb",
+            command="a\tb",
             fd=None,
             name="two\nlines \udcff",
             device="0:1",
@@ -542,6 +556,7 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
         _ls.RegionInfo(
             pid=12345,
             process="python3",
+            command="python3",
             fd=42,
             name="frames",
             device="0:1",

@@ -60,20 +60,43 @@ def test_reserve_and_populate_options() -> None:
             assert r[-1] == 7
 
 
-def test_populate_default_prefaults_large_writable_mappings_only() -> None:
+def rss_shmem() -> int:
+    """Shared-memory pages mapped into this process (RssShmem), in bytes."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+def test_populate_default_prefaults_large_writable_mappings_of_reserved_regions() -> None:
     big = ashmem.POPULATE_AUTO_MIN
-    with SharedMemory.create("auto-big", big, reserve=False) as shm:
+    with SharedMemory.create("auto-big", big) as shm:
+        before = rss_shmem()
         with shm.map_read_only():
-            assert os.fstat(shm.fileno()).st_blocks == 0  # read-only: never prefaulted
+            assert rss_shmem() - before < big // 2  # read-only: never prefaulted
         with shm.map_read_write():
+            assert rss_shmem() - before >= big
+    with SharedMemory.create("auto-small", big - PAGE) as shm:
+        before = rss_shmem()
+        with shm.map_read_write():
+            assert rss_shmem() - before < big // 2
+    with SharedMemory.create("never", big, populate=False) as shm:
+        before = rss_shmem()
+        with shm.map_read_write():
+            assert rss_shmem() - before < big // 2
+
+
+def test_reserve_false_is_lazy_end_to_end() -> None:
+    """reserve=False: nothing allocated or prefaulted until touched, also through dup()."""
+    big = 4 * ashmem.POPULATE_AUTO_MIN
+    with SharedMemory.create("lazy", big, reserve=False) as shm, shm.dup() as twin:
+        assert os.fstat(shm.fileno()).st_blocks == 0
+        for touched, holder in enumerate((shm, twin), start=1):
+            with holder.map_read_write() as m:
+                m[touched * PAGE] = 1  # touching one page allocates that page only
+                assert os.fstat(holder.fileno()).st_blocks * 512 == touched * PAGE
+        with shm.map_read_write(populate=True):  # asked for: everything
             assert os.fstat(shm.fileno()).st_blocks * 512 >= big
-    with SharedMemory.create("auto-small", big - PAGE, reserve=False) as shm, shm.map_read_write():
-        assert os.fstat(shm.fileno()).st_blocks == 0
-    with (
-        SharedMemory.create("never", big, reserve=False, populate=False) as shm,
-        shm.map_read_write(),
-    ):
-        assert os.fstat(shm.fileno()).st_blocks == 0
 
 
 def test_close_is_idempotent_and_everything_after_raises_closed() -> None:
@@ -441,8 +464,16 @@ import os, sys
 with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
     f.write(str(os.getpid()))
 import ashmem
-try:
-    ashmem.SharedMemory.create("too-big", 256 << 20, reserve=True)
+for size in (256 << 20, 1 << 50):
+    try:  # larger than the cgroup could ever grant: refused before anything is allocated
+        ashmem.SharedMemory.create("huge", size, reserve=True)
+    except ValueError as exc:
+        print("refused:", exc)
+    else:
+        print("created")
+hog = b"x" * (40 << 20)  # the cgroup now holds ~50 of its 64 MiB
+try:  # fits the limit, not the room that is left: the kernel says ENOMEM at creation
+    ashmem.SharedMemory.create("too-big", 40 << 20, reserve=True)
 except OSError as exc:
     print(exc.errno, exc)
 else:
@@ -469,7 +500,7 @@ def test_reserve_fails_with_enomem_in_a_full_memory_cgroup() -> None:
     cgroup = parent / f"ashmem-test-{os.getpid()}"
     try:
         cgroup.mkdir()
-        (cgroup / "memory.limit_in_bytes").write_text(str(32 << 20))
+        (cgroup / "memory.limit_in_bytes").write_text(str(64 << 20))
         (cgroup / "memory.oom_control").write_text("1")  # ENOMEM instead of the OOM killer
     except OSError as exc:
         pytest.skip(f"cannot configure a memory cgroup: {exc}")
@@ -479,8 +510,13 @@ def test_reserve_fails_with_enomem_in_a_full_memory_cgroup() -> None:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(f"{errno.ENOMEM} "), result.stdout
-        assert "'too-big'" in result.stdout and "reserve" in result.stdout
+        refused, typo, enomem = result.stdout.splitlines()
+        assert refused.startswith("refused: region 'huge': 256.0 MiB"), refused
+        assert typo.startswith("refused: region 'huge': 1.0 PiB"), typo
+        for line in (refused, typo):
+            assert "more than 64.0 MiB (the memory cgroup's limit" in line
+        assert enomem.startswith(f"{errno.ENOMEM} "), enomem
+        assert "'too-big'" in enomem and "reserve" in enomem
         # the child is gone and the cgroup holds nothing of the failed region
         assert int((cgroup / "memory.usage_in_bytes").read_text()) < 8 << 20
     finally:

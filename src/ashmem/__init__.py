@@ -29,6 +29,17 @@ from .region import PROT_WRITE as PROT_WRITE
 __version__ = "0.1.0"
 
 
+def _show_public_module() -> None:
+    # Tracebacks and reprs name the module users import (ashmem.ProtectionError), not the
+    # private one that defines the class; pickle finds the classes there as well.
+    for value in list(globals().values()):
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+
+
+_show_public_module()
+
+
 def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
     # which programs that only share regions should not pay for at import.

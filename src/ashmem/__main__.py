@@ -1,4 +1,4 @@
-"""``python -m ashmem ...``: the same commands as the ``ashmem`` console script."""
+"""``python -m ashmem …``: the same commands as the ``ashmem`` console script."""
 
 import sys
 

@@ -44,11 +44,12 @@ True
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -86,6 +87,9 @@ class RegionInfo:
     pid: int
     #: Its name (``/proc/PID/comm``, at most 15 bytes).
     process: str
+    #: Its full command line (``/proc/PID/cmdline``, arguments joined by spaces); the name in
+    #: brackets when it has none.
+    command: str
     #: The descriptor number in that process; None if it holds the region only as mappings.
     fd: int | None
     #: The region's debug name, without the ``memfd:`` prefix.
@@ -141,6 +145,7 @@ class _MapLine:
 class _Process:
     pid: int
     name: str
+    command: str
     held: list[tuple[int, _Probe]]  # (fd, what that fd showed)
     mapped: list[_MapLine]
 
@@ -172,6 +177,18 @@ def _read_comm(pid: int) -> str | None:
     except OSError:
         return None
     return _decode(raw.removesuffix(b"\n"))
+
+
+def _read_command(pid: int, name: str) -> str:
+    """The command line of ``pid``, arguments joined by spaces; ``[name]`` if it has none
+    (kernel threads, zombies) or cannot be read."""
+    try:
+        with open(f"{_PROC}/{pid}/cmdline", "rb") as file:
+            raw = file.read()
+    except OSError:
+        raw = b""
+    args = [_decode(arg) for arg in raw.split(b"\0") if arg]
+    return " ".join(args) if args else f"[{name}]"
 
 
 def _memfd_fds(pid: int) -> list[int]:
@@ -278,7 +295,9 @@ def _scan_process(pid: int) -> _Process | None:
         probe = _probe(f"{_PROC}/{pid}/fd/{fd}")
         if probe is not None:
             held.append((fd, probe))
-    return _Process(pid, name, held, _read_maps(pid))
+    maps = _read_maps(pid)
+    command = _read_command(pid, name) if held or maps else name
+    return _Process(pid, name, command, held, maps)
 
 
 def _scan() -> Iterator[_Process]:
@@ -364,6 +383,7 @@ def _row(
     return RegionInfo(
         pid=process.pid,
         process=process.name,
+        command=process.command,
         fd=fd,
         name=name,
         device=f"{os.major(dev)}:{os.minor(dev)}",
@@ -418,9 +438,21 @@ _HEADER = ("PID", "PROCESS", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS", "PRO
 _RIGHT = {"PID", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS"}
 
 
-def format_table(rows: Iterable[RegionInfo]) -> str:
+#: ``PROCESS`` shows this many characters of a command line unless ``--wide``.
+COMMAND_WIDTH = 40
+
+
+def _command_cell(command: str, wide: bool) -> str:
+    text = _printable(command)
+    if wide or len(text) <= COMMAND_WIDTH:
+        return text
+    return text[: COMMAND_WIDTH - 3] + "..."
+
+
+def format_table(rows: Iterable[RegionInfo], *, wide: bool = False) -> str:
     """The rows as an aligned text table, one line per row plus a header, names last (they
     may be long). Unknown values are ``-``; ``PROT`` is ``ro`` (write-protected) or ``rw``.
+    ``PROCESS`` is the command line, cut to ``COMMAND_WIDTH`` characters unless ``wide``.
 
     >>> print(format_table([]))
     PID  PROCESS  FD  SIZE  RESIDENT  MAPPED  MAPPERS  PROT  ASHMEM  NAME
@@ -431,7 +463,7 @@ def format_table(rows: Iterable[RegionInfo]) -> str:
         cells.append(
             [
                 str(row.pid),
-                _printable(row.process),
+                _command_cell(row.command, wide),
                 "-" if row.fd is None else str(row.fd),
                 format_size(row.size),
                 format_size(row.resident_bytes),
@@ -465,11 +497,35 @@ def _write(out: TextIO, text: str) -> None:
     out.flush()
 
 
-def main(json_output: bool) -> int:
-    """``ashmem ls [--json]``: print :func:`list_regions` as a table, or as a JSON list of
+def select(
+    rows: Iterable[RegionInfo], pids: Collection[int] = (), names: Collection[str] = ()
+) -> list[RegionInfo]:
+    """The rows held by one of ``pids`` whose region name matches one of the shell patterns
+    ``names`` (``fnmatch``, case-sensitive); an empty collection matches everything.
+
+    >>> rows = [r for r in list_regions() if r.pid == -1]
+    >>> select(rows, pids=[1], names=["frames*"])
+    []
+    """
+    return [
+        row
+        for row in rows
+        if (not pids or row.pid in pids)
+        and (not names or any(fnmatch.fnmatchcase(row.name, pattern) for pattern in names))
+    ]
+
+
+def main(
+    json_output: bool,
+    pids: Collection[int] = (),
+    names: Collection[str] = (),
+    wide: bool = False,
+) -> int:
+    """``ashmem ls [--json] [--pid PID] [--name GLOB] [--wide]``: print :func:`list_regions`
+    (filtered by :func:`select`) as a table, or as a JSON list of
     :meth:`RegionInfo.to_json` objects. Returns the exit status."""
     try:
-        rows = list_regions()
+        rows = select(list_regions(), pids, names)
     except OSError as exc:
         print(f"ashmem ls: cannot list processes in {_PROC}: {exc}", file=sys.stderr)
         return 1
@@ -477,7 +533,7 @@ def main(json_output: bool) -> int:
         if json_output:
             _write(sys.stdout, json.dumps([row.to_json() for row in rows], indent=2))
         else:
-            _write(sys.stdout, format_table(rows))
+            _write(sys.stdout, format_table(rows, wide=wide))
             if any(row.size is None or row.read_only is None for row in rows):
                 print(_UNKNOWN_NOTE, file=sys.stderr)
     except BrokenPipeError:

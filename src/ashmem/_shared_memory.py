@@ -118,6 +118,15 @@ class Mapping(mmap.mmap):
             "a Mapping cannot be pickled; send its SharedMemory and map it on the other side"
         )
 
+    def resize(self, newsize: int) -> None:
+        """Refused: region sizes are sealed."""
+        raise PermissionError(
+            errno.EPERM,
+            f"cannot resize a mapping of {_sys.describe(self._region)}: region sizes are sealed "
+            "(F_SEAL_GROW | F_SEAL_SHRINK) so that no holder can make a mapping SIGBUS; "
+            "create a new region of the size you need and copy into it",
+        )
+
     def __repr__(self) -> str:
         if self.closed:
             return f"<ashmem.Mapping of {_sys.describe(self._region)} closed>"
@@ -212,37 +221,66 @@ class SharedMemory(Closing):
     _size: int = 0
     _populate: bool | None = False
 
-    def __init__(
-        self, fd: int, *, name: str | None, size: int, populate: bool | None = False
-    ) -> None:
-        """Private: use ``create``, ``from_fd`` or ``from_pid``."""
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        """Not a public constructor: regions are made with ``create``, ``from_fd`` or
+        ``from_pid``."""
+        raise TypeError(
+            "SharedMemory(...) is not how a region is made: use "
+            "SharedMemory.create(name, size) for a new one, SharedMemory.from_fd(fd) to wrap a "
+            "received descriptor (for multiprocessing.shared_memory's SharedMemory(name=..., "
+            "create=..., size=...), use ashmem.compat.SharedMemory)"
+        )
+
+    @classmethod
+    def _new(
+        cls, fd: int, name: str | None, size: int, populate: bool | None = False
+    ) -> SharedMemory:
+        self = cls.__new__(cls)
         self._fd = fd
         self._name = name
         self._size = size
         self._populate = populate
+        return self
 
     # -- construction -------------------------------------------------------------------
 
     @classmethod
     def create(
         cls,
-        name: str | None,
-        size: int,
+        name: str | None = None,
+        size: int | None = None,
         *,
         reserve: bool = True,
         populate: bool | None = None,
     ) -> SharedMemory:
-        """Create a region of ``size`` bytes; ``name`` is for debugging only.
+        """Create a region of ``size`` bytes; ``name`` is for debugging only (optional:
+        ``create(size=4096)``).
+
+        Sizes larger than this process could ever back (``region.memory_limit()``: the memory
+        cgroup's limit, else RAM + swap) raise ``ValueError`` before anything is allocated.
 
         ``reserve`` (default True) allocates the pages now with ``fallocate``, so that a full
         tmpfs or memory cgroup raises ``OSError(ENOSPC/ENOMEM)`` here instead of SIGBUS on
-        first touch. ``populate=True`` prefaults every mapping made from this object
+        first touch; Ctrl-C stops it between 64 MiB chunks, and any failure frees what was
+        taken. ``populate=True`` prefaults every mapping made from this object
         (``MADV_POPULATE_WRITE``/``READ``), trading map time for fault-free access;
         ``False`` never does; ``None`` (default) prefaults read-write mappings of at least
-        ``POPULATE_AUTO_MIN`` (1 MiB), where one madvise costs less than a fault per page
-        while filling them (see benchmarks/bench_fill.py). A large region that is mapped but
-        barely touched pays for mapping all its pages: pass ``populate=False`` there.
+        ``POPULATE_AUTO_MIN`` (1 MiB) of a reserved region, where one madvise costs less than
+        a fault per page while filling them (see benchmarks/bench_fill.py). With
+        ``reserve=False`` nothing is allocated or prefaulted unless ``populate=True``: pages
+        are taken on first touch.
+
+        >>> import ashmem
+        >>> with ashmem.SharedMemory.create(size=4096) as shm:
+        ...     shm.name, len(shm)
+        ('none', 4096)
         """
+        if size is None:
+            hint = f" (did you mean create(size={name})?)" if isinstance(name, int) else ""
+            raise TypeError(f"SharedMemory.create() needs a size in bytes{hint}")
+        if not isinstance(reserve, bool):
+            raise TypeError(f"reserve must be a bool, not {type(reserve).__name__}")
+        _check_populate(populate)
         fd = region.create_region(name, size)
         label = region.kernel_name(name)
         try:
@@ -251,28 +289,30 @@ class SharedMemory(Closing):
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name=label, size=size, populate=populate)
+        if populate is None and not reserve:
+            populate = False  # lazy end to end: nothing touched until the program touches it
+        return cls._new(fd, label, size, populate)
 
     @classmethod
     def from_fd(cls, fd: int) -> SharedMemory:
         """Wrap an existing region fd, taking ownership of it (``close()`` closes it).
 
-        Raises ``ValueError`` if ``fd`` is not a region (a memfd with its size sealed); the
+        Raises ``TypeError`` if ``fd`` is not an int, ``OSError(EBADF)`` if it is not an open
+        descriptor, ``ValueError`` if it is not a region (a memfd with its size sealed); the
         fd is then left open and still belongs to the caller."""
-        size = region.region_size(fd)
-        if size is None:
-            raise ValueError(
-                f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
-                "F_SEAL_SHRINK, as created by create_region)"
+        if isinstance(fd, SharedMemory):
+            raise TypeError(
+                "from_fd() takes an int file descriptor, not a SharedMemory; to share a "
+                "SharedMemory pass it as is, or call its dup() for a second owner"
             )
-        return cls._adopt(fd, size)
+        return cls._adopt(fd, region.check_region(fd))
 
     @classmethod
     def _adopt(cls, fd: int, size: int) -> SharedMemory:
         """Wrap an fd already checked with ``region.region_size``. Never raises, so the caller
         cannot be left unsure who owns ``fd``. The name is read from ``/proc`` only when
         first needed (or at ``close()``), keeping that lookup off the hand-off path."""
-        shm = cls(fd, name=None, size=size)
+        shm = cls._new(fd, None, size)
         shm._name_pending = True
         return shm
 
@@ -330,6 +370,10 @@ class SharedMemory(Closing):
         """Size in bytes; fixed for the region's lifetime."""
         return self._size
 
+    def __len__(self) -> int:
+        """``len(shm)`` is its size in bytes."""
+        return self._size
+
     @property
     def closed(self) -> bool:
         return self._fd < 0
@@ -384,6 +428,10 @@ class SharedMemory(Closing):
         instead."""
         fd = self.fileno()
         region.check_prot(prot)
+        _check_int(offset, "offset")
+        if length is not None:
+            _check_int(length, "length")
+        _check_populate(populate)
         if not prot & PROT_READ:
             raise ValueError(
                 f"cannot map {_sys.describe(self.name)} without PROT_READ: Python reads "
@@ -440,7 +488,7 @@ class SharedMemory(Closing):
             fd = os.dup(self.fileno())
         except OSError as exc:
             raise _sys.translate(exc, "duplicate the fd", self.name) from exc
-        return SharedMemory(fd, name=self.name, size=self._size, populate=self._populate)
+        return SharedMemory._new(fd, self.name, self._size, self._populate)
 
     def close(self) -> None:
         """Close the fd. Idempotent. Mappings made from this object stay valid."""
@@ -463,6 +511,16 @@ class SharedMemory(Closing):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"<ashmem.SharedMemory {self.name!r} size={self._size} {state}>"
+
+
+def _check_int(value: object, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+
+
+def _check_populate(populate: object) -> None:
+    if populate is not None and not isinstance(populate, bool):
+        raise TypeError(f"populate must be True, False or None, not {type(populate).__name__}")
 
 
 def _populate(mapping: Mapping) -> None:

@@ -93,22 +93,68 @@ def _fd_of(item: Item) -> tuple[int, int]:
     raise TypeError(f"cannot send {type(item).__name__}: expected SharedMemory, MemoryFile or int")
 
 
-def send(sock: socket.socket, items: Iterable[Item], data: bytes = b"") -> None:
-    """Send ``data`` and the descriptors of ``items`` as one message.
+_socket_family = _socket.socket.family.__get__
+_AF_UNIX = int(socket.AF_UNIX)
 
-    Items are borrowed: the sender keeps its objects and fds open. ``SharedMemory`` and
-    ``MemoryFile`` arrive as ``SharedMemory``; plain ints arrive as plain fds. The peer gets
-    the same open file, so a write-protected region stays write-protected there.
+
+def _check_socket(sock: object) -> None:
+    if not isinstance(sock, _socket.socket):
+        hint = " (wrap a raw fd with socket.socket(fileno=fd))" if isinstance(sock, int) else ""
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}{hint}")
+    if _socket_family(sock) != _AF_UNIX:
+        family = socket.AddressFamily(sock.family).name
+        raise ValueError(
+            f"descriptors can only cross an AF_UNIX socket, not {family}: "
+            "use socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) or an AF_UNIX "
+            "listener"
+        )
+
+
+def _items(items: object) -> Iterable[Item]:
+    if isinstance(items, (SharedMemory, MemoryFile, int)):
+        return (items,)
+    if isinstance(items, (bytes, bytearray, memoryview, str)):
+        raise TypeError(
+            f"items must be SharedMemory, MemoryFile or int descriptors (one, or an iterable "
+            f"of them), not {type(items).__name__}: fdpass.send(sock, items, data) takes the "
+            "payload third (socket.send_fds takes buffers second); send(sock, [], data) "
+            "sends data alone"
+        )
+    if not hasattr(items, "__iter__"):
+        raise TypeError(
+            f"items must be SharedMemory, MemoryFile or int descriptors (one, or an iterable "
+            f"of them), not {type(items).__name__}"
+        )
+    return items
+
+
+def send(
+    sock: socket.socket,
+    items: Item | Iterable[Item],
+    data: bytes | bytearray | memoryview = b"",
+) -> None:
+    """Send ``data`` and the descriptors of ``items`` as one message over an AF_UNIX socket.
+
+    ``items``: a ``SharedMemory``, ``MemoryFile`` or int descriptor, or an iterable of them;
+    anything else is a ``TypeError`` (bytes in particular: the payload is the third
+    argument). The order differs from ``socket.send_fds(sock, buffers, fds)`` on purpose:
+    the regions are what this call is for, and the payload is optional. Items are borrowed:
+    the sender keeps its objects and fds open. ``SharedMemory`` and ``MemoryFile`` arrive as
+    ``SharedMemory``; plain ints arrive as plain fds. The peer gets the same open file, so a
+    write-protected region stays write-protected there.
 
     Honors the socket's timeout. A timeout or error after part of a message went out
     leaves the connection out of step: close it.
     """
+    _check_socket(sock)
     fds: list[int] = []
     kinds = bytearray()
-    for item in items:
+    for item in _items(items):
         fd, kind = _fd_of(item)
         fds.append(fd)
         kinds.append(kind)
+    if isinstance(data, str):
+        raise TypeError("data must be bytes-like, not str; encode it first")
     payload = memoryview(data).cast("B")
     if len(payload) > _MAX_DATA:
         raise ValueError(f"data of {len(payload)} bytes is too large; put it in a region")
@@ -258,12 +304,13 @@ def _recv_frame(
 
 
 def recv(
-    sock: socket.socket, maxfds: int, *, maxdata: int | None = None
+    sock: socket.socket, maxfds: int = MAX_FDS_PER_FRAME, *, maxdata: int | None = None
 ) -> tuple[bytes, list[SharedMemory | int]]:
     """Receive one message sent by ``send``: ``(data, items)``.
 
     Regions arrive as ``SharedMemory`` objects, raw fds as ints; the caller owns both. At
-    most ``maxfds`` descriptors and (if given) ``maxdata`` payload bytes are accepted: a
+    most ``maxfds`` descriptors (default 253, one frame's worth) and (if given) ``maxdata``
+    payload bytes are accepted: a
     message with more raises ``MessageError`` as soon as that is known, and every
     descriptor it brought is closed. ``EOFError`` when the peer has closed the connection
     between messages.
@@ -272,6 +319,9 @@ def recv(
     timeout in the middle of a message raises ``MessageError``: part of it was consumed,
     so the connection is out of step and must be closed.
     """
+    _check_socket(sock)
+    if not isinstance(maxfds, int) or isinstance(maxfds, bool):
+        raise TypeError(f"maxfds must be an int, not {type(maxfds).__name__}")
     if maxfds < 0:
         raise ValueError(f"maxfds must be >= 0, got {maxfds}")
     if maxdata is not None and maxdata < 0:

@@ -33,6 +33,7 @@ import fcntl
 import mmap
 import os
 import stat
+import time
 
 from . import _sys
 from ._errors import ProtectionError
@@ -43,12 +44,14 @@ __all__ = [
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
+    "check_region",
     "contents_sealed_region",
     "create_region",
     "get_name_region",
     "get_prot_region",
     "get_size_region",
     "kernel_name",
+    "memory_limit",
     "populate_region",
     "region_size",
     "reserve_region",
@@ -99,13 +102,131 @@ def kernel_name(name: str | None) -> str:
     return _encode_name(name).decode("utf-8", "surrogateescape")
 
 
-def _check_size(size: object) -> int:
+def _format_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+# A cgroup limit this large means "no limit" (cgroup v1 prints PAGE_COUNTER_MAX pages).
+_NO_LIMIT = 1 << 62
+
+
+def _read_limit(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == b"max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value < _NO_LIMIT else None
+
+
+def _smallest_limit(base: str, path: str, name: str) -> int | None:
+    """The smallest ``name`` limit from cgroup ``path`` up to the root of ``base``."""
+    best: int | None = None
+    parts = [p for p in path.split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        limit = _read_limit(os.path.join(base, *parts[:depth], name))
+        if limit is not None and (best is None or limit < best):
+            best = limit
+    return best
+
+
+def _meminfo() -> tuple[int, int]:
+    """(MemTotal, SwapTotal) in bytes."""
+    total = swap = 0
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            if key == b"MemTotal":
+                total = int(rest.split()[0]) * 1024
+            elif key == b"SwapTotal":
+                swap = int(rest.split()[0]) * 1024
+    return total, swap
+
+
+def _compute_memory_limit() -> tuple[int, str]:
+    total, swap = _meminfo()
+    memory: int | None = None
+    with_swap: int | None = None
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            # cgroup v2: memory.max, plus memory.swap.max of swap on top of it
+            memory = _smallest_limit("/sys/fs/cgroup", path, "memory.max")
+            if memory is not None:
+                cg_swap = _smallest_limit("/sys/fs/cgroup", path, "memory.swap.max")
+                with_swap = memory + min(swap, swap if cg_swap is None else cg_swap)
+        elif "memory" in controllers.split(","):
+            # cgroup v1: memory.limit_in_bytes; memory.memsw.limit_in_bytes is memory + swap
+            base = "/sys/fs/cgroup/memory"
+            memory = _smallest_limit(base, path, "memory.limit_in_bytes")
+            if memory is not None:
+                memsw = _smallest_limit(base, path, "memory.memsw.limit_in_bytes")
+                with_swap = memory + swap if memsw is None else min(memsw, memory + swap)
+        if with_swap is not None:
+            break
+    machine = total + swap
+    if with_swap is not None and with_swap < machine:
+        return with_swap, "the memory cgroup's limit, swap included"
+    return machine, "RAM + swap"
+
+
+_limit_cache: tuple[float, int, str] = (-1.0, 0, "")
+_LIMIT_TTL = 1.0  # seconds: limits change rarely; re-read at most once a second
+
+
+def _memory_limit() -> tuple[int, str]:
+    global _limit_cache
+    now = time.monotonic()
+    stamp, limit, source = _limit_cache
+    if stamp < 0 or now - stamp > _LIMIT_TTL:
+        limit, source = _compute_memory_limit()
+        _limit_cache = (now, limit, source)
+    return limit, source
+
+
+def memory_limit() -> int:
+    """The most memory, in bytes, that any region created by this process could ever hold:
+    the memory cgroup's limit (swap included) where there is one, else the machine's RAM +
+    swap. ``create_region`` refuses larger sizes before anything is allocated, so that a typo
+    in a size can never bring in the OOM killer. Read from ``/proc`` and ``/sys/fs/cgroup``
+    (v1 or v2, the smallest limit on the way up to the root), at most once a second.
+
+    >>> memory_limit() > 0
+    True
+    """
+    return _memory_limit()[0]
+
+
+def _check_size(size: object, label: str | None = None) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
-        raise ValueError(f"region size must be an int, not {type(size).__name__}")
+        raise TypeError(f"region size must be an int (bytes), not {type(size).__name__}")
     if size <= 0:
         raise ValueError(f"region size must be > 0, got {size}")
     if size > _MAX_SIZE:
         raise ValueError(f"region size {size} is too large (at most {_MAX_SIZE} bytes)")
+    limit, source = _memory_limit()
+    if size > limit:
+        raise ValueError(
+            f"{_sys.describe(label)}: {_format_bytes(size)} ({size} bytes) asked, but this "
+            f"process can never have more than {_format_bytes(limit)} ({source}); "
+            "check the size"
+        )
     return size
 
 
@@ -123,8 +244,8 @@ def create_region(name: str | None, size: int) -> int:
     """
     global _memfd_flags
     raw = _encode_name(name)
-    size = _check_size(size)
     label = raw.decode("utf-8", "surrogateescape")
+    size = _check_size(size, label)
     try:
         fd = os.memfd_create(label, _memfd_flags)
     except OSError as exc:
@@ -148,17 +269,31 @@ def create_region(name: str | None, size: int) -> int:
     return fd
 
 
+#: ``reserve_region`` allocates this much per ``fallocate`` call, so that a signal handler
+#: (Ctrl-C) runs between chunks and a huge reservation can be stopped part-way.
+RESERVE_CHUNK = 64 << 20
+
+
 def reserve_region(fd: int, size: int | None = None) -> None:
     """Allocate every page of the region now, so that a memory cgroup (or a size-limited
     tmpfs) that cannot grant them fails here with ``OSError(ENOMEM/ENOSPC)`` instead of a
     later write stalling or dying in a page fault. ``size``: the region's size if the caller
-    knows it (saves an ``fstat``). Borrows ``fd``."""
+    knows it (saves an ``fstat``). Borrows ``fd``.
+
+    Allocates ``RESERVE_CHUNK`` bytes per call, so ``KeyboardInterrupt`` (or any exception
+    from a signal handler) stops it between chunks. Pages already allocated stay allocated
+    (the region's contents are never touched); ``SharedMemory.create`` closes the new region
+    on any failure, which frees them all."""
     if size is None:
         size = get_size_region(fd)
+    offset = 0
     try:
-        # fallocate(2) mode 0 on tmpfs; unlike a bare ctypes call it retries on EINTR,
-        # which a large reservation can get from any signal.
-        os.posix_fallocate(fd, 0, size)
+        while offset < size:
+            step = min(RESERVE_CHUNK, size - offset)
+            # fallocate(2) mode 0 on tmpfs; unlike a bare ctypes call it retries on EINTR
+            # after running Python signal handlers.
+            os.posix_fallocate(fd, offset, step)
+            offset += step
     except OSError as exc:
         raise _sys.translate(exc, f"reserve {size} bytes", _name_or_none(fd)) from exc
 
@@ -258,6 +393,31 @@ def region_size(fd: int) -> int | None:
     if not stat.S_ISREG(st.st_mode) or seals & _SIZE_SEALS != _SIZE_SEALS:
         return None
     return st.st_size
+
+
+def check_region(fd: int) -> int:
+    """The size of the region behind ``fd``, or an exception that says what ``fd`` is
+    instead: ``TypeError`` if it is not an int, ``OSError(EBADF)`` if it is not an open
+    descriptor, ``ValueError`` if it is open but not a region. Borrows ``fd``.
+
+    >>> check_region(-1)
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 9] fd -1 is not an open file descriptor
+    """
+    if not isinstance(fd, int) or isinstance(fd, bool):
+        raise TypeError(f"a file descriptor must be an int, not {type(fd).__name__}")
+    size = region_size(fd)
+    if size is not None:
+        return size
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except (OSError, OverflowError, ValueError):  # ValueError: a negative number
+        raise OSError(errno.EBADF, f"fd {fd} is not an open file descriptor") from None
+    raise ValueError(
+        f"fd {fd} is not an ashmem region (expected a memfd with F_SEAL_GROW and "
+        "F_SEAL_SHRINK, as created by create_region)"
+    )
 
 
 def valid(fd: int) -> bool:
