@@ -69,5 +69,5 @@ def test_layers_point_down() -> None:
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
         }
-        higher = set(order[index + 1 :]) | {"binder", "cli", "_ls", "_demo"}
+        higher = set(order[index + 1 :]) | {"binder", "cli", "_ls", "_demo", "logd"}
         assert not imported & higher, f"{module} imports {imported & higher}"
