@@ -67,6 +67,17 @@ def _listener(queue: Any, path: str) -> None:
     handler.close()
 
 
+def _stop_listener(listener: Any, queue: Any) -> None:
+    """Stop a listener process; never let its queue hang this process's exit."""
+    listener.terminate()
+    listener.join(30)
+    if listener.is_alive():  # stuck on a message a SIGKILLed producer cut in half
+        listener.kill()
+        listener.join(10)
+    queue.cancel_join_thread()
+    queue.close()
+
+
 def _time_calls(call: Callable[[int], None], n: int) -> float:
     t0 = time.perf_counter_ns()
     for i in range(n):
@@ -78,7 +89,9 @@ def producer_costs(n: int, rounds: int, tmp: str) -> dict[str, float]:
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
-    listener = ctx.Process(target=_listener, args=(queue, os.path.join(tmp, "queue.log")))
+    listener = ctx.Process(
+        target=_listener, args=(queue, os.path.join(tmp, "queue.log")), daemon=True
+    )
     listener.start()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
     null = _logger("bench.null", logging.NullHandler())
@@ -99,8 +112,7 @@ def producer_costs(n: int, rounds: int, tmp: str) -> dict[str, float]:
             samples[name].append(_time_calls(call, n))
             if name.startswith("ashmem"):
                 ashmem.logd.flush(timeout=60)  # the next round starts with an empty ring
-    listener.terminate()
-    listener.join(10)
+    _stop_listener(listener, queue)
     return {k: median(v) for k, v in samples.items()}
 
 
@@ -176,7 +188,7 @@ def loss(kind: str, n: int, tmp: str) -> tuple[int, int]:
     listener = None
     if queue is not None:
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
-        listener = ctx.Process(target=_listener, args=(queue, path))
+        listener = ctx.Process(target=_listener, args=(queue, path), daemon=True)
         listener.start()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
     worker = ctx.Process(target=_loss_worker, args=(kind, acks, queue, path))
@@ -190,8 +202,7 @@ def loss(kind: str, n: int, tmp: str) -> tuple[int, int]:
         return returned, -1  # counted by the caller after the collector drained
     if listener is not None:
         time.sleep(1.0)  # let the listener write what reached the queue
-        listener.terminate()
-        listener.join(10)
+        _stop_listener(listener, queue)
     with open(path) as f:
         got = sum(1 for line in f if line.startswith("msg "))
     return returned, max(0, returned - got)

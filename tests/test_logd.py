@@ -426,3 +426,31 @@ def test_embedded_mode_recovers_a_sigkilled_process_on_next_start(tmp_path: Any)
     third = ashmem.logd.start(d, embedded=True)
     third.stop()
     assert third.recovered == 0  # type: ignore[attr-defined]
+
+
+def test_tail_follow_prints_new_records_as_they_come(collector: ashmem.logd.Collector) -> None:
+    import select
+
+    log = ashmem.logd.get_logger("follow")
+    log.info("before")
+    ashmem.logd.flush(timeout=30)
+    tail = subprocess.Popen(
+        [*ASHMEM, "log", "tail", "-n", "1", "-f", collector.directory],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stdout is not None
+
+        def line() -> str:
+            ready, _, _ = select.select([tail.stdout], [], [], 30)
+            assert ready, "ashmem log tail -f printed nothing"
+            return tail.stdout.readline()  # type: ignore[union-attr]
+
+        assert line().rstrip().endswith("before")
+        log.info("after")
+        ashmem.logd.flush(timeout=30)
+        assert line().rstrip().endswith("after")
+    finally:
+        tail.kill()
+        tail.wait(10)
