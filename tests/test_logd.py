@@ -454,3 +454,18 @@ def test_tail_follow_prints_new_records_as_they_come(collector: ashmem.logd.Coll
     finally:
         tail.kill()
         tail.wait(10)
+
+
+def test_reregistering_on_the_same_collector_reads_each_record_once(
+    collector: ashmem.logd.Collector,
+) -> None:
+    log = ashmem.logd.get_logger("again")
+    for round_ in range(5):
+        for i in range(100):
+            log.info("r%d.%d", round_, i)
+        _client._readdress(collector.address)  # a new connection, the same ring
+    ashmem.logd.flush(timeout=30)
+    collector.stop()
+    mine = [e.record.message for e in ashmem.logd.read(collector.directory)
+            if e.record.logger == "again"]  # fmt: skip
+    assert mine == [f"r{r}.{i}" for r in range(5) for i in range(100)]

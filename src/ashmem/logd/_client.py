@@ -78,6 +78,7 @@ class _Client:
         self.address = _address()
         self.sock: socket.socket | None = None
         self.file_fd = -1
+        self.flush_id = 0
         self.shm: SharedMemory | None = None
         self.mm: Mapping | None = None
         self.producer: Producer | None = None
@@ -204,6 +205,8 @@ class _Client:
                     try:
                         self._flush_on(sock, head, deadline)
                         return
+                    except TimeoutError:
+                        pass  # the collector is slow, not gone: keep the connection
                     except (OSError, EOFError, ValueError):
                         with self.lock:
                             if self.sock is sock:
@@ -217,7 +220,10 @@ class _Client:
                 time.sleep(0.05)
 
     def _flush_on(self, sock: socket.socket, head: int, deadline: float | None) -> None:
-        fdpass.send(sock, [], json.dumps({"op": "flush", "head": head}).encode())
+        self.flush_id += 1
+        request_id = self.flush_id
+        request = {"op": "flush", "head": head, "id": request_id}
+        fdpass.send(sock, [], json.dumps(request).encode())
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -232,7 +238,9 @@ class _Client:
                 data, _items = fdpass.recv(sock, maxfds=0, maxdata=4096)
             except BlockingIOError:
                 continue
-            if json.loads(data).get("op") == "flushed":
+            answer = json.loads(data)
+            # Answers to earlier flushes that timed out may still arrive: skip them.
+            if answer.get("op") == "flushed" and answer.get("id") == request_id:
                 return
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ __all__ = ["CollectorServer", "Settings"]
 MAX_CLIENTS = 1024
 MAX_MAPPED = 4 << 30
 MAX_MESSAGE = 4096
+MAX_FLUSHES = 64  # flush requests one client may have waiting
 _BLOCK_BYTES = 8 << 20  # records per block, at most (before compression)
 _UCRED = struct.Struct("3i")
 
@@ -115,7 +116,7 @@ class _Conn:
     shm: SharedMemory | None = None
     mm: Mapping | None = None
     drain: Drain | None = None
-    flushes: list[int] = field(default_factory=list)
+    flushes: list[tuple[int, int]] = field(default_factory=list)  # (head, request id)
     records: int = 0
     gone: bool = False
 
@@ -160,6 +161,7 @@ class CollectorServer:
         self._segment_no = 0
         self._writer: SegmentWriter | None = None
         self._stop = threading.Event()
+        self._sel: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -188,7 +190,7 @@ class CollectorServer:
             self._wake_w.send(b"x")
 
     def serve(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel = selectors.DefaultSelector()
         self._listener.setblocking(False)
         sel.register(self._listener, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -221,9 +223,10 @@ class CollectorServer:
             while self._pass():
                 pass
         finally:
-            sel.close()
             for conn in list(self._conns.values()):
                 self._release(conn)
+            sel.close()
+            self._sel = None
             if self._writer is not None:
                 self._writer.close()
             self._wake_r.close()
@@ -280,8 +283,14 @@ class CollectorServer:
                 items.append(item)
             elif op == "wake" and not items:
                 return
-            elif op == "flush" and not items and isinstance(request.get("head"), int):
-                conn.flushes.append(request["head"])
+            elif (
+                op == "flush"
+                and not items
+                and isinstance(request.get("head"), int)
+                and isinstance(request.get("id", 0), int)
+                and len(conn.flushes) < MAX_FLUSHES
+            ):
+                conn.flushes.append((request["head"], request.get("id", 0)))
                 return
             elif op == "status" and not items and conn.drain is None:
                 fdpass.send(conn.sock, [], json.dumps(self.status()).encode())
@@ -315,6 +324,27 @@ class CollectorServer:
         drain.last_seq = self._persisted.get((conn.uid, conn.pid, drain.ring_id), 0)
         conn.shm, conn.mm, conn.drain = shm, mm, drain
         self._mapped += size
+        self._adopt(conn)
+
+    def _adopt(self, conn: _Conn) -> None:
+        """A ring registered again on a new connection while we still hold it from the old
+        one: keep the old reading position (one reader per ring, or records would be read
+        twice) and let the old connection go."""
+        assert conn.drain is not None
+        for other in list(self._conns.values()):
+            if (
+                other is not conn
+                and other.drain is not None
+                and (other.uid, other.pid, other.drain.ring_id)
+                == (conn.uid, conn.pid, conn.drain.ring_id)
+            ):
+                old = other.drain
+                old._mm = conn.mm  # same memory, the new connection's mapping
+                conn.drain = old
+                conn.records = other.records
+                other.drain = None
+                other.gone = True
+                self._release(other)
 
     def _register_file(self, conn: _Conn, fd: int) -> None:
         try:
@@ -328,6 +358,7 @@ class CollectorServer:
             raise
         drain.last_seq = self._persisted.get((conn.uid, conn.pid, drain.ring_id), 0)
         conn.mm, conn.drain = mm, drain  # type: ignore[assignment]
+        self._adopt(conn)
 
     def _goodbye(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         """The client went away (or misbehaved): stop listening, keep the ring until it is
@@ -340,7 +371,9 @@ class CollectorServer:
             self._release(conn)
 
     def _release(self, conn: _Conn) -> None:
-        self._conns.pop(id(conn), None)
+        if self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
         for fd, c in list(self._conns.items()):
             if c is conn:
                 del self._conns[fd]
@@ -418,7 +451,7 @@ class CollectorServer:
         for conn in self._conns.values():
             if not conn.flushes or conn.drain is None:
                 continue
-            done = [h for h in conn.flushes if h <= conn.drain.tail]
+            done = [f for f in conn.flushes if f[0] <= conn.drain.tail]
             if not done:
                 continue
             if not synced and self._writer is not None:
@@ -428,9 +461,11 @@ class CollectorServer:
                     _log(f"fsync failed: {exc}")
                     return
                 synced = True
-            conn.flushes = [h for h in conn.flushes if h > conn.drain.tail]
-            with contextlib.suppress(OSError):
-                fdpass.send(conn.sock, [], b'{"op": "flushed"}')
+            conn.flushes = [f for f in conn.flushes if f[0] > conn.drain.tail]
+            for _, request_id in done:
+                with contextlib.suppress(OSError):
+                    answer = {"op": "flushed", "id": request_id}
+                    fdpass.send(conn.sock, [], json.dumps(answer).encode())
 
     def _segment(self) -> SegmentWriter:
         if self._writer is None:
