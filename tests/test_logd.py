@@ -469,3 +469,35 @@ def test_reregistering_on_the_same_collector_reads_each_record_once(
     mine = [e.record.message for e in ashmem.logd.read(collector.directory)
             if e.record.logger == "again"]  # fmt: skip
     assert mine == [f"r{r}.{i}" for r in range(5) for i in range(100)]
+
+
+def test_rotate_daily_starts_a_new_segment_when_the_day_changes(tmp_path: Any) -> None:
+    d = str(tmp_path / "logs")
+    os.makedirs(d)
+    sock_path = str(tmp_path / "s.sock")
+    listener = _collector.bind_listener(sock_path)
+    settings = _collector.Settings(interval=0.005, rotate_daily=True, fsync="always")
+    server = _collector.CollectorServer(d, listener, settings)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    _client._readdress(sock_path)
+    try:
+        log = ashmem.logd.get_logger("daily")
+        log.info("today")
+        ashmem.logd.flush(timeout=30)
+        server._day = -1  # as if midnight (UTC) passed since the segment was opened
+        log.info("tomorrow")  # written into the old segment, which then rotates
+        ashmem.logd.flush(timeout=30)
+        log.info("day after")
+        ashmem.logd.flush(timeout=30)
+    finally:
+        server.stop()
+        thread.join(30)
+        listener.close()
+        _client._reset_for_address_change()
+    per_file = [
+        [e.record.message for b in _segment.read_segment(p) if isinstance(b, _segment.Block)
+         for e in b.entries if e.record.logger == "daily"]
+        for p in _segment.segment_paths(d)
+    ]  # fmt: skip
+    assert per_file == [["today", "tomorrow"], ["day after"]]
