@@ -113,8 +113,9 @@ class Collector:
             )
         self._previous = os.environ.get(ENV)
         os.environ[ENV] = self.address
-        from ._client import _readdress
+        from ._client import _publish, _readdress
 
+        _publish(self.address)
         _readdress(self.address)
 
     @property
@@ -142,6 +143,9 @@ class Collector:
                 del os.environ[ENV]
             else:
                 os.environ[ENV] = self._previous
+            from ._client import _publish
+
+            _publish(self._previous)
         import shutil
 
         shutil.rmtree(self._private, ignore_errors=True)
@@ -200,6 +204,7 @@ class EmbeddedCollector(Collector):
         os.environ[ENV] = self.address
         if _client._client is None:
             _client._ring_file = ring_path
+        _client._publish(self.address)
         _client._readdress(self.address)
 
     @property
@@ -219,6 +224,9 @@ class EmbeddedCollector(Collector):
                 del os.environ[ENV]
             else:
                 os.environ[ENV] = self._previous
+            from ._client import _publish
+
+            _publish(self._previous)
         import shutil
 
         shutil.rmtree(self._private, ignore_errors=True)

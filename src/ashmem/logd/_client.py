@@ -50,6 +50,17 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 
 
 def _address() -> str:
+    # A multiprocessing child gets its parent's address through the process object, which
+    # spawn and forkserver pickle into it (``_config`` travels with it): a forkserver
+    # started before ``start()`` would otherwise hand its children a stale environment.
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None:
+        try:
+            path = mp.current_process()._config.get(ENV)
+        except Exception:
+            path = None
+        if isinstance(path, str) and path:
+            return path
     path = os.environ.get(ENV)
     if path:
         return path
@@ -298,6 +309,17 @@ def _reset_for_address_change() -> None:
         if _client is not None:
             _client.close()
         _client = None
+
+
+def _publish(address: str | None) -> None:
+    """Tell this process's future children (every start method) where the collector is."""
+    import multiprocessing
+
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    if address is None:
+        config.pop(ENV, None)
+    else:
+        config[ENV] = address
 
 
 def _readdress(address: str) -> None:
