@@ -33,7 +33,12 @@ class KeyFileError(Error, ValueError):
 
 
 class CollectorError(Error, ConnectionError):
-    """No log collector answers at the address given (``ASHMEM_LOGD`` or ``--socket``)."""
+    """No log collector answers at the address given (``ASHMEM_LOGD`` or ``--socket``), or
+    one could not be started.
+
+    >>> issubclass(CollectorError, ConnectionError)
+    True
+    """
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -210,7 +210,8 @@ class SegmentWriter:
 
 @dataclass(frozen=True)
 class Entry:
-    """One log record as read back: the ring's fields plus the kernel's pid and uid."""
+    """One log record as read back: the ring's fields plus the kernel's pid and uid.
+    ``to_json()`` gives the ``--json`` object; see the example of ``ashmem.logd``."""
 
     record: Record
     pid: int
@@ -248,7 +249,11 @@ class Entry:
 @dataclass(frozen=True)
 class Cursor:
     """Where to resume reading a directory: the segment's file name and a byte offset in it
-    (always the end of a whole block)."""
+    (always the end of a whole block).
+
+    >>> Cursor("seg-20261202T000000-1-000000.alog", 72).offset
+    72
+    """
 
     segment: str
     offset: int
