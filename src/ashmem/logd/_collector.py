@@ -439,6 +439,7 @@ class CollectorServer:
                 conn.records += count
                 self.records += count
         self._answer_flushes()
+        self._sample_rate()
         for conn in list(self._conns.values()):
             if conn.gone and (conn.drain is None or conn.drain.published() <= conn.drain.tail):
                 self._release(conn)
@@ -520,10 +521,16 @@ class CollectorServer:
 
     # -- status ----------------------------------------------------------------------
 
+    def _sample_rate(self) -> None:
+        """Keep (time, records) samples of the last 10 s, one a second, for records/s."""
+        now = time.monotonic()
+        if not self._rate or now - self._rate[-1][0] >= 1.0:
+            self._rate = [(t, n) for t, n in self._rate if now - t <= 10.0]
+            self._rate.append((now, self.records))
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        self._rate = [(t, n) for t, n in self._rate if now - t <= 10.0]
-        self._rate.append((now, self.records))
+        self._sample_rate()
         t0, n0 = self._rate[0]
         rate = (self.records - n0) / (now - t0) if now > t0 else 0.0
         clients = []
