@@ -40,6 +40,7 @@ def test_error_tree() -> None:
         ashmem.ProtectionError("region 'x' is write-protected", "x"),
         ashmem.BusyError("busy", "x"),
         ashmem.MessageError("bad frame"),
+        ashmem.PurgedError("region 'x' was purged", "x"),
     ],
 )
 def test_errors_pickle_with_their_fields(error: Exception) -> None:
@@ -56,7 +57,16 @@ def test_layers_point_down() -> None:
     import pathlib
 
     src = pathlib.Path(ashmem.__file__).parent
-    order = ["_errors", "_sys", "region", "_shared_memory", "_memory_file", "fdpass"]
+    order = [
+        "_errors",
+        "_sys",
+        "_purged",
+        "_pins",
+        "region",
+        "_shared_memory",
+        "_memory_file",
+        "fdpass",
+    ]
     for index, module in enumerate(order):
         tree = ast.parse((src / f"{module}.py").read_text())
         imported = {
@@ -69,5 +79,7 @@ def test_layers_point_down() -> None:
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
         }
-        higher = set(order[index + 1 :]) | {"binder", "cli", "_ls", "_demo", "logd"}
+        higher = set(order[index + 1 :]) | {
+            "binder", "cli", "compat", "_ls", "_demo", "purge", "logd"
+        }  # fmt: skip
         assert not imported & higher, f"{module} imports {imported & higher}"

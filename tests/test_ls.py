@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import select
 import shutil
 import signal
@@ -360,6 +361,13 @@ class Scene:
         return mine
 
 
+def _prot_cells(line: str) -> list[str]:
+    """The PROT and ASHMEM cells of a table line (size cells have a space in them)."""
+    found = re.search(r"\s(rw|ro|-)\s+(yes|no|-)\s", line)
+    assert found is not None, line
+    return list(found.groups())
+
+
 JSON_KEYS = [
     "pid",
     "process",
@@ -374,6 +382,9 @@ JSON_KEYS = [
     "mappers",
     "read_only",
     "ashmem",
+    "pinned_bytes",
+    "unpinned_bytes",
+    "purged_bytes",
 ]
 
 
@@ -437,9 +448,9 @@ def test_table_lists_the_regions(procs: Procs) -> None:
     assert held_cells[:3] == [str(scene.holder_pid), "ls-holder", str(scene.fds[held])]
     assert f"  {sys.executable[:20]}" in by_name[held]  # PROCESS: the command line
     assert "64.0 KiB" in by_name[held]
-    assert held_cells[-3:-1] == ["rw", "yes"]
-    assert table_cells(by_name[scene.name("readonly")])[-3:-1] == ["ro", "yes"]
-    assert table_cells(by_name[scene.name("plain")])[-3:-1] == ["rw", "no"]
+    assert _prot_cells(by_name[held]) == ["rw", "yes"]
+    assert _prot_cells(by_name[scene.name("readonly")]) == ["ro", "yes"]
+    assert _prot_cells(by_name[scene.name("plain")]) == ["rw", "no"]
     assert table_cells(by_name[mapped_only])[2] == "-"  # fd: held only as a mapping
 
 
@@ -567,6 +578,9 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
             mappers=0,
             read_only=True,
             ashmem=True,
+            pinned_bytes=(1 << 20) - 8192,
+            unpinned_bytes=8192,
+            purged_bytes=4096,
         ),
     ]
     lines = _ls.format_table(rows).split("\n")
@@ -587,6 +601,12 @@ def test_table_escapes_names_and_aligns_unknowns() -> None:
         "0",
         "ro",
         "yes",
+        "1016.0",
+        "KiB",
+        "8.0",
+        "KiB",
+        "4.0",
+        "KiB",
         "frames",
     ]
     starts = {line.index(name) for line, name in zip(lines, ["NAME", "two", "frames"], strict=True)}

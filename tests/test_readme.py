@@ -15,6 +15,7 @@ The kinds of block, by their fence's info string:
 - ``sh``: commands for the reader's own shell (make, pip, source). Not run here (``make
   test`` would run itself); every ``make`` target they name must exist in the Makefile.
 - ``text``: drawings (the error tree), not code. Their names are checked against the code.
+- ``diff``: a change to the reader's own code (the compat drop-in): both sides run as Python.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def blocks() -> list[Block]:
 
 def test_every_block_has_a_known_kind() -> None:
     kinds = {block.kind for block in blocks()}
-    assert kinds <= {"pycon", "python", "console", "sh", "text"}, kinds
+    assert kinds <= {"pycon", "python", "console", "sh", "text", "diff"}, kinds
 
 
 def env() -> dict[str, str]:
@@ -109,6 +110,17 @@ def test_python_block(block: Block, scratch: Path) -> None:
         capture_output=True, text=True, timeout=TIMEOUT, check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"README.md line {block.line}:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("block", [b for b in blocks() if b.kind == "diff"], ids=_id)
+def test_diff_block_both_sides_run(block: Block, scratch: Path) -> None:
+    for sign in "-+":
+        side = "\n".join(x[1:] for x in block.text.splitlines() if x.startswith(sign))
+        result = subprocess.run(
+            [sys.executable, "-c", side], cwd=scratch, env=env(),
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, f"README.md line {block.line} ({sign}):\n{result.stderr}"
 
 
 def _read_lines(proc: subprocess.Popen[str], count: int, deadline: float) -> list[str]:

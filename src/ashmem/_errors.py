@@ -10,6 +10,9 @@
      │    │                                    operation needs write access; errno is EPERM
      │    ├── BusyError(Error, BufferError)    a mapping cannot be unmapped while memoryviews
      │    │                                    or numpy arrays still point into it
+     │    ├── PurgedError(Error)               purgeable data was discarded under memory
+     │    │                                    pressure while unpinned (MemoryFile with
+     │    │                                    purging allowed); regenerate it
      │    ├── MessageError(Error, ValueError)  a peer sent a malformed message: bad header,
      │    │                                    truncated, fds missing, cut (MSG_CTRUNC) or
      │    │                                    more than allowed; every fd it carried is closed
@@ -75,6 +78,26 @@ def _rebuild_protection_error(message: str, region: str | None) -> ProtectionErr
 
 class BusyError(Error, BufferError):
     """A mapping cannot be closed while buffers exported from it are alive."""
+
+    def __init__(self, message: str, region: str | None = None) -> None:
+        super().__init__(message, region)
+        self.region = region
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PurgedError(Error):
+    """The data was purged while unpinned: the memory went back to the system and the range
+    now reads as zeros. Raised by ``MemoryFile`` access while purging is allowed; the range
+    is pinned again when this is raised, so write the data anew.
+
+    ``region`` names the region.
+
+    >>> import ashmem
+    >>> issubclass(ashmem.PurgedError, ashmem.Error)
+    True
+    """
 
     def __init__(self, message: str, region: str | None = None) -> None:
         super().__init__(message, region)

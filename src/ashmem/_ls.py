@@ -53,7 +53,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import region
+from . import _pins, region
 
 __all__ = ["RegionInfo", "format_size", "format_table", "list_regions", "main"]
 
@@ -113,6 +113,13 @@ class RegionInfo:
     #: True if the region's size is sealed, i.e. it is an ashmem region proper; False for any
     #: other memfd; None if unknown.
     ashmem: bool | None
+    #: Bytes (page-rounded) that some process pins (``ashmem.region.pin_region``; a new region
+    #: is pinned by its creator); None if unknown.
+    pinned_bytes: int | None = None
+    #: Bytes that no process pins: purgeable once the process that unpinned them purges.
+    unpinned_bytes: int | None = None
+    #: Bytes purged while unpinned and not pinned again since (they read as zeros).
+    purged_bytes: int | None = None
 
     def to_json(self) -> dict[str, object]:
         """This row as a JSON-ready dict: the field names above as keys, in that order."""
@@ -129,6 +136,8 @@ class _Probe:
     resident_bytes: int
     read_only: bool | None
     ashmem: bool | None
+    pinned_bytes: int | None = None
+    purged_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +269,8 @@ def _probe_fd(path_fd: int) -> _Probe | None:
         return None
     read_only: bool | None = None
     ashmem: bool | None = None
+    pinned: int | None = None
+    purged: int | None = None
     try:
         # Seals can only be read through a real open; reopen our own O_PATH descriptor,
         # read-only (always allowed on a memfd, even a write-sealed one).
@@ -272,6 +283,12 @@ def _probe_fd(path_fd: int) -> _Probe | None:
             read_only = not region.get_prot_region(fd) & region.PROT_WRITE
         except (OSError, ValueError):
             read_only = None  # no seals to read (not a shmem or hugetlbfs file after all)
+        try:
+            # Our fresh description holds no locks, so it sees every process's pins.
+            pinned = _pins.pinned_bytes(fd, st.st_size)
+            purged = _pins.purged_bytes(fd, st.st_size)
+        except OSError:
+            pinned = purged = None
         finally:
             os.close(fd)
     return _Probe(
@@ -283,6 +300,8 @@ def _probe_fd(path_fd: int) -> _Probe | None:
         resident_bytes=st.st_blocks * 512,
         read_only=read_only,
         ashmem=ashmem,
+        pinned_bytes=pinned,
+        purged_bytes=purged,
     )
 
 
@@ -380,6 +399,10 @@ def _row(
     mappers: dict[_Key, set[int]],
 ) -> RegionInfo:
     dev, inode = key
+    pinned = probe.pinned_bytes if probe is not None else None
+    unpinned = None
+    if pinned is not None and probe is not None:
+        unpinned = -(-probe.size // _pins.PAGE) * _pins.PAGE - pinned
     return RegionInfo(
         pid=process.pid,
         process=process.name,
@@ -394,10 +417,10 @@ def _row(
         mappers=len(mappers.get(key, ())),
         read_only=probe.read_only if probe is not None else None,
         ashmem=probe.ashmem if probe is not None else None,
+        pinned_bytes=pinned,
+        unpinned_bytes=unpinned,
+        purged_bytes=probe.purged_bytes if probe is not None else None,
     )
-
-
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def format_size(size: int | None) -> str:
@@ -406,15 +429,7 @@ def format_size(size: int | None) -> str:
     >>> format_size(4096), format_size(1536 * 1024), format_size(100), format_size(None)
     ('4.0 KiB', '1.5 MiB', '100 B', '-')
     """
-    if size is None:
-        return "-"
-    if size < 1024:
-        return f"{size} B"
-    value, units = float(size), 0
-    while value >= 1024 and units < len(_UNITS):
-        value /= 1024
-        units += 1
-    return f"{value:.1f} {_UNITS[units - 1]}"
+    return "-" if size is None else region.format_bytes(size)
 
 
 def _printable(text: str) -> str:
@@ -434,8 +449,11 @@ def _flag(value: bool | None, true: str, false: str) -> str:
     return "-" if value is None else true if value else false
 
 
-_HEADER = ("PID", "PROCESS", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS", "PROT", "ASHMEM")
-_RIGHT = {"PID", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS"}
+_HEADER = (
+    "PID", "PROCESS", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS", "PROT", "ASHMEM",
+    "PINNED", "UNPINNED", "PURGED",
+)  # fmt: skip
+_RIGHT = {"PID", "FD", "SIZE", "RESIDENT", "MAPPED", "MAPPERS", "PINNED", "UNPINNED", "PURGED"}
 
 
 #: ``PROCESS`` shows this many characters of a command line unless ``--wide``.
@@ -455,7 +473,7 @@ def format_table(rows: Iterable[RegionInfo], *, wide: bool = False) -> str:
     ``PROCESS`` is the command line, cut to ``COMMAND_WIDTH`` characters unless ``wide``.
 
     >>> print(format_table([]))
-    PID  PROCESS  FD  SIZE  RESIDENT  MAPPED  MAPPERS  PROT  ASHMEM  NAME
+    PID  PROCESS  FD  SIZE  RESIDENT  MAPPED  MAPPERS  PROT  ASHMEM  PINNED  UNPINNED  PURGED  NAME
     """
     cells = [list(_HEADER)]
     names = ["NAME"]
@@ -471,6 +489,9 @@ def format_table(rows: Iterable[RegionInfo], *, wide: bool = False) -> str:
                 str(row.mappers),
                 _flag(row.read_only, "ro", "rw"),
                 _flag(row.ashmem, "yes", "no"),
+                format_size(row.pinned_bytes),
+                format_size(row.unpinned_bytes),
+                format_size(row.purged_bytes),
             ]
         )
         names.append(_printable(row.name))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from . import _sys
 from ._closing import Closing
-from ._errors import ClosedError
+from ._errors import ClosedError, PurgedError
 from ._shared_memory import Mapping, SharedMemory
 
 __all__ = ["MemoryFile"]
@@ -58,6 +59,7 @@ class MemoryFile(Closing):
     _shm: SharedMemory | None = None
     _mapping: Mapping | None = None
     _name: str | None = None
+    _purging: bool = False
 
     def __init__(self, name: str | None, length: int) -> None:
         shm = SharedMemory.create(name, length)
@@ -116,7 +118,7 @@ class MemoryFile(Closing):
         (nothing copied)."""
         mapping = self._live()
         src_offset, dest_offset, count = _check_copy(src_offset, dest_offset, count)
-        with _byte_view(buffer, writable=True) as dest:
+        with self._access(), _byte_view(buffer, writable=True) as dest:
             self._check_range(src_offset, count, len(mapping), "file")
             self._check_range(dest_offset, count, len(dest), "buffer")
             with memoryview(mapping) as whole:
@@ -128,10 +130,59 @@ class MemoryFile(Closing):
         ``dest_offset``. ``IndexError`` if either range is out of bounds (nothing written)."""
         mapping = self._live()
         src_offset, dest_offset, count = _check_copy(src_offset, dest_offset, count)
-        with _byte_view(buffer, writable=False) as src:
+        with self._access(), _byte_view(buffer, writable=False) as src:
             self._check_range(src_offset, count, len(src), "buffer")
             self._check_range(dest_offset, count, len(mapping), "file")
             mapping[dest_offset : dest_offset + count] = src[src_offset : src_offset + count]
+
+    # -- purgeable memory -----------------------------------------------------------------
+
+    def allow_purging(self, allow: bool) -> bool:
+        """Let the system purge the whole file under memory pressure while nobody accesses it
+        (``True``: unpin it), or not (``False``: pin it). Returns the previous setting.
+
+        While purging is allowed, ``read_bytes``, ``write_bytes`` and stream reads and writes
+        pin the file first and unpin it after; if it was purged in between they raise
+        ``ashmem.PurgedError`` and leave it pinned (write the data anew, then call
+        ``allow_purging(True)`` again), as Android's ``MemoryFile`` does since O.
+
+        >>> import ashmem
+        >>> with ashmem.MemoryFile("thumbs", 4096) as f:
+        ...     f.allow_purging(True), f.is_purging_allowed()
+        (False, True)
+        """
+        if not isinstance(allow, bool):
+            raise TypeError(f"allow must be a bool, not {type(allow).__name__}")
+        shm = self.shared_memory
+        previous = self._purging
+        if allow and not previous:
+            shm.unpin()
+        elif previous and not allow:
+            shm.pin()
+        self._purging = allow
+        return previous
+
+    def is_purging_allowed(self) -> bool:
+        """True while ``allow_purging(True)`` is in effect."""
+        return self._purging
+
+    @contextlib.contextmanager
+    def _access(self) -> Iterator[None]:
+        if not self._purging:
+            yield
+            return
+        shm = self.shared_memory
+        if shm.pin():  # it stays pinned; the next access unpins it again after
+            raise PurgedError(
+                f"MemoryFile {self._name!r} was purged under memory pressure while purging "
+                "was allowed; its bytes are now zeros. Write them anew, then allow purging "
+                "again",
+                self._name,
+            )
+        try:
+            yield
+        finally:
+            shm.unpin()
 
     def open(self, mode: str = "rb") -> _RegionStream:
         """A binary stream over the file: ``'rb'``, ``'wb'`` (does not truncate: the size is
@@ -214,7 +265,7 @@ class _RegionStream(io.RawIOBase):
         mapping = self._mapping()
         if not self._readable:
             raise io.UnsupportedOperation("stream was not opened for reading")
-        with _byte_view(buffer, writable=True) as dest:
+        with self._file._access(), _byte_view(buffer, writable=True) as dest:
             start = min(self._pos, len(mapping))
             count = min(len(dest), len(mapping) - start)
             with memoryview(mapping) as whole:
@@ -226,7 +277,7 @@ class _RegionStream(io.RawIOBase):
         mapping = self._mapping()
         if not self._writable:
             raise io.UnsupportedOperation("stream was not opened for writing")
-        with _byte_view(data, writable=False) as src:
+        with self._file._access(), _byte_view(data, writable=False) as src:
             end = self._pos + len(src)
             if end > len(mapping):
                 raise OSError(

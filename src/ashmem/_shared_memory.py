@@ -19,7 +19,7 @@ import io
 import mmap
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _sys, region
@@ -405,6 +405,53 @@ class SharedMemory(Closing):
             raise
         return True
 
+    # -- purgeable memory -----------------------------------------------------------------
+
+    def pin(self, offset: int = 0, length: int = 0) -> bool:
+        """Pin ``[offset, offset + length)`` (``length`` 0: to the end) for this process so it
+        cannot be purged; True if it *was* purged while unpinned (those pages now read as
+        zeros: regenerate them). Page-aligned ranges only (``ValueError``). A new region is
+        pinned by its creator; pins are not counted, and end at ``close()`` or process exit.
+        See ``ashmem.region.pin_region`` and ``ashmem.purge``.
+
+        >>> import ashmem
+        >>> with ashmem.SharedMemory.create("cache", 4096) as shm:
+        ...     shm.unpin(); shm.is_pinned()
+        ...     shm.pin()
+        False
+        False
+        """
+        return region.pin_region(self.fileno(), offset, length) == region.WAS_PURGED
+
+    def unpin(self, offset: int = 0, length: int = 0) -> None:
+        """Unpin the range for this process: once no process pins it, it may be purged under
+        memory pressure (least recently unpinned first). ``ProtectionError`` on a
+        write-protected region, which can never be purged."""
+        region.unpin_region(self.fileno(), offset, length)
+
+    def is_pinned(self, offset: int = 0, length: int = 0) -> bool:
+        """True if every page of the range is pinned by some process."""
+        return region.get_pin_status(self.fileno(), offset, length) == region.IS_PINNED
+
+    @contextlib.contextmanager
+    def pinned(self, offset: int = 0, length: int = 0) -> Iterator[bool]:
+        """``with shm.pinned(offset, length) as was_purged:`` pins the range for the block
+        and unpins it on the way out; ``was_purged`` says whether to regenerate it.
+
+        >>> import ashmem
+        >>> with ashmem.SharedMemory.create("cache", 4096) as shm:
+        ...     with shm.pinned() as was_purged:
+        ...         was_purged
+        ...     shm.is_pinned()
+        False
+        False
+        """
+        was_purged = self.pin(offset, length)
+        try:
+            yield was_purged
+        finally:
+            self.unpin(offset, length)
+
     # -- mapping --------------------------------------------------------------------------
 
     def map(
@@ -496,6 +543,7 @@ class SharedMemory(Closing):
             self.name  # noqa: B018 - resolve the debug name while the fd still exists
         fd, self._fd = self._fd, -1
         if fd >= 0:
+            region.release_pins(fd)  # this process's pins end with its last fd
             os.close(fd)
 
     def __del__(self) -> None:

@@ -2,14 +2,18 @@
 ashmem errors.
 
 Everything the standard library wraps (``os.memfd_create``, ``fcntl``, ``mmap``,
-``os.posix_fallocate``) is used as is; ctypes fills the gap: ``pidfd_getfd``.
+``os.posix_fallocate``) is used as is; ctypes fills the gap: ``pidfd_getfd`` and
+``fallocate(FALLOC_FL_PUNCH_HOLE)``. Open-file-description (OFD) byte-range locks, which the
+purgeable-memory layer uses as pins, are packed here too (``struct flock`` by hand).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import struct
 import sys
 
 from ._errors import ProtectionError, UnsupportedPlatformError
@@ -62,6 +66,68 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return fd
+
+
+# -- purgeable memory: OFD locks and hole punching ---------------------------------------------
+
+# fcntl(2) open-file-description locks (Linux 3.15): owned by the open file description, not
+# by the process, so two descriptions of one file opened by the same process conflict.
+F_OFD_GETLK = 36
+F_OFD_SETLK = 37
+F_OFD_SETLKW = 38
+F_RDLCK = fcntl.F_RDLCK
+F_WRLCK = fcntl.F_WRLCK
+F_UNLCK = fcntl.F_UNLCK
+# struct flock { short l_type, l_whence; off_t l_start, l_len; pid_t l_pid; } with native
+# alignment: 32 bytes on every 64-bit Linux ABI. l_pid must be 0 for the OFD commands.
+_FLOCK = struct.Struct("hhqqi4x")
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def ofd_lock(fd: int, lock_type: int, start: int, length: int, *, wait: bool) -> bool:
+    """Set (``F_RDLCK``/``F_WRLCK``) or clear (``F_UNLCK``) an OFD lock on bytes
+    ``[start, start + length)`` of the description behind ``fd`` (``length`` 0: to the end of
+    all offsets). With ``wait`` it blocks until granted (``F_OFD_SETLKW``; signals are retried
+    by Python); without, returns False when another description holds a conflicting lock.
+    Borrows ``fd``. Raises the raw ``OSError`` for anything else (the caller translates)."""
+    packed = _FLOCK.pack(lock_type, os.SEEK_SET, start, length, 0)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLKW if wait else F_OFD_SETLK, packed)
+    except OSError as exc:
+        if not wait and exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def ofd_conflict(fd: int, start: int, length: int) -> tuple[int, int] | None:
+    """The ``(start, end)`` of one lock, held by *another* description, that overlaps
+    ``[start, start + length)``, or None if there is none (``F_OFD_GETLK`` asking for a write
+    lock, which every other lock conflicts with; ``end`` is -1 for "to the end of all
+    offsets"). Works on a read-only description. Borrows ``fd``."""
+    packed = _FLOCK.pack(F_WRLCK, os.SEEK_SET, start, length, 0)
+    lock_type, _, got_start, got_length, _ = _FLOCK.unpack(fcntl.fcntl(fd, F_OFD_GETLK, packed))
+    if lock_type == F_UNLCK:
+        return None
+    return got_start, (-1 if got_length == 0 else got_start + got_length)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``: free the pages of ``[offset, offset + length)``
+    (they read back as zeros; every mapping of them is zapped). Needs a description opened
+    for writing; ``EPERM`` on a write-sealed region. Borrows ``fd``."""
+    while True:
+        result = _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+        if result == 0:
+            return
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
 
 
 def describe(region: str | None) -> str:

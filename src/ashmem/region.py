@@ -35,28 +35,38 @@ import os
 import stat
 import time
 
-from . import _sys
+from . import _pins, _sys
 from ._errors import ProtectionError
 
 __all__ = [
+    "IS_PINNED",
+    "IS_UNPINNED",
     "NAME_MAX",
+    "NOT_PURGED",
     "PROT_EXEC",
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
+    "WAS_PURGED",
     "check_region",
     "contents_sealed_region",
     "create_region",
+    "format_bytes",
     "get_name_region",
+    "get_pin_status",
     "get_prot_region",
     "get_size_region",
     "kernel_name",
     "memory_limit",
+    "pin_region",
     "populate_region",
+    "purge_all_caches",
     "region_size",
+    "release_pins",
     "reserve_region",
     "seal_contents_region",
     "set_prot_region",
+    "unpin_region",
     "valid",
 ]
 
@@ -102,7 +112,12 @@ def kernel_name(name: str | None) -> str:
     return _encode_name(name).decode("utf-8", "surrogateescape")
 
 
-def _format_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``4.0 KiB``, ``1.5 GiB``.
+
+    >>> format_bytes(1536 * 1024)
+    '1.5 MiB'
+    """
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if value < 1024 or unit == "PiB":
@@ -223,8 +238,8 @@ def _check_size(size: object, label: str | None = None) -> int:
     limit, source = _memory_limit()
     if size > limit:
         raise ValueError(
-            f"{_sys.describe(label)}: {_format_bytes(size)} ({size} bytes) asked, but this "
-            f"process can never have more than {_format_bytes(limit)} ({source}); "
+            f"{_sys.describe(label)}: {format_bytes(size)} ({size} bytes) asked, but this "
+            f"process can never have more than {format_bytes(limit)} ({source}); "
             "check the size"
         )
     return size
@@ -260,6 +275,8 @@ def create_region(name: str | None, size: int) -> int:
     try:
         os.ftruncate(fd, size)
         fcntl.fcntl(fd, _sys.F_ADD_SEALS, _SIZE_SEALS)
+        # The creator's pin (see ashmem._pins): a read lock on this new description.
+        _sys.ofd_lock(fd, _sys.F_RDLCK, 0, -(-size // _pins.PAGE) * _pins.PAGE, wait=False)
     except OSError as exc:
         os.close(fd)
         raise _sys.translate(exc, f"size to {size} bytes", label) from exc
@@ -493,3 +510,78 @@ def set_prot_region(fd: int, prot: int) -> None:
                 "region and share it only after set_protect",
             ) from exc
         raise _sys.translate(exc, "write-protect", name) from exc
+
+
+# -- purgeable memory (ASHMEM_PIN, ASHMEM_UNPIN, ASHMEM_GET_PIN_STATUS, PURGE_ALL_CACHES) -----
+# How pins, purges and their races work is in ashmem._pins.
+
+#: ``pin_region`` result: no page of the range was purged.
+NOT_PURGED: int = _pins.NOT_PURGED
+#: ``pin_region`` result: some page was purged while unpinned; the range now reads as zeros.
+WAS_PURGED: int = _pins.WAS_PURGED
+#: ``get_pin_status`` result: every page of the range is pinned by some process.
+IS_PINNED: int = _pins.IS_PINNED
+#: ``get_pin_status`` result: some page of the range is pinned by no process.
+IS_UNPINNED: int = _pins.IS_UNPINNED
+
+
+def pin_region(fd: int, offset: int = 0, length: int = 0) -> int:
+    """Pin ``[offset, offset + length)`` (``length`` 0: to the end) for this process, so no
+    purge can discard it, and say whether it was discarded while unpinned: ``WAS_PURGED``
+    (the purged pages read as zeros) or ``NOT_PURGED``.
+
+    Pins belong to this process and are not counted (one ``unpin_region`` undoes any number
+    of pins); they end when the process exits or the region is closed. A new region starts
+    pinned by its creator. Offsets and lengths must be page-aligned and inside the
+    page-rounded size (``ValueError``). Borrows ``fd``.
+
+    >>> fd = create_region("cache", 8192)
+    >>> unpin_region(fd, 4096, 4096)
+    >>> purge_all_caches()
+    4096
+    >>> pin_region(fd, 4096) == WAS_PURGED, pin_region(fd, 4096) == WAS_PURGED
+    (True, False)
+    >>> release_pins(fd); import os; os.close(fd)
+    """
+    return _pins.pin(fd, offset, length)
+
+
+def unpin_region(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Unpin ``[offset, offset + length)`` for this process: once no process pins it, it may
+    be purged (by this process's purger: ``purge_all_caches`` or ``ashmem.purge``).
+
+    Raises ``ProtectionError`` on a write-protected region: its pages can never be punched,
+    so it stays pinned. Same range rules as ``pin_region``. Borrows ``fd``."""
+    _pins.unpin(fd, offset, length)
+
+
+def get_pin_status(fd: int, offset: int = 0, length: int = 0) -> int:
+    """``IS_UNPINNED`` if any page of the range is pinned by no process (in the whole
+    system), else ``IS_PINNED``. Borrows ``fd``.
+
+    >>> fd = create_region("status", 4096)
+    >>> get_pin_status(fd) == IS_PINNED
+    True
+    >>> unpin_region(fd); get_pin_status(fd) == IS_UNPINNED
+    True
+    >>> release_pins(fd); import os; os.close(fd)
+    """
+    return _pins.get_pin_status(fd, offset, length)
+
+
+def purge_all_caches() -> int:
+    """Purge every range this process unpinned that no process pins, least recently unpinned
+    first; returns the bytes purged. Their memory goes back to the system.
+
+    A process can only punch regions it holds, so this purges this process's unpinned ranges
+    only; under system-wide pressure every process's ``ashmem.purge`` manager purges its own.
+    """
+    return _pins.purge("purge_all_caches")[0]
+
+
+def release_pins(fd: int) -> None:
+    """Say that ``fd`` is about to be closed: if it is this process's last fd of the region,
+    drop this process's pins on it and its extra pin descriptor now (``SharedMemory.close``
+    does this; raw-fd code calls it before ``os.close``, or the next purge notices). Borrows
+    ``fd``; never raises."""
+    _pins.release(fd)

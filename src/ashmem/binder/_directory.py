@@ -47,7 +47,6 @@ import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import types
@@ -57,6 +56,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from .._closing import Closing
+from .._user_dir import user_directory
 from ._binder import AllowList, Binder, Policy
 from ._errors import DeadObjectError, ServiceNotFoundError
 from ._pool import process_state, set_max_threads, stop_process_state
@@ -87,34 +87,6 @@ def _check_name(name: object) -> str:
     return name
 
 
-def _ensure_private(path: str) -> str:
-    uid = os.geteuid()
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise PermissionError(
-            errno.EPERM,
-            f"{path} is not a directory (a symlink or a file someone put there); remove it "
-            "or set XDG_RUNTIME_DIR",
-        )
-    if st.st_uid != uid:
-        raise PermissionError(
-            errno.EPERM,
-            f"{path} belongs to uid {st.st_uid}, not to you (uid {uid}): its owner could "
-            "impersonate your services; remove it or set XDG_RUNTIME_DIR",
-        )
-    if st.st_mode & 0o022:
-        raise PermissionError(
-            errno.EPERM,
-            f"{path} is writable by others (mode {st.st_mode & 0o777:o}): anyone could plant "
-            "a fake service there; remove it",
-        )
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
 def service_directory() -> str:
     """The default service directory of this user, created (mode 0700) and checked.
 
@@ -123,15 +95,7 @@ def service_directory() -> str:
     >>> stat.S_IMODE(os.stat(service_directory()).st_mode)
     448
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime):
-        try:
-            st = os.stat(runtime)
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-            return _ensure_private(os.path.join(runtime, "ashmem"))
-    return _ensure_private(os.path.join(tempfile.gettempdir(), f"ashmem-{os.geteuid()}"))
+    return user_directory()
 
 
 def _shared_directory(path: str, serving: bool) -> str:
