@@ -71,8 +71,9 @@ def __getattr__(name: str) -> object:
     # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
     # which programs that only share regions should not pay for at import. ``ashmem.compat``
     # (the multiprocessing.shared_memory drop-in) likewise: programs that do not use it carry
-    # neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first unpin.
-    if name in ("binder", "compat", "purge"):
+    # neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first unpin,
+    # ``ashmem.logd`` (log collection) with its first use.
+    if name in ("binder", "compat", "logd", "purge"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -98,6 +99,7 @@ __all__ = [
     "binder",
     "compat",
     "fdpass",
+    "logd",
     "purge",
     "region",
 ]
