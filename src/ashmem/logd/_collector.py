@@ -438,13 +438,13 @@ class CollectorServer:
                 conn.drain.commit()
                 conn.records += count
                 self.records += count
+        if wrote:
+            self._maybe_rotate()  # before answering: a flush that returned saw the whole pass
         self._answer_flushes()
         self._sample_rate()
         for conn in list(self._conns.values()):
             if conn.gone and (conn.drain is None or conn.drain.published() <= conn.drain.tail):
                 self._release(conn)
-        if wrote:
-            self._maybe_rotate()
         return wrote
 
     def _answer_flushes(self) -> None:
