@@ -148,7 +148,7 @@ def test_sigkill_producers_at_random_points_loses_nothing_returned(tmp_path: Any
         # Everything whose emit returned, plus at most the one being written at the kill.
         wrong = next((i for i, m in enumerate(messages[:acked]) if m != f"r{i}"), None)
         assert len(messages) >= acked and wrong is None, (
-            f"producer {slot}: {acked} returned, {len(messages)} collected, first wrong "
+            f"pytest {os.getpid()} pid {pid} producer {slot}: {acked} returned, {len(messages)} collected, first wrong "
             f"at {wrong}: {messages[wrong - 2 : wrong + 2] if wrong is not None else None}"
         )
         assert len(messages) <= acked + 1, f"producer {slot}: {len(messages)} > {acked}+1"

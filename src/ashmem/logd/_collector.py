@@ -28,6 +28,7 @@ import contextlib
 import json
 import mmap
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -36,6 +37,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +121,14 @@ class _Conn:
     flushes: list[tuple[int, int]] = field(default_factory=list)  # (head, request id)
     records: int = 0
     gone: bool = False
+    pidfd: int = -1  # the client process (pidfd_open), to tell "hung up" from "exited"
+
+    def exited(self) -> bool:
+        """True once the client process has exited (or we cannot tell)."""
+        if self.pidfd < 0:
+            return True
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return bool(ready)
 
 
 def _log(message: str) -> None:
@@ -216,8 +226,13 @@ class CollectorServer:
                                 sel.unregister(key.fd)
                     else:
                         self._message(sel, what)
-                self._pass()
-                if parent_gone and not self._conns:
+                try:
+                    self._pass()
+                except Exception:
+                    # Never die with rings in our care: say what broke, go on next pass.
+                    _log("drain pass failed:\n" + traceback.format_exc())
+                    time.sleep(self.settings.interval)
+                if parent_gone and not any(not c.gone for c in self._conns.values()):
                     break
             # Drain to the end: until a pass finds nothing new.
             while self._pass():
@@ -256,6 +271,10 @@ class CollectorServer:
             except OSError:
                 sock.close()
                 continue
+            # SO_PEERCRED's pid is the process that connected; a pidfd taken now names that
+            # process and no other, even once its pid is reused.
+            with contextlib.suppress(OSError, AttributeError):
+                conn.pidfd = os.pidfd_open(pid)
             self._conns[sock.fileno()] = conn
             sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -379,6 +398,9 @@ class CollectorServer:
                 del self._conns[fd]
         with contextlib.suppress(OSError):
             conn.sock.close()
+        if conn.pidfd >= 0:
+            os.close(conn.pidfd)
+            conn.pidfd = -1
         if conn.mm is not None:
             with contextlib.suppress(Exception):
                 conn.mm.close()
@@ -443,7 +465,11 @@ class CollectorServer:
         self._answer_flushes()
         self._sample_rate()
         for conn in list(self._conns.values()):
-            if conn.gone and (conn.drain is None or conn.drain.published() <= conn.drain.tail):
+            # A client that hung up but still runs keeps writing into its ring and will come
+            # back (register again): keep draining the ring until its process is gone.
+            if conn.gone and (
+                conn.drain is None or (conn.drain.published() <= conn.drain.tail and conn.exited())
+            ):
                 self._release(conn)
         return wrote
 
