@@ -421,7 +421,14 @@ class CollectorServer:
             if drain is None:
                 continue
             before = (drain.tail, drain.expect, drain.last_seq)
+            corrupt = drain.corrupt
             records = drain.take(max(budget, 1 << 16))
+            if drain.corrupt != corrupt:
+                tail, head, expect = drain.last_corruption or (0, None, None)
+                _log(
+                    f"ring of pid {conn.pid} (uid {conn.uid}) is corrupt: bytes {tail}-{head} "
+                    f"skipped (expected seq {expect}); its other records are kept"
+                )
             if records:
                 body = b"".join(records)
                 budget -= len(body)

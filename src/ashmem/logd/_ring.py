@@ -421,6 +421,7 @@ class Drain:
             self.expect = None
         self.tail = tail
         self.last_seq = skip_seq
+        self.last_corruption: tuple[int, int | None, int | None] | None = None
         self._pending_since: float | None = None
 
     def fill(self) -> tuple[int, int]:
@@ -486,6 +487,7 @@ class Drain:
         return now - self._pending_since >= self.GRACE
 
     def _corrupted(self, head: int | None) -> list[bytes]:
+        self.last_corruption = (self.tail, head, self.expect)
         self.corrupt += 1
         self._pending_since = None
         self.expect = None
