@@ -25,8 +25,8 @@ demo: $(PKG_STAMP)
 	$(BIN)/ashmem demo
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
@@ -36,7 +36,15 @@ unit: $(TEST_STAMP)
 
 test: lint typecheck unit
 
-bench: $(TEST_STAMP)
+# The benchmarks' own peers and plotting (joblib, matplotlib): the `bench` extra, kept out of
+# EXTRAS so that `make test` does not install them.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # The suite again under the oldest and newest other CPythons this machine has (pyenv), if any:

@@ -116,7 +116,12 @@ def test_too_large_size_is_refused_without_leak() -> None:
     assert open_fd_count() == before
 
 
-def test_kernel_refusal_keeps_errno_and_names_region() -> None:
+@pytest.mark.parametrize("limit_known", [True, False])
+def test_kernel_refusal_keeps_errno_and_names_region(
+    monkeypatch: pytest.MonkeyPatch, limit_known: bool
+) -> None:
+    if not limit_known:  # the size check cannot read /proc either: it must step aside
+        monkeypatch.setattr(region, "_limit_cache", (-1.0, 0, ""))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(n) for n in os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))

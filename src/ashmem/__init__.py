@@ -15,6 +15,7 @@ ranges that may be discarded under memory pressure; ``ashmem.purge`` decides whe
 import contextlib as _contextlib
 import sys as _sys_module
 
+from . import _reduction  # noqa: F401 - registers the reducers for multiprocessing's pickler
 from . import fdpass as fdpass
 from . import region as region
 from ._errors import BusyError as BusyError
@@ -66,21 +67,43 @@ def _show_public_module() -> None:
 
 _show_public_module()
 
+# Names imported on first use: the modules behind them bring threads, asyncio, logging,
+# multiprocessing.pool or numpy, which programs that only share regions should not pay for.
+# ``ashmem.compat`` (the multiprocessing.shared_memory drop-in) likewise: programs that do not
+# use it carry neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first
+# unpin; ``ashmem.logd`` (log collection) with its first use.
+_LAZY = {
+    "binder": (".binder", None),
+    "compat": (".compat", None),
+    "logd": (".logd", None),
+    "purge": (".purge", None),
+    "numpy": (".numpy", None),
+    "pool": (".pool", None),
+    "DEFAULT_THRESHOLD": ("._queue", "DEFAULT_THRESHOLD"),
+    "Connection": ("._queue", "Connection"),
+    "Pipe": ("._queue", "Pipe"),
+    "Queue": ("._queue", "Queue"),
+    "SimpleQueue": ("._queue", "SimpleQueue"),
+    "Pool": (".pool", "Pool"),
+    "ProcessPoolExecutor": (".pool", "ProcessPoolExecutor"),
+}
+
 
 def __getattr__(name: str) -> object:
-    # ``ashmem.binder`` is imported on first use: it brings threads, asyncio and logging,
-    # which programs that only share regions should not pay for at import. ``ashmem.compat``
-    # (the multiprocessing.shared_memory drop-in) likewise: programs that do not use it carry
-    # neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first unpin,
-    # ``ashmem.logd`` (log collection) with its first use.
-    if name in ("binder", "compat", "logd", "purge"):
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name, __name__)
+        value = module if attr is None else getattr(module, attr)
+        if isinstance(value, type) and value.__module__.startswith(__name__ + "._"):
+            value.__module__ = __name__
+        return value
     raise AttributeError(f"module 'ashmem' has no attribute {name!r}")
 
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "POPULATE_AUTO_MIN",
     "PROT_EXEC",
     "PROT_NONE",
@@ -88,18 +111,25 @@ __all__ = [
     "PROT_WRITE",
     "BusyError",
     "ClosedError",
+    "Connection",
     "Error",
     "Mapping",
     "MemoryFile",
     "MessageError",
+    "Pipe",
+    "Pool",
+    "ProcessPoolExecutor",
     "ProtectionError",
     "PurgedError",
+    "Queue",
     "SharedMemory",
+    "SimpleQueue",
     "UnsupportedPlatformError",
     "binder",
     "compat",
     "fdpass",
     "logd",
+    "pool",
     "purge",
     "region",
 ]

@@ -11,8 +11,9 @@ from typing import Any
 
 from . import _sys
 from ._closing import Closing
-from ._errors import ClosedError, PurgedError
-from ._shared_memory import Mapping, SharedMemory
+from ._errors import ClosedError, ProtectionError, PurgedError
+from ._shared_memory import Mapping, SharedMemory, plain_pickle_error
+from .region import PROT_WRITE
 
 __all__ = ["MemoryFile"]
 
@@ -41,6 +42,14 @@ def _byte_view(buffer: Any, writable: bool) -> memoryview:
     return view
 
 
+def _read_only_error(name: str | None) -> ProtectionError:
+    return ProtectionError(
+        f"MemoryFile {name!r} is read-only: its region was write-protected (set_protect "
+        "removed PROT_WRITE) before this process wrapped it; only read from it",
+        name,
+    )
+
+
 class MemoryFile(Closing):
     """A fixed-size shared memory file, as ``android.os.MemoryFile``.
 
@@ -53,7 +62,11 @@ class MemoryFile(Closing):
     5
     b'hello'
 
-    Send ``f.shared_memory`` (or ``f.fileno()``) to another process to share it.
+    Send ``f.shared_memory`` (or ``f.fileno()``) to another process to share it, or the
+    ``MemoryFile`` itself through ``multiprocessing`` (Process arguments, queues, pools,
+    ``concurrent.futures``) or ``ashmem.Queue``/``Pool``: it arrives as a ``MemoryFile`` over
+    the same region. Plain ``pickle.dumps`` raises ``TypeError``. A received
+    ``SharedMemory`` becomes a ``MemoryFile`` with ``MemoryFile.from_shared_memory``.
     """
 
     _shm: SharedMemory | None = None
@@ -70,6 +83,36 @@ class MemoryFile(Closing):
             raise
         self._shm = shm
         self._name = shm.name
+
+    @classmethod
+    def from_shared_memory(cls, shm: SharedMemory) -> MemoryFile:
+        """Wrap a region (for example one received from another process) as a
+        ``MemoryFile``, taking ownership of ``shm``: closing the file closes it.
+
+        The region is mapped read-write, or read-only if it is write-protected; writes to a
+        read-only ``MemoryFile`` raise ``ProtectionError``.
+
+        >>> import ashmem
+        >>> shm = ashmem.SharedMemory.create("notes", 4096)
+        >>> with ashmem.MemoryFile.from_shared_memory(shm) as f:
+        ...     f.write_bytes(b"hi", 0, 0, 2)
+        ...     f.length, f.name
+        (4096, 'notes')
+        """
+        if not isinstance(shm, SharedMemory):
+            raise TypeError(
+                f"MemoryFile.from_shared_memory expects an ashmem.SharedMemory, not "
+                f"{type(shm).__name__}"
+            )
+        writable = bool(shm.get_protect() & PROT_WRITE)
+        mapping = shm.map_read_write() if writable else shm.map_read_only()
+        self = cls.__new__(cls)
+        self._shm, self._mapping, self._name = shm, mapping, shm.name
+        return self
+
+    def __reduce__(self) -> Any:
+        # The picklers that can carry a descriptor have a reducer in ashmem._reduction.
+        raise plain_pickle_error(self)
 
     def _live(self) -> Mapping:
         mapping = self._mapping
@@ -130,6 +173,8 @@ class MemoryFile(Closing):
         ``dest_offset``. ``IndexError`` if either range is out of bounds (nothing written)."""
         mapping = self._live()
         src_offset, dest_offset, count = _check_copy(src_offset, dest_offset, count)
+        if mapping.readonly:
+            raise _read_only_error(self._name)
         with self._access(), _byte_view(buffer, writable=False) as src:
             self._check_range(src_offset, count, len(src), "buffer")
             self._check_range(dest_offset, count, len(mapping), "file")
@@ -277,6 +322,8 @@ class _RegionStream(io.RawIOBase):
         mapping = self._mapping()
         if not self._writable:
             raise io.UnsupportedOperation("stream was not opened for writing")
+        if mapping.readonly:
+            raise _read_only_error(self._file.name)
         with self._file._access(), _byte_view(data, writable=False) as src:
             end = self._pos + len(src)
             if end > len(mapping):

@@ -192,8 +192,20 @@ for _name in _FILE_METHODS:
     setattr(_Window, _name, _refuse_file_method(_name))
 
 
-def _rebuild(dupfd: Any) -> SharedMemory:
-    return SharedMemory.from_fd(dupfd.detach())
+_HOW_TO_SEND = (
+    "pass it as a multiprocessing Process argument or through a multiprocessing "
+    "Queue/Pipe/Pool/Manager, concurrent.futures.ProcessPoolExecutor, ashmem.Queue/Pipe/Pool, "
+    "or send it over a Unix socket with ashmem.fdpass.send"
+)
+
+
+def plain_pickle_error(obj: object) -> TypeError:
+    """The ``TypeError`` for pickling ``obj`` (a region) where no descriptor can travel. The
+    picklers that can carry one have reducers registered in ``ashmem._reduction``."""
+    return TypeError(
+        f"a {type(obj).__name__} cannot be pickled with plain pickle: it is a file descriptor, "
+        f"which only a channel that carries descriptors can move; {_HOW_TO_SEND}"
+    )
 
 
 class SharedMemory(Closing):
@@ -201,9 +213,11 @@ class SharedMemory(Closing):
     handing its fd to another process, restrictable to read-only for good, freed when the
     last fd and mapping are gone.
 
-    Owns its fd: ``close()`` closes it (live mappings stay valid). Picklable for
-    ``multiprocessing`` under fork, spawn and forkserver: the receiver gets a duplicate fd of
-    the same region, with the same protection.
+    Owns its fd: ``close()`` closes it (live mappings stay valid). Travels through
+    ``multiprocessing`` (Process arguments, queues, pipes, pools, managers) and
+    ``concurrent.futures`` under fork, spawn and forkserver, and through ``ashmem.Queue`` /
+    ``Pool``: the receiver gets a duplicate fd of the same region, with the same protection.
+    Plain ``pickle.dumps`` raises ``TypeError`` (a descriptor cannot live in bytes).
 
     >>> import ashmem
     >>> shm = ashmem.SharedMemory.create("frames", 1 << 20)
@@ -549,12 +563,11 @@ class SharedMemory(Closing):
     def __del__(self) -> None:
         self.close()
 
-    def __reduce__(self) -> tuple[Callable[[Any], SharedMemory], tuple[Any]]:
-        # multiprocessing's DupFd sends the fd to the child under every start method: through
-        # the spawning Popen for spawn/forkserver, through the resource sharer otherwise.
-        from multiprocessing import reduction
-
-        return (_rebuild, (reduction.DupFd(self.fileno()),))
+    def __reduce__(self) -> Any:
+        # Plain pickle has nowhere to put a descriptor (a DupFd parked in multiprocessing's
+        # resource sharer leaked when nobody fetched it). The picklers that can carry one get
+        # their reducers from ashmem._reduction.
+        raise plain_pickle_error(self)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

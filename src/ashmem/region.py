@@ -210,7 +210,12 @@ def _memory_limit() -> tuple[int, str]:
     now = time.monotonic()
     stamp, limit, source = _limit_cache
     if stamp < 0 or now - stamp > _LIMIT_TTL:
-        limit, source = _compute_memory_limit()
+        try:
+            limit, source = _compute_memory_limit()
+        except (OSError, ValueError):
+            # /proc unreadable (out of descriptors, no /proc): keep the last answer, or check
+            # nothing, and let the kernel's own refusal speak.
+            return (limit, source) if stamp >= 0 else (_MAX_SIZE, "no limit known")
         _limit_cache = (now, limit, source)
     return limit, source
 
