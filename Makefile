@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Every optional extra of pyproject.toml: the tests exercise all of them.
-EXTRAS := test,numpy
+EXTRAS := test,numpy,logs
 PKG_STAMP  := $(VENV)/.installed-package
 TEST_STAMP := $(VENV)/.installed-test
 
