@@ -45,9 +45,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import format_ratio, median, parse_args, publish, verdict
-
 import ashmem.logd
+from _common import format_ratio, median, parse_args, publish, verdict
 from ashmem.logd import _ring, _segment
 
 
