@@ -63,6 +63,8 @@ def _listener(queue: Any, path: str) -> None:
     listener = logging.handlers.QueueListener(queue, handler)
     listener.start()
     signal.sigwait([signal.SIGTERM])
+    listener.stop()  # writes whatever reached the queue
+    handler.close()
 
 
 def _time_calls(call: Callable[[int], None], n: int) -> float:
@@ -97,7 +99,7 @@ def producer_costs(n: int, rounds: int, tmp: str) -> dict[str, float]:
             samples[name].append(_time_calls(call, n))
             if name.startswith("ashmem"):
                 ashmem.logd.flush(timeout=60)  # the next round starts with an empty ring
-    os.kill(listener.pid or 0, signal.SIGTERM)
+    listener.terminate()
     listener.join(10)
     return {k: median(v) for k, v in samples.items()}
 
@@ -134,7 +136,8 @@ def collector_rate(n: int, tmp: str) -> float:
     producer = _ring.Producer(mm, 1, on_full="drop")
     for i in range(n):
         producer.write_log(20, "INFO", "bench", f"msg {i}", "MainProcess", None, "{}", i, 1)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
     t0 = time.perf_counter()
     drain = _ring.Drain(mm)
     writer = _segment.SegmentWriter(tmp, fsync="never")
@@ -145,7 +148,9 @@ def collector_rate(n: int, tmp: str) -> float:
         writer.append([_segment.Chunk(0, 1, 1, drain.last_seq, b"".join(records))])
         drain.commit()
     writer.close()
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    os.sched_setaffinity(0, cores)
+    return rate
 
 
 def _loss_worker(kind: str, acks: mmap.mmap, queue: Any, path: str) -> None:
@@ -178,14 +183,14 @@ def loss(kind: str, n: int, tmp: str) -> tuple[int, int]:
     worker.start()
     while struct.unpack_from("<Q", acks)[0] < n:
         time.sleep(0.0005)
-    os.kill(worker.pid or 0, signal.SIGKILL)
+    worker.kill()
     worker.join()
     returned = struct.unpack_from("<Q", acks)[0]
     if kind == "ashmem":
         return returned, -1  # counted by the caller after the collector drained
     if listener is not None:
         time.sleep(1.0)  # let the listener write what reached the queue
-        os.kill(listener.pid or 0, signal.SIGTERM)
+        listener.terminate()
         listener.join(10)
     with open(path) as f:
         got = sum(1 for line in f if line.startswith("msg "))

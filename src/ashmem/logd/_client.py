@@ -306,7 +306,14 @@ def _readdress(address: str) -> None:
         client._connect()
 
 
+# LogRecord.__init__ always sets the same attributes: a record with no more than that many
+# has no extra (the set difference below costs more than the rest of emit's bookkeeping).
+_PLAIN_SIZE = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+
+
 def _extra(record_dict: dict[str, Any]) -> str:
+    if len(record_dict) <= _PLAIN_SIZE:
+        return "{}"
     keys = record_dict.keys() - _STANDARD
     if not keys:
         return "{}"
@@ -333,6 +340,15 @@ class Handler(logging.Handler):
     def __init__(self, level: int | str = logging.NOTSET) -> None:
         super().__init__(level)
         _get()
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter, then emit without ``logging.Handler``'s lock: the ring has its own."""
+        rv = self.filter(record)
+        if rv:
+            if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace it
+                record = rv
+            self.emit(record)
+        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         time_ns = time.time_ns()

@@ -44,6 +44,7 @@ def main() -> int:
             if time.monotonic() > deadline or not victim.is_alive():
                 break
             time.sleep(0.001)
+        assert victim.pid is not None
         os.kill(victim.pid, signal.SIGKILL)
         for p in procs:
             p.join(60)

@@ -100,6 +100,7 @@ _U64 = struct.Struct("<Q")
 _TAIL = struct.Struct("<QQ")
 _REC_HEAD = struct.Struct("<IIQ")
 _CRC_HEAD = struct.Struct("<II")
+_PEEK = struct.Struct("<IIQB")
 # seq, kind, levelno, time_ns, tid, then six string lengths
 _LOG_FIXED = struct.Struct("<QBHqIBHIHII")
 _DROPPED_BODY = struct.Struct("<QBqQ")
@@ -447,16 +448,19 @@ class Drain:
                 pos_abs += left
                 continue
             start = HEADER_SIZE + pos
-            length = int.from_bytes(mm[start : start + 4], "little")  # type: ignore[index]
+            length, crc, seq, kind = _PEEK.unpack_from(mm, start)  # type: ignore[arg-type]
             if length < 17 or _round8(length) > left or pos_abs + _round8(length) > head:
                 if self._invalid(head):
                     return out + self._corrupted(head)
                 break
             raw = mm[start : start + length]  # type: ignore[index]
-            seq, kind = struct.unpack_from("<QB", raw, 8)
-            ok = check(raw) and (
-                seq == self.expect if self.expect is not None else seq > 0
-            )  # fmt: skip
+            # Checked on the copy we keep (the producer could be writing the ring now):
+            # header fields, then the checksum over every byte of the copy.
+            ok = (
+                _PEEK.unpack_from(raw) == (length, crc, seq, kind)
+                and zlib.crc32(raw[8:], length) == crc
+                and (seq == self.expect if self.expect is not None else seq > 0)
+            )
             if not ok:
                 if self._invalid(head):
                     return out + self._corrupted(head)
