@@ -404,3 +404,51 @@ def test_retention_keeps_unforwarded_segments_and_status_shows_lag(tmp_path: Any
         status = wait_status(c.address, lambda s: s["forward"][0]["lost"] > 0)
     assert len([n for n in os.listdir(logs) if n.endswith(".alog")]) < kept
     assert status["forward"][0]["lost"] >= 8
+
+
+def test_graceful_restart_sends_nothing_twice(tmp_path: Any, rsyslog: _rsyslog.Rsyslogd) -> None:
+    logs = tmp_path / "logs"
+    forward = [
+        f"relp://127.0.0.1:{rsyslog.relp_port}?hostname=relp",
+        f"tcp://127.0.0.1:{rsyslog.tcp_port}?hostname=tcp",
+    ]
+    log = ashmem.logd.get_logger("twice")
+    for run in range(2):
+        with ashmem.logd.start(logs, forward=forward):
+            for i in range(300):
+                log.info("run %d record %d", run, i)
+            ashmem.logd.flush(timeout=30)
+        # stop() went on forwarding until both destinations had everything (RELP: in the
+        # file already; plain TCP: sent, maybe not yet written by rsyslogd).
+        relp = [m for m in rsyslog.messages() if m["hostname"] == "relp"]
+        assert len(relp) == 300 * (run + 1)
+        rsyslog.wait_for(lambda m, n=run: len(m) >= 600 * (n + 1), what="both destinations")
+    keys = Counter(key_of(m) for m in rsyslog.messages())
+    assert set(keys.values()) == {2}  # once per destination, never again after the restart
+    assert len(keys) == 600
+
+
+def test_lag_counts_records_beyond_the_read_ahead(tmp_path: Any) -> None:
+    from ashmem.logd.forward import Forwarder
+
+    logs = tmp_path / "logs"
+    with ashmem.logd.start(logs):
+        log = ashmem.logd.get_logger("lag")
+        for i in range(1000):
+            log.info("waiting %d", i)
+        ashmem.logd.flush(timeout=30)
+    forwarder = Forwarder(str(logs), f"relp://127.0.0.1:{_rsyslog.free_port()}", max_pending=64)
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while forwarder.status()["lag_records"] != 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = forwarder.status()
+    finally:
+        forwarder.stop()
+    assert status["lag_records"] == 1000
+    assert status["lag_seconds"] > 0
+    assert "Connection refused" in (status["last_error"] or "")
+    with open(forwarder.cursor_path) as f:
+        cursor = json.load(f)
+    assert cursor["v"] == 1 and cursor["done"] == []  # nothing confirmed, nothing skipped

@@ -76,8 +76,9 @@ class Forwarder:
     ``Destination`` or its address text) from a thread of this process.
 
     ``start()`` starts the thread, ``wake()`` says new records are on disk (it also polls
-    every ``poll`` seconds), ``stop()`` waits briefly for outstanding confirmations, saves
-    the cursor and ends the thread. ``status()`` is safe from any thread.
+    every ``poll`` seconds), ``stop()`` goes on sending for up to ``drain_timeout`` seconds
+    while connected, waits briefly for outstanding confirmations, saves the cursor and ends
+    the thread. ``status()`` is safe from any thread.
 
     >>> import tempfile
     >>> f = Forwarder(tempfile.mkdtemp(), "relp://127.0.0.1:9")   # nothing listens there
@@ -94,6 +95,7 @@ class Forwarder:
         max_backoff: float = 30.0,
         max_pending: int = 50_000,
         timeout: float = 30.0,
+        drain_timeout: float = 5.0,
     ) -> None:
         if isinstance(destination, str):
             destination = Destination.parse(destination)
@@ -103,6 +105,7 @@ class Forwarder:
         self.max_backoff = max_backoff
         self.max_pending = max_pending
         self.timeout = timeout
+        self.drain_timeout = drain_timeout
         self.cursor_path = os.path.join(self.directory, f".forward-{destination.state_name}.json")
         self._hostname = destination.hostname or socket.gethostname()
         self._lock = threading.Lock()
@@ -262,13 +265,14 @@ class Forwarder:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop: wait up to about 2 s for outstanding confirmations, save the cursor, end
-        the thread (waiting up to ``timeout``)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop: if connected, go on sending what is on disk for up to ``drain_timeout``
+        seconds (5), wait up to 2 s more for outstanding confirmations, save the cursor, end
+        the thread (waiting up to ``timeout``, by default long enough for all that)."""
         self._stopping.set()
         self.wake()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(self.drain_timeout + 5.0 if timeout is None else timeout)
         self.save()
         self._wake_r.close()
         self._wake_w.close()
@@ -313,6 +317,8 @@ class Forwarder:
                 self._error(f"{type(exc).__name__}: {exc}")
                 if self._confirmed_on_connection:
                     backoff = 0.1
+            except Exception as exc:  # a bug must not end forwarding for good
+                self._error(f"internal error: {exc!r}")
             finally:
                 self.connected = False
                 if sock is not None:
@@ -417,25 +423,43 @@ class Forwarder:
                     self._exhausted.add(name)
         if full:
             now = time.monotonic()
-            if now - self._unread_at >= 1.0:
+            if now - self._unread_at >= 2.0:
                 self._unread = self._count_unread(paths)
                 self._unread_at = now
         else:
             self._unread = 0
 
     def _count_unread(self, paths: list[str]) -> int:
+        """Records on disk after what is loaded (for the lag). A segment is decoded again
+        only when its size or the read position in it changed."""
         count = 0
+        cache: dict[str, tuple[tuple[int, int, int], int]] = {}
         for path in paths:
             name = os.path.basename(path)
             with self._lock:
                 if name in self._done or name in self._exhausted:
                     continue
                 offset, skip = self._loaded.get(name, (0, 0))
+            try:
+                key = (offset, skip, os.path.getsize(path))
+            except OSError:
+                continue
+            known = self._unread_cache.get(name)
+            if known is not None and known[0] == key:
+                cache[name] = known
+                count += known[1]
+                continue
+            n = 0
             with contextlib.suppress(OSError, ValueError):
                 for part in read_segment(path, offset):
                     if isinstance(part, Block):
-                        count += len(part.entries) - (skip if part.offset == offset else 0)
+                        n += len(part.entries) - (skip if part.offset == offset else 0)
+            cache[name] = (key, n)
+            count += n
+        self._unread_cache = cache
         return count
+
+    _unread_cache: dict[str, tuple[tuple[int, int, int], int]] = {}  # noqa: RUF012
 
     # -- confirming ------------------------------------------------------------------
 
@@ -500,13 +524,21 @@ class Forwarder:
 
     _read_at = 0.0
 
+    def _late(self) -> bool:
+        """While stopping: True once the ``drain_timeout`` for sending what is left is up."""
+        if not self._stopping.is_set():
+            return False
+        now = time.monotonic()
+        if self._drain_until is None:
+            self._drain_until = now + self.drain_timeout
+        return now >= self._drain_until
+
+    _drain_until: float | None = None
+
     def _pump_relp(self, session: RelpSession) -> None:
-        deadline: float | None = None
         while True:
-            stopping = self._stopping.is_set()
-            if stopping and deadline is None:
-                deadline = time.monotonic() + 2.0
-            if not stopping:
+            late = self._late()
+            if not late:
                 self._maybe_read()
                 room = session.window - session.in_flight
                 if room > 0:
@@ -515,24 +547,24 @@ class Forwarder:
                         session.send(batch)
                         self.sent += len(batch)
             if session.in_flight:
-                self._confirm(session.acknowledged(timeout=0.05 if not stopping else 0.2))
-                if deadline is not None and session.in_flight and time.monotonic() < deadline:
-                    continue
-            else:
-                self._confirm(0)  # markers after the last message
-            if stopping:
+                self._confirm(session.acknowledged(timeout=0.05))
+                if late and time.monotonic() >= (self._drain_until or 0) + 2.0:
+                    return  # the rest goes out after the next start
+                continue
+            self._confirm(0)  # markers after the last message
+            if self._stopping.is_set() and (late or self._idle()):
                 return
-            if self._idle() and not session.in_flight:
+            if self._idle():
                 if self._dirty:
                     self.save()
                 if self._sleep(self.poll, session.sock):
-                    # The server says something while we have nothing outstanding: most
-                    # likely "serverclose", or end-of-file.
+                    # The server speaks while nothing is outstanding: most likely a
+                    # "serverclose", or end-of-file.
                     session.check_idle()
 
     def _pump_tcp(self, sock: socket.socket) -> None:
         sock.settimeout(self.timeout)
-        while not self._stopping.is_set():
+        while not self._late():
             self._maybe_read()
             batch = self._next_batch(1024)
             if batch:
@@ -542,6 +574,8 @@ class Forwarder:
                 self._confirm(len(batch))
                 continue
             self._confirm(0)
+            if self._stopping.is_set():
+                return
             if self._dirty:
                 self.save()
             if self._sleep(self.poll, sock):
@@ -597,9 +631,9 @@ class Forwarding:
     def status(self) -> list[dict[str, Any]]:
         return [f.status() for f in self.forwarders]
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         for f in self.forwarders:
             f._stopping.set()
             f.wake()
         for f in self.forwarders:
-            f.stop(timeout)
+            f.stop()
