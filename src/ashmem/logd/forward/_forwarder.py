@@ -42,6 +42,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ __all__ = ["Forwarder"]
 
 _CURSOR_VERSION = 1
 _SAVE_EVERY = 0.2  # seconds between cursor writes while records are being confirmed
+_CHUNK = 2048  # records read and formatted at a time while sending
 
 
 @dataclass
@@ -352,9 +354,12 @@ class Forwarder:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _read_ahead(self) -> None:
-        """Load records from disk until ``max_pending`` are queued or none are left."""
+    def _read_ahead(self, limit: int | None = None) -> None:
+        """Load records from disk until ``max_pending`` are queued (or ``limit`` more), or
+        none are left. A block left half-read stays decoded for the next call."""
         room = self.max_pending - self._queued_messages
+        if limit is not None:
+            room = min(room, limit)
         paths = segment_paths(self.directory)
         d = self.destination
         full = False
@@ -380,7 +385,7 @@ class Forwarder:
             items: list[_Item] = []
             new_pos = (offset, skip)
             try:
-                for part in read_segment(path, offset):
+                for part in self._blocks(path, offset):
                     if isinstance(part, Damage):
                         self.damaged += 1
                         self._error(str(part))
@@ -393,6 +398,7 @@ class Forwarder:
                         if room <= 0:
                             full = True
                             new_pos = (part.offset, i)
+                            self._half_read = part
                             break
                         e = entries[i]
                         message = format_message(
@@ -428,6 +434,17 @@ class Forwarder:
                 self._unread_at = now
         else:
             self._unread = 0
+
+    _half_read: Block | None = None
+
+    def _blocks(self, path: str, offset: int) -> Iterator[Block | Damage]:
+        """``read_segment(path, offset)``, starting with the block left half-read last time
+        if that is the one at ``offset``."""
+        half, self._half_read = self._half_read, None
+        if half is not None and half.path == path and half.offset == offset:
+            yield half
+            offset = half.end
+        yield from read_segment(path, offset)
 
     def _count_unread(self, paths: list[str]) -> int:
         """Records on disk after what is loaded (for the lag). A segment is decoded again
@@ -515,12 +532,13 @@ class Forwarder:
     # -- sending ---------------------------------------------------------------------
 
     def _maybe_read(self) -> None:
+        """Read more in chunks, so that formatting the next records overlaps with the
+        relay working on the last ones; at once when everything is sent."""
         now = time.monotonic()
-        if self._idle() or (
-            self._queued_messages < self.max_pending // 2 and now - self._read_at >= 0.02
-        ):
+        unsent = len(self._queue) - self._sent
+        if unsent == 0 or (unsent < _CHUNK and now - self._read_at >= 0.005):
             self._read_at = now
-            self._read_ahead()
+            self._read_ahead(_CHUNK)
 
     _read_at = 0.0
 
