@@ -276,6 +276,7 @@ def main() -> int:
     n = 5_000 if args.quick else 50_000
     rounds = 1 if args.quick else 3
     lat_count = 20 if args.quick else 100
+    load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="bench-forward-")
     recv, tcp_port, relp_port, tail = receiver(os.path.join(work, "receiver"))
     try:
@@ -389,6 +390,7 @@ def main() -> int:
                 f"rsyslog imfile -> {relay_kind}", format_ns(p99(b)),
                 format_ratio(p99(a) / p99(b)),
             ])  # fmt: skip
+    load_after = os.getloadavg()[0]
     notes = [
         f"Throughput: {n:,} records per run, median of {rounds} interleaved rounds; latency: "
         f"{rounds} x {lat_count} one-at-a-time samples per peer. Both deliver to the same "
@@ -402,6 +404,9 @@ def main() -> int:
         "forwarding path itself adds.",
         "Both RELP clients use a window of 1024 messages (our default; omrelp's "
         '`windowSize="1024"`, without which it relayed about 1,200 records/s here).',
+        f"Load average (1 min) {load_before:.2f} before and {load_after:.2f} after this run, "
+        f"on {os.cpu_count()} cores shared with other developers' jobs: absolute numbers move "
+        "between runs, the same-run ratios less so. No target was set for forwarding.",
     ]
     publish(
         "forward",

@@ -633,23 +633,29 @@ class Forwarding:
         self.forwarders = [Forwarder(directory, d) for d in parsed]
 
     def start(self) -> None:
+        """Start every forwarder's thread."""
         for f in self.forwarders:
             f.start()
 
     def wake(self) -> None:
+        """New records are on disk (the collector calls this after each block)."""
         for f in self.forwarders:
             f.wake()
 
     def may_delete(self, path: str) -> bool:
+        """True if every destination has confirmed all of segment ``path``."""
         return all(f.may_delete(path) for f in self.forwarders)
 
     def count_lost(self, path: str) -> int:
+        """``path`` is deleted anyway: count what each destination loses; the total."""
         return sum(f.count_lost(path) for f in self.forwarders)
 
     def status(self) -> list[dict[str, Any]]:
+        """``Forwarder.status()`` of each destination, in the order given."""
         return [f.status() for f in self.forwarders]
 
     def stop(self) -> None:
+        """Stop them all at once (each sends what is left for up to its drain time)."""
         for f in self.forwarders:
             f._stopping.set()
             f.wake()

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 MAX_TXNR = 999_999_999
-MAX_DATA = 128 << 20  # the most we accept in one frame from a server
+MAX_DATA = 1 << 20  # the most we accept in one frame from a server (answers are tiny)
 _OFFER = b"relp_version=0\nrelp_software=ashmem,0.1.0\ncommands=syslog"
 
 
