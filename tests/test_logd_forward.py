@@ -452,3 +452,26 @@ def test_lag_counts_records_beyond_the_read_ahead(tmp_path: Any) -> None:
     with open(forwarder.cursor_path) as f:
         cursor = json.load(f)
     assert cursor["v"] == 1 and cursor["done"] == []  # nothing confirmed, nothing skipped
+
+
+def test_segments_encrypted_before_forwarding_are_passed_over(tmp_path: Any) -> None:
+    from ashmem.logd._crypto import generate_keys
+    from ashmem.logd.forward import Forwarder
+
+    generate_keys(str(tmp_path / "ops"))
+    logs = tmp_path / "logs"
+    with ashmem.logd.start(logs, encrypt_to=str(tmp_path / "ops.pub")):
+        ashmem.logd.get_logger("sealed").info("only ops.key can read this")
+        ashmem.logd.flush(timeout=30)
+    (segment,) = [p for p in os.listdir(logs) if p.endswith(".alog")]
+    forwarder = Forwarder(str(logs), f"relp://127.0.0.1:{_rsyslog.free_port()}")
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not forwarder.may_delete(str(logs / segment)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = forwarder.status()
+    finally:
+        forwarder.stop()
+    assert forwarder.may_delete(str(logs / segment))  # retention is not held up by it
+    assert status["damaged"] == 1 and status["lag_records"] == 0

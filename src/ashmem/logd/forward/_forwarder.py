@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import ProtocolError
+from .._errors import KeyFileError, ProtocolError
 from .._segment import Block, Damage, _locked_by_writer, read_segment, segment_paths
 from ._destination import Destination
 from ._relp import RelpSession
@@ -415,7 +415,13 @@ class Forwarder:
                         items.append(_Item(name, part.end, 0))
             except FileNotFoundError:
                 continue  # deleted by retention meanwhile
-            except ValueError as exc:  # encrypted (no key here) or otherwise unreadable
+            except KeyFileError:
+                # Encrypted before forwarding was turned on: this machine cannot read it (by
+                # design), so it is passed over, counted as damaged, and left to retention.
+                self.damaged += 1
+                self._error(f"{path} is encrypted: not forwarded")
+                items, new_pos, live, full = [], (offset, skip), False, False
+            except ValueError as exc:  # unreadable otherwise: try again at the next poll
                 self._error(f"{path}: {exc}")
                 continue
             finished = not live and not full
@@ -427,6 +433,7 @@ class Forwarder:
                 self._loaded[name] = new_pos
                 if finished:
                     self._exhausted.add(name)
+        self._confirm(0)  # markers with nothing unconfirmed before them apply now
         if full:
             now = time.monotonic()
             if now - self._unread_at >= 2.0:
@@ -482,9 +489,10 @@ class Forwarder:
 
     def _confirm(self, count: int) -> None:
         """The destination confirmed the ``count`` oldest unconfirmed messages."""
+        confirmed_any = count > 0
         with self._lock:
             queue = self._queue
-            head = self._head
+            head = start = self._head
             while True:
                 while head < len(queue) and queue[head].message is None:
                     self._apply(queue[head])
@@ -497,14 +505,16 @@ class Forwarder:
                 self._queued_messages -= 1
                 self.confirmed += 1
             self._sent = max(self._sent, head)
+            moved = head != start
             if head > 4096 and head * 2 > len(queue):
                 del queue[:head]
                 self._sent -= head
                 head = 0
             self._head = head
-            self._dirty = True
-        self._confirmed_on_connection = True
-        if time.monotonic() - self._saved_at >= _SAVE_EVERY:
+            self._dirty = self._dirty or moved
+        if confirmed_any:
+            self._confirmed_on_connection = True
+        if moved and time.monotonic() - self._saved_at >= _SAVE_EVERY:
             self.save()
 
     def _apply(self, item: _Item) -> None:
