@@ -475,3 +475,15 @@ def test_segments_encrypted_before_forwarding_are_passed_over(tmp_path: Any) -> 
         forwarder.stop()
     assert forwarder.may_delete(str(logs / segment))  # retention is not held up by it
     assert status["damaged"] == 1 and status["lag_records"] == 0
+
+
+def test_one_destination_twice_is_refused_before_anything_starts(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="one destination twice"):
+        ashmem.logd.start(tmp_path, forward=["relp://127.0.0.1:1", "relp://127.0.0.1:1?window=8"])
+    cli = subprocess.run(
+        [sys.executable, "-m", "ashmem", "logd", "--dir", str(tmp_path), "--socket",
+         str(tmp_path / "s"), "--forward", "tcp://h:1", "--forward", "tcp://h:1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 2
+    assert cli.stderr.startswith("ashmem: forward names one destination twice")

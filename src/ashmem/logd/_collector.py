@@ -94,8 +94,12 @@ class Settings:
         if self.forward:
             from .forward import Destination
 
-            for text in self.forward:
-                Destination.parse(text)  # ValueError naming what is wrong
+            names = [Destination.parse(text).state_name for text in self.forward]
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"forward names one destination twice (same scheme, host and port): "
+                    f"{list(self.forward)}; they would share one cursor"
+                )
             if self.encrypt_to is not None:
                 raise ValueError(
                     "forward and encrypt_to cannot be combined: the collector cannot read "
