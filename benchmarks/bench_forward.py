@@ -403,7 +403,8 @@ def main() -> int:
         "The '2 ms drain interval' rows (`start(..., interval=0.002)`) show what the "
         "forwarding path itself adds.",
         "Both RELP clients use a window of 1024 messages (our default; omrelp's "
-        '`windowSize="1024"`, without which it relayed about 1,200 records/s here).',
+        '`windowSize="1024"`, without which it relayed 1,194 records/s in an earlier --quick '
+        "run of this script on this machine).",
         f"Load average (1 min) {load_before:.2f} before and {load_after:.2f} after this run, "
         f"on {os.cpu_count()} cores shared with other developers' jobs: absolute numbers move "
         "between runs, the same-run ratios less so. No target was set for forwarding.",
