@@ -487,3 +487,34 @@ def test_one_destination_twice_is_refused_before_anything_starts(tmp_path: Any) 
     )  # fmt: skip
     assert cli.returncode == 2
     assert cli.stderr.startswith("ashmem: forward names one destination twice")
+
+
+def test_plain_tcp_reconnects_after_a_relay_restart(
+    tmp_path: Any, rsyslog: _rsyslog.Rsyslogd
+) -> None:
+    # Plain TCP documents a loss window around a broken connection, so only what is written
+    # once the relay is back is asserted to arrive; nothing may arrive twice.
+    logs = tmp_path / "logs"
+    log = ashmem.logd.get_logger("tcp-restart")
+    with ashmem.logd.start(logs, forward=[f"tcp://127.0.0.1:{rsyslog.tcp_port}"]) as c:
+        for i in range(100):
+            log.info("before %d", i)
+        ashmem.logd.flush(timeout=30)
+        rsyslog.wait_for(lambda m: len(m) >= 100, what="the first 100 records")
+        rsyslog.stop()
+        wait_status(c.address, lambda s: not s["forward"][0]["connected"])
+        rsyslog.start()
+        for i in range(100):
+            log.info("after %d", i)
+        ashmem.logd.flush(timeout=30)
+        msgs = rsyslog.wait_for(
+            lambda m: sum(x["msg"].startswith(BOM + "after") for x in m) >= 100,
+            what="the records written after the restart",
+        )
+        status = collector_status(c.address)["forward"][0]
+    assert status["connects"] >= 2
+    keys = Counter(key_of(m) for m in msgs)
+    assert max(keys.values()) == 1
+    assert [m["msg"] for m in msgs if "after" in m["msg"]] == [
+        f"{BOM}after {i}" for i in range(100)
+    ]
