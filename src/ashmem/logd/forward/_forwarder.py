@@ -2,11 +2,21 @@
 every record to one destination, at least once.
 
 Reading. Records come from the segment files, never from memory, in file order, the oldest
-segment first. Each destination has a cursor file ``DIR/.forward-<destination>.json``
-(JSON, ``"v": 1``): for every segment not finished yet, the offset of a block and how many
-of its records are confirmed; and the names of the finished segments. A segment is
-finished when its collector has closed it (no ``flock``), it has been read to its end and
-every record in it is confirmed. The cursor moves only when the destination confirmed the
+segment first, read and formatted a chunk at a time while the previous chunk is on its way.
+Each destination has a cursor file ``DIR/.forward-<destination>.json``; this module owns
+its format::
+
+    key          value
+    v            1, the format version (another version: forward from the start again)
+    destination  the address, for people reading the file
+    positions    {segment file name: [block offset, records of that block confirmed]} for
+                 every segment begun and not finished
+    done         [segment file names] finished: closed by its collector (no ``flock``),
+                 read to its end, every record in it confirmed
+
+A segment that cannot be read here because it was encrypted (``encrypt_to``, before
+forwarding was turned on) is passed over: counted as ``damaged``, then finished.
+The cursor moves only when the destination confirmed the
 records before it, and the file is replaced atomically (write, then ``rename``): a
 forwarder killed at any point resumes at or before the first unconfirmed record, so what it
 sends twice is a duplicate, never a loss. (The cursor is not fsynced: after a power cut it
@@ -27,7 +37,7 @@ confirms something again. The last error and its time are in ``status()``.
 
 Retention asks ``may_delete(path)`` before deleting a segment (true only once it is
 finished); where the collector's ``retain_ignores_forward`` allows deleting anyway,
-``count_lost(path)`` counts the records it held that were not read yet (``lost``).
+``count_lost(path)`` counts the records in it that were not confirmed yet (``lost``).
 
 Memory is bounded: at most ``max_pending`` records are read ahead of the last confirmed
 one; when more wait on disk the forwarder counts them (for the lag) without holding them.
@@ -52,7 +62,7 @@ from ._destination import Destination
 from ._relp import RelpSession
 from ._syslog import format_message, frame
 
-__all__ = ["Forwarder"]
+__all__ = ["Forwarder", "Forwarding"]
 
 _CURSOR_VERSION = 1
 _SAVE_EVERY = 0.2  # seconds between cursor writes while records are being confirmed
