@@ -254,8 +254,10 @@ def start(directory: str | os.PathLike[str], **options: Any) -> Collector:
     ``.pub`` file from ``ashmem log keygen``), ``max_segment_bytes`` (64 MiB),
     ``rotate_daily``, ``retain_days``, ``retain_bytes``, ``fsync`` (``"always"``,
     ``"interval"`` = at most once a second and on ``flush``, default, or ``"never"``),
-    ``interval`` (seconds between drain passes, 0.02), ``allow_uids``. See the module
-    example.
+    ``interval`` (seconds between drain passes, 0.02), ``allow_uids``, ``forward`` (syslog
+    relay addresses such as ``"relp://HOST:PORT"``, see ``ashmem.logd.forward``; segments
+    are kept until every one has confirmed them unless ``retain_ignores_forward``). See the
+    module example.
 
     ``embedded=True`` runs the collector in a thread of this process instead and backs
     this process's ring with a file in ``directory``: see ``EmbeddedCollector``.

@@ -72,6 +72,10 @@ class Settings:
     fsync: str = "interval"
     interval: float = 0.02
     allow_uids: tuple[int, ...] = ()
+    # Forwarding (``ashmem.logd.forward``): destination addresses, and whether retention
+    # may delete segments some destination has not confirmed (the loss is counted).
+    forward: tuple[str, ...] = ()
+    retain_ignores_forward: bool = False
 
     def check(self) -> None:
         if not MIN_RING_SIZE <= self.ring_size <= MAX_RING_SIZE:
@@ -87,6 +91,23 @@ class Settings:
             raise ValueError("block_timeout must be >= 0")
         if self.max_segment_bytes < 4096:
             raise ValueError("max_segment_bytes must be at least 4096")
+        if isinstance(self.forward, str):
+            self.forward = (self.forward,)
+        self.forward = tuple(self.forward)
+        if self.forward:
+            from .forward import Destination
+
+            names = [Destination.parse(text).state_name for text in self.forward]
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"forward names one destination twice (same scheme, host and port): "
+                    f"{list(self.forward)}; they would share one cursor"
+                )
+            if self.encrypt_to is not None:
+                raise ValueError(
+                    "forward and encrypt_to cannot be combined: the collector cannot read "
+                    "the segments it encrypts; forward over TLS (relp+tls://) instead"
+                )
 
     def to_args(self) -> list[str]:
         """The ``ashmem logd`` flags that give these settings."""
@@ -107,6 +128,9 @@ class Settings:
         if self.retain_bytes is not None:
             args.append(f"--retain-bytes={self.retain_bytes}")
         args += [f"--allow-uid={uid}" for uid in self.allow_uids]
+        args += [f"--forward={url}" for url in self.forward]
+        if self.retain_ignores_forward:
+            args.append("--retain-ignores-forward")
         return args
 
 
@@ -188,6 +212,11 @@ class CollectorServer:
         self._disk_error_at = 0.0
         self.records = 0
         self.disk_errors = 0
+        self._forwarding: Any = None
+        if settings.forward:
+            from .forward import Forwarding
+
+            self._forwarding = Forwarding(directory, settings.forward)
         self._rate: list[tuple[float, int]] = []
         self._day = time.gmtime().tm_yday
 
@@ -210,6 +239,8 @@ class CollectorServer:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
+        if self._forwarding is not None:
+            self._forwarding.start()
         try:
             while not self._stop.is_set():
                 for key, _ in sel.select(self.settings.interval):
@@ -244,6 +275,9 @@ class CollectorServer:
             self._sel = None
             if self._writer is not None:
                 self._writer.close()
+            if self._forwarding is not None:
+                self._forwarding.wake()
+                self._forwarding.stop()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -469,6 +503,8 @@ class CollectorServer:
                 self.records += count
         if wrote:
             self._maybe_rotate()  # before answering: a flush that returned saw the whole pass
+            if self._forwarding is not None:
+                self._forwarding.wake()
         self._answer_flushes()
         self._sample_rate()
         for conn in list(self._conns.values()):
@@ -548,6 +584,11 @@ class CollectorServer:
             big = s.retain_bytes is not None and total > s.retain_bytes
             if not (old or big):
                 continue
+            if self._forwarding is not None and not self._forwarding.may_delete(path):
+                if not s.retain_ignores_forward:
+                    continue  # a destination still needs it
+                lost = self._forwarding.count_lost(path)
+                _log(f"retention deletes {path} before it was forwarded: {lost} records lost")
             with contextlib.suppress(OSError):
                 os.unlink(path)
                 total -= size
@@ -592,6 +633,7 @@ class CollectorServer:
             "records_per_s": round(rate, 1),
             "disk_errors": self.disk_errors,
             "clients": clients,
+            "forward": self._forwarding.status() if self._forwarding is not None else [],
         }
 
 

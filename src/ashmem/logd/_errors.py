@@ -5,8 +5,11 @@
     ashmem.Error
      ├── KeyFileError(Error, ValueError)      a key file is missing, unreadable, of the wrong
      │                                        kind, or not the key the log was encrypted to
-     └── CollectorError(Error, ConnectionError)
-                                              no collector answers at the address given
+     ├── CollectorError(Error, ConnectionError)
+     │                                        no collector answers at the address given
+     └── ProtocolError(Error, ConnectionError)
+                                              a syslog relay broke the RELP protocol or
+                                              refused a message (forwarding reconnects)
 
 Builtins raised on purpose: ``TimeoutError`` from ``flush(timeout)``, ``ValueError`` /
 ``TypeError`` for bad arguments, ``ImportError`` naming ``ashmem[logs]`` when zstandard or
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from .._errors import Error
 
-__all__ = ["CollectorError", "KeyFileError"]
+__all__ = ["CollectorError", "KeyFileError", "ProtocolError"]
 
 
 class KeyFileError(Error, ValueError):
@@ -42,3 +45,8 @@ class CollectorError(Error, ConnectionError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ProtocolError(Error, ConnectionError):
+    """A syslog relay broke the RELP protocol, refused a session or a message, or closed
+    the session; the forwarder reconnects and sends every unconfirmed record again."""

@@ -139,18 +139,31 @@ class SegmentWriter:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         name = f"seg-{stamp}-{os.getpid()}-{sequence:06d}{SUFFIX}"
         self.path = os.path.join(directory, name)
+        # Made under a hidden name, locked and given its header, then linked into place
+        # (link fails if the name exists, like O_EXCL): a reader never sees a segment that
+        # is unlocked and empty, which it would take for a finished, damaged file.
+        hidden = os.path.join(directory, f".{name}.{os.getpid()}.new")
         self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
+            hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600
         )
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        head = _FILE_HEAD.pack(FILE_MAGIC, flags, time.time_ns(), eph_pub, key_id)
-        head += struct.pack("<II", zlib.crc32(head), 0)
-        self.size = 0
-        self._number = 0
-        self.fsync = fsync
-        self._synced = time.monotonic()
-        self.created = time.time()
-        self._write(head)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            head = _FILE_HEAD.pack(FILE_MAGIC, flags, time.time_ns(), eph_pub, key_id)
+            head += struct.pack("<II", zlib.crc32(head), 0)
+            self.size = 0
+            self._number = 0
+            self.fsync = fsync
+            self._synced = time.monotonic()
+            self.created = time.time()
+            self._write(head)
+            os.link(hidden, self.path)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(hidden)
 
     def _write(self, data: bytes) -> None:
         """Write all of ``data`` or nothing: on failure the file is cut back (ENOSPC...)."""
@@ -369,17 +382,22 @@ def read_segment(path: str, offset: int = 0, *, key: Any = None) -> Iterator[Blo
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         live = _locked_by_writer(fd)
+        head = os.pread(fd, _FILE_HEAD_SIZE, 0)
+        # Only the bytes from ``offset`` on are read (a forwarder resuming in a 64 MiB
+        # segment reads what is new); ``data[i]`` is byte ``base + i`` of the file.
+        base = max(offset, _FILE_HEAD_SIZE)
         with os.fdopen(os.dup(fd), "rb") as f:
+            f.seek(base)
             data = f.read()
     finally:
         os.close(fd)
     decompressor = zstd.ZstdDecompressor()
-    if len(data) < _FILE_HEAD_SIZE:
+    if len(head) < _FILE_HEAD_SIZE:
         if not live:
-            yield Damage(path, 0, len(data), "file shorter than its header")
+            yield Damage(path, 0, len(head), "file shorter than its header")
         return
-    magic, flags, _created, eph_pub, key_id = _FILE_HEAD.unpack_from(data)
-    if magic != FILE_MAGIC or zlib.crc32(data[:64]) != struct.unpack_from("<I", data, 64)[0]:
+    magic, flags, _created, eph_pub, key_id = _FILE_HEAD.unpack_from(head)
+    if magic != FILE_MAGIC or zlib.crc32(head[:64]) != struct.unpack_from("<I", head, 64)[0]:
         yield Damage(path, 0, _FILE_HEAD_SIZE, "bad file header")
         return
     opener = None
@@ -390,7 +408,7 @@ def read_segment(path: str, offset: int = 0, *, key: Any = None) -> Iterator[Blo
         if key is None:
             raise KeyFileError(f"{path} is encrypted: give the private key (--key NAME.key)")
         opener = Opener(key, eph_pub, key_id)
-    at = max(offset, _FILE_HEAD_SIZE)
+    at = 0
     damage_from: int | None = None
     while at < len(data):
         parsed = _parse_block(data, at, opener, decompressor)
@@ -406,15 +424,15 @@ def read_segment(path: str, offset: int = 0, *, key: Any = None) -> Iterator[Blo
             continue
         end, chunks = parsed
         if damage_from is not None:
-            yield Damage(path, damage_from, at, reason)
+            yield Damage(path, base + damage_from, base + at, reason)
             damage_from = None
         entries, problem = _entries(chunks)
-        yield Block(path, at, end, entries)
+        yield Block(path, base + at, base + end, entries)
         if problem is not None:
-            yield Damage(path, at, end, problem)
+            yield Damage(path, base + at, base + end, problem)
         at = end
     if damage_from is not None:
-        yield Damage(path, damage_from, len(data), reason)
+        yield Damage(path, base + damage_from, base + len(data), reason)
 
 
 def segment_paths(directory: str) -> list[str]:

@@ -65,6 +65,15 @@ def add_commands(commands: Any) -> None:
     logd.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     logd.add_argument("--interval", type=float, default=0.02, help=argparse.SUPPRESS)
     logd.add_argument("--allow-uid", type=int, action="append", default=[])
+    logd.add_argument(
+        "--forward", action="append", default=[], metavar="URL",
+        help="also send every record to a syslog relay: relp://HOST:PORT, relp+tls://, "
+        "tcp://, tcp+tls:// (repeatable; TLS options as ?ca=&cert=&key=)",
+    )  # fmt: skip
+    logd.add_argument(
+        "--retain-ignores-forward", action="store_true",
+        help="let retention delete segments not forwarded yet (the loss is counted)",
+    )  # fmt: skip
     logd.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -121,6 +130,8 @@ def _logd(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         interval=args.interval,
         allow_uids=tuple(args.allow_uid),
+        forward=tuple(args.forward),
+        retain_ignores_forward=args.retain_ignores_forward,
     )
     path = args.socket or default_socket()
     listener = bind_listener(path)
@@ -170,6 +181,16 @@ def _status(args: argparse.Namespace) -> int:
             f"{c['pid']:>8} {c['uid']:>6} {c['ring_bytes']:>9} {fill:>5.1f}% "
             f"{c['records']:>10} {c['dropped']:>8}"
         )
+    for f in status.get("forward", []):
+        state = "connected" if f["connected"] else "not connected"
+        print(
+            f"forward {f['destination']} ({state}): lag {f['lag_records']} records, "
+            f"{f['lag_seconds']:.3f} s; confirmed {f['confirmed']}, resent {f['resent']}, "
+            f"lost {f['lost']}"
+        )
+        if f["last_error"]:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f["last_error_at"]))
+            print(f"  last error at {when}: {f['last_error']}")
     return 0
 
 
