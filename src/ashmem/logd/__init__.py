@@ -138,6 +138,18 @@ class Collector:
             self._parent_w = -1
         if self.process.stdout is not None:
             self.process.stdout.close()
+        self._unpublish()
+        return int(self.process.returncode)
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _unpublish(self) -> None:
+        """Give ``ASHMEM_LOGD`` back to what it was before ``start`` (if it still names this
+        collector) and remove the private directory of its socket."""
         if os.environ.get(ENV) == self.address:
             if self._previous is None:
                 del os.environ[ENV]
@@ -149,13 +161,6 @@ class Collector:
         import shutil
 
         shutil.rmtree(self._private, ignore_errors=True)
-        return int(self.process.returncode)
-
-    def __enter__(self) -> Collector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class EmbeddedCollector(Collector):
@@ -219,17 +224,7 @@ class EmbeddedCollector(Collector):
         self._server.stop()
         self._thread.join(timeout)
         self._listener.close()
-        if os.environ.get(ENV) == self.address:
-            if self._previous is None:
-                del os.environ[ENV]
-            else:
-                os.environ[ENV] = self._previous
-            from ._client import _publish
-
-            _publish(self._previous)
-        import shutil
-
-        shutil.rmtree(self._private, ignore_errors=True)
+        self._unpublish()
         if self._lock_fd >= 0:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
