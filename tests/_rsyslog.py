@@ -247,7 +247,7 @@ def make_tls(workdir: str, *, client: bool = True) -> tuple[TlsFiles, dict[str, 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
 
@@ -266,6 +266,8 @@ def make_tls(workdir: str, *, client: bool = True) -> tuple[TlsFiles, dict[str, 
                            crl_sign=True, content_commitment=False, key_encipherment=False,
                            data_encipherment=False, key_agreement=False,
                            encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
             .sign(key, hashes.SHA256())
         )  # fmt: skip
         return key, cert
@@ -277,6 +279,16 @@ def make_tls(workdir: str, *, client: bool = True) -> tuple[TlsFiles, dict[str, 
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
+            # Python 3.13 verifies strictly (VERIFY_X509_STRICT): key identifiers, a leaf
+            # that is not a CA, the usage it is for.
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                           ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                           [ExtendedKeyUsageOID.SERVER_AUTH if server
+                            else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         )  # fmt: skip
         if server:
             builder = builder.add_extension(
