@@ -16,6 +16,16 @@ logging.FileHandler
 QueueHandler -> multiprocessing.Queue -> QueueListener
     The stdlib's multi-process recipe; the listener runs in another process and writes to a
     file.
+loguru enqueue=True
+    ``logger.info("msg {}", i)`` on loguru with a file sink added with ``enqueue=True`` (the
+    record goes through a multiprocessing queue to a writer thread); loguru's own
+    multi-process setup.
+concurrent-log-handler
+    ``ConcurrentRotatingFileHandler`` on a stdlib logger: every record takes a file lock
+    and is written to the shared file by the producer itself.
+
+The last two are in the ``bench`` extra; a peer that is not installed is left out and the
+run says so.
 
 Throughput: 1, 2, 4 and 8 producer processes each log N records with the direct API, then
 ``flush()``; the clock stops when every producer's flush has returned, i.e. every record is
@@ -106,6 +116,19 @@ def producer_costs(n: int, rounds: int, tmp: str) -> dict[str, float]:
         "logging.FileHandler": lambda i: filed.info("msg %d", i),
         "QueueHandler + mp.Queue + QueueListener": lambda i: queued.info("msg %d", i),
     }
+    loguru_sink = None
+    if _loguru() is not None:
+        lg = _loguru()
+        loguru_sink = lg.add(
+            os.path.join(tmp, "loguru.log"), enqueue=True, format="{message}",
+            filter=lambda record: record["extra"].get("peer") == "cost",
+        )  # fmt: skip
+        bound = lg.bind(peer="cost")
+        peers[LOGURU] = lambda i: bound.info("msg {}", i)
+    concurrent = _concurrent_handler(os.path.join(tmp, "concurrent.log"))
+    if concurrent is not None:
+        locked = _logger("bench.concurrent", concurrent)
+        peers[CONCURRENT] = lambda i: locked.info("msg %d", i)
     samples: dict[str, list[float]] = {k: [] for k in peers}
     for _ in range(rounds):
         for name, call in peers.items():
@@ -113,7 +136,34 @@ def producer_costs(n: int, rounds: int, tmp: str) -> dict[str, float]:
             if name.startswith("ashmem"):
                 ashmem.logd.flush(timeout=60)  # the next round starts with an empty ring
     _stop_listener(listener, queue)
+    if loguru_sink is not None:
+        _loguru().remove(loguru_sink)  # waits for its queue to drain
     return {k: median(v) for k, v in samples.items()}
+
+
+LOGURU = "loguru enqueue=True"
+CONCURRENT = "concurrent-log-handler"
+
+
+def _loguru() -> Any:
+    """loguru's logger without its default stderr sink, or None if loguru is missing."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return None
+    if not getattr(_loguru, "cleared", False):
+        logger.remove()
+        _loguru.cleared = True  # type: ignore[attr-defined]
+    return logger
+
+
+def _concurrent_handler(path: str) -> logging.Handler | None:
+    try:
+        from concurrent_log_handler import ConcurrentRotatingFileHandler
+    except ImportError:
+        return None
+    handler: logging.Handler = ConcurrentRotatingFileHandler(path, "a")
+    return handler
 
 
 def _throughput_worker(n: int, ready: Any, go: Any) -> None:
@@ -166,15 +216,22 @@ def collector_rate(n: int, tmp: str) -> float:
 
 
 def _loss_worker(kind: str, acks: mmap.mmap, queue: Any, path: str) -> None:
+    fmt = "msg %d"
     if kind == "ashmem":
         log: Any = ashmem.logd.get_logger("bench.loss")
     elif kind == "queue":
         log = _logger("bench.lossq", logging.handlers.QueueHandler(queue))
+    elif kind == "loguru":
+        lg = _loguru()
+        lg.add(path, enqueue=True, format="{message}")
+        log, fmt = lg, "msg {}"
+    elif kind == "concurrent":
+        log = _logger("bench.lossc", _concurrent_handler(path))  # type: ignore[arg-type]
     else:
         log = _logger("bench.lossf", logging.FileHandler(path))
     i = 0
     while True:
-        log.info("msg %d", i)
+        log.info(fmt, i)
         i += 1
         struct.pack_into("<Q", acks, 0, i)
 
@@ -217,6 +274,7 @@ def main() -> int:
         costs = producer_costs(n, rounds, tmp)
     floor = costs["logging + NullHandler (floor)"]
     queue_cost = costs["QueueHandler + mp.Queue + QueueListener"]
+    loguru_cost = costs.get(LOGURU)
     targets = {
         "ashmem.logd.Handler": ("<= floor + 1.5 µs", costs["ashmem.logd.Handler"] <= floor + 1500),
         "ashmem.logd direct API": ("<= 1 µs", costs["ashmem.logd direct API"] <= 1000),
@@ -227,6 +285,10 @@ def main() -> int:
             speedup = queue_cost / cost
             target = f"{target}; >= 5x QueueHandler ({format_ratio(speedup)})"
             ok = bool(ok) and speedup >= 5
+            if loguru_cost is not None:
+                vs_loguru = loguru_cost / cost
+                target = f"{target}; >= 5x loguru enqueue ({format_ratio(vs_loguru)})"
+                ok = ok and vs_loguru >= 5
         rows.append(
             [
                 "producer cost per call",
@@ -252,11 +314,12 @@ def main() -> int:
          ">= 500k rec/s", verdict(rate >= 500_000)]
     )  # fmt: skip
     kill_at = 2000 if args.quick else 20000
-    for kind, label in (
-        ("file", "logging.FileHandler"),
-        ("queue", "QueueHandler + mp.Queue + QueueListener"),
-        ("ashmem", "ashmem.logd"),
-    ):
+    kinds = [("file", "logging.FileHandler"), ("queue", "QueueHandler + mp.Queue + QueueListener")]
+    if _loguru() is not None:
+        kinds.append(("loguru", LOGURU))
+    if _concurrent_handler(os.path.join(tmp, "probe.log")) is not None:
+        kinds.append(("concurrent", CONCURRENT))
+    for kind, label in [*kinds, ("ashmem", "ashmem.logd")]:
         if kind == "ashmem":
             d = os.path.join(tmp, "loss")
             with ashmem.logd.start(d):
@@ -281,6 +344,9 @@ def main() -> int:
         "Measured on a shared 2-core VM while other developers ran builds and tests: trust "
         "the same-run ratios over the absolute times.",
     ]
+    missing = [name for name in (LOGURU, CONCURRENT) if name not in costs]
+    if missing:
+        notes.append(f"Not installed, so not measured: {', '.join(missing)} (the bench extra).")
     publish(
         "logd",
         "Log collection (ashmem.logd)",

@@ -40,6 +40,8 @@ from ._client import get_logger as get_logger
 from ._collector import Settings
 from ._errors import CollectorError as CollectorError
 from ._errors import KeyFileError as KeyFileError
+from ._integrations import StructlogFactory as StructlogFactory
+from ._integrations import loguru_sink as loguru_sink
 from ._segment import Cursor as Cursor
 from ._segment import Entry as Entry
 from ._segment import read_directory as read_directory
@@ -54,8 +56,10 @@ __all__ = [
     "Handler",
     "KeyFileError",
     "Logger",
+    "StructlogFactory",
     "flush",
     "get_logger",
+    "loguru_sink",
     "read",
     "read_directory",
     "start",
