@@ -98,6 +98,7 @@ _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _RECV_FLAGS = _wire.RECV_FLAGS
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _MAX_FDS = _wire.MAX_FDS
 _take_fds = _wire.take_fds
 _new = object.__new__
@@ -534,15 +535,15 @@ class _ProcessState(Gate):
                 self._drop(conn)
                 return
             fds = _take_fds(anc) if anc else _NO_FDS
-            if not mflags and len(msg) >= _HEADER_SIZE and conn.greeted:
+            if not mflags & _TRUNCATED and len(msg) >= _HEADER_SIZE and conn.greeted:
                 # The fast path: a two-way user call without descriptors. Every check of
                 # _wire.check for this one shape, and _call, inline: after a context switch
                 # each bytecode costs, and this is most of what a service does.
-                prefix, kind, mflags, nfds, reserved, code, seq = _FAST_HEADER(msg)
+                prefix, kind, hflags, nfds, reserved, code, seq = _FAST_HEADER(msg)
                 if (
                     prefix == _PREFIX
                     and kind == _TRANSACTION
-                    and not (mflags | reserved)
+                    and not (hflags | reserved)
                     and nfds == len(fds) <= _MAX_FDS
                     and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
                     and (not fds or not self._short_of_fds_often(fds[0]))

@@ -80,6 +80,7 @@ _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _RECV_FLAGS = _wire.RECV_FLAGS
+_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _HEADER_SIZE = _wire.HEADER_SIZE
@@ -398,7 +399,7 @@ class Proxy(Closing):
         finally:
             if outgoing is not None and outgoing[3] >= 0:
                 os.close(outgoing[3])
-        if not anc and not mflags and len(msg) >= _HEADER_SIZE:
+        if not anc and not mflags & _TRUNCATED and len(msg) >= _HEADER_SIZE:
             # Fast path, a reply without descriptors: the checks of _wire.check for this
             # one shape, inline.
             prefix, kind, rflags, nfds, reserved, status, rseq = _FAST_HEADER(msg)
