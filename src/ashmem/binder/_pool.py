@@ -91,17 +91,12 @@ _RECV_NOWAIT = _wire.RECV_FLAGS | _wire.DONTWAIT
 _SEND_NOWAIT = _wire.SEND_FLAGS | _wire.DONTWAIT
 _ERROR_TEXT_MAX = 4096
 _NO_FDS: list[int] = []  # shared, never mutated: what a message without descriptors carries
-_FAST_HEADER = _wire.FAST.unpack_from
-_PREFIX = _wire.PREFIX
 _TRANSACTION = _wire.TRANSACTION
 _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _RECV_FLAGS = _wire.RECV_FLAGS
-_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
-_MAX_FDS = _wire.MAX_FDS
 _take_fds = _wire.take_fds
-_new = object.__new__
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 
@@ -523,7 +518,7 @@ class _ProcessState(Gate):
         """Read and handle messages on ``conn``, which this thread owns until it re-arms or
         drops it."""
         sock = conn.sock
-        recvmsg, send = sock.recvmsg, sock.send
+        recvmsg = sock.recvmsg
         flags = _RECV_NOWAIT
         while True:
             try:
@@ -535,55 +530,6 @@ class _ProcessState(Gate):
                 self._drop(conn)
                 return
             fds = _take_fds(anc) if anc else _NO_FDS
-            if not mflags & _TRUNCATED and len(msg) >= _HEADER_SIZE and conn.greeted:
-                # The fast path: a two-way user call without descriptors. Every check of
-                # _wire.check for this one shape, and _call, inline: after a context switch
-                # each bytecode costs, and this is most of what a service does.
-                prefix, kind, hflags, nfds, reserved, code, seq = _FAST_HEADER(msg)
-                if (
-                    prefix == _PREFIX
-                    and kind == _TRANSACTION
-                    and not (hflags | reserved)
-                    and nfds == len(fds) <= _MAX_FDS
-                    and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
-                    and (not fds or not self._short_of_fds_often(fds[0]))
-                ):
-                    node = conn.node
-                    assert node is not None
-                    data = _new(Parcel)
-                    data.__dict__ = {"_data": msg, "_start": 16, "_pos": 16, "_end": len(msg)}
-                    if fds:
-                        data._fds = fds
-                        data._received = True
-                    reply = _new(Parcel)
-                    _identity.caller = conn
-                    try:
-                        status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
-                    except BaseException as exc:
-                        _identity.caller = None
-                        data.close()
-                        reply.close()
-                        if not self._reply_error(conn, node, code, seq, exc):
-                            return
-                    else:
-                        _identity.caller = None
-                        if reply._buf is None and not reply._fds:
-                            try:  # an empty reply: just the header
-                                send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
-                            except OSError:  # the caller is gone, or does not read replies
-                                data.close()
-                                self._drop(conn)
-                                return
-                        elif not self._reply(conn, node, code, seq, status, reply):
-                            data.close()
-                            return
-                        if data._fds:  # after replying: the caller need not wait for this
-                            data.close()
-                    if self._idle and not self._stopping:
-                        flags = _RECV_FLAGS  # linger: see the module docstring
-                        continue
-                    self._rearm(conn)
-                    return
             if not msg:
                 _wire.discard_fds(fds)
                 self._drop(conn, eof=not fds)
@@ -707,13 +653,7 @@ class _ProcessState(Gate):
                 return False
             data = spilled
         else:
-            data = Parcel()
-            data._data = msg
-            data._start = data._pos = _wire.HEADER_SIZE
-            data._end = len(msg)
-            if fds:
-                data._fds = fds
-                data._received = True
+            data = Parcel._from_wire(msg, _HEADER_SIZE, fds)
         node = conn.node
         assert node is not None
         reply = Parcel()

@@ -73,19 +73,14 @@ CONNECT_TIMEOUT = 10.0
 
 _EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
 _NO_FDS: list[int] = []  # shared, never mutated
-_FAST_HEADER = _wire.FAST.unpack_from
-_PREFIX = _wire.PREFIX
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _RECV_FLAGS = _wire.RECV_FLAGS
-_TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _HEADER_SIZE = _wire.HEADER_SIZE
-_REPLY = _wire.REPLY
-_STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
 _DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN)
 
@@ -399,26 +394,6 @@ class Proxy(Closing):
         finally:
             if outgoing is not None and outgoing[3] >= 0:
                 os.close(outgoing[3])
-        if not anc and not mflags & _TRUNCATED and len(msg) >= _HEADER_SIZE:
-            # Fast path, a reply without descriptors: the checks of _wire.check for this
-            # one shape, inline.
-            prefix, kind, rflags, nfds, reserved, status, rseq = _FAST_HEADER(msg)
-            if (
-                prefix == _PREFIX
-                and kind == _REPLY
-                and rseq == seq
-                and not (rflags | nfds | reserved)
-            ):
-                idle = self._idle
-                if len(idle) < MAX_IDLE_CHANNELS:
-                    idle.append(channel)
-                    if self._dead is not None or self._closed:
-                        self._close_idle()
-                else:
-                    sock.close()
-                if reply is not None:
-                    reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, _NO_FDS))
-                return bool(status == _STATUS_OK)
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
