@@ -256,7 +256,7 @@ def test_a_fake_spilled_payload_is_refused(target: binder.ServiceProcess, baseli
 def test_disconnecting_mid_transaction(target: binder.ServiceProcess, baseline: int) -> None:
     with raw_client(target) as sock, Parcel() as data:
         data.write_double(1.0)
-        _, parts, _, _ = data._outgoing()
+        parts = data._outgoing().parts
         sock.sendmsg([header(_wire.TRANSACTION, code=SLEEP, seq=1), *parts])
     # The sleeping call holds one pool thread; everyone else is still served meanwhile.
     start = time.monotonic()
@@ -269,7 +269,7 @@ def test_a_client_that_never_reads_its_replies_is_dropped(
 ) -> None:
     with raw_client(target) as sock, Parcel() as data:
         data.write_string("x" * 1000)
-        _, parts, _, _ = data._outgoing()
+        parts = data._outgoing().parts
         message = [header(_wire.TRANSACTION, code=ECHO), *parts]
         deadline = time.monotonic() + 20
         dropped = False

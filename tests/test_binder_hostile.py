@@ -359,7 +359,8 @@ def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
                     data.write_file_descriptor(release_read)
                     for sock in socks[4 * i : 4 * i + 4]:
                         data.write_file_descriptor(sock.fileno())
-                    flags, parts, fds, _ = data._outgoing()
+                    out = data._outgoing()
+                    flags, parts, fds = out.flags, out.parts, out.fds
                     header = _wire.pack(_wire.TRANSACTION, flags, len(fds), WAIT_PIPE, 1)
                     call.sendmsg([header, *parts], _wire.rights(fds))
             # Junk before HELLO carrying four more.

@@ -23,11 +23,9 @@ import contextlib
 import errno
 import itertools
 import logging
-import os
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._errors import MessageError
 from . import _wire
@@ -43,7 +41,6 @@ __all__ = ["call_nested", "remote_error", "serve_nested"]
 
 logger = logging.getLogger("ashmem.binder")
 
-_EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
 _NO_FDS: list[int] = []  # shared, never mutated
 _nested_seq = itertools.count(1)
 
@@ -78,6 +75,7 @@ def serve_nested(
     node = state._by_token.get(token) if state is not None and len(token) == 16 else None
     answer = Parcel()
     kind, status = _wire.EXCEPTION, 0
+    granted = False  # the answer is the handler's reply (which may carry binders)
     try:
         if node is None or node.closed:
             _wire.discard_fds(fds)
@@ -89,7 +87,7 @@ def serve_nested(
             answer.write_string(f"{node.label} refuses uid {creds.uid} (gid {creds.gid})")
         else:
             try:
-                data = Parcel._from_message(msg, flags, fds, start)
+                data = Parcel._from_wire(msg, start, fds, flags)
             except (BadParcel, OSError) as exc:
                 answer.write_string(_describe(exc))
                 answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
@@ -113,17 +111,17 @@ def serve_nested(
                 else:
                     answer.close()
                     answer, kind = reply, _wire.REPLY
-                    if reply._binders and state is not None:
-                        state.grant(creds.uid)
+                    granted = True
                 finally:
                     _identity.caller = previous
                     data.close()
         outgoing = answer._outgoing()
+        if granted and outgoing.binders and state is not None:
+            state.grant(creds.uid)  # the caller may call back the binders we hand it
         try:
             _wire.send_message(sock, kind, 0, status, seq, outgoing, _SEND_NOWAIT)
         finally:
-            if outgoing[3] >= 0:
-                os.close(outgoing[3])
+            outgoing.close()
     finally:
         answer.close()
 
@@ -147,17 +145,19 @@ def call_nested(
     sock = caller.sock
     assert sock is not None
     seq = next(_nested_seq) & 0xFFFFFFFF
-    spilled, parts, fds, spill_fd = _EMPTY if data is None else data._outgoing()
+    outgoing = _wire.EMPTY if data is None else data._outgoing()
     try:
-        header = _wire.pack(_wire.NESTED, spilled, len(fds), code, seq)
-        sock.sendmsg([header, ref[1], *parts], _wire.rights(fds), _wire.SEND_FLAGS | _wire.DONTWAIT)
+        fds = outgoing.fds
+        header = _wire.pack(_wire.NESTED, outgoing.flags, len(fds), code, seq)
+        sock.sendmsg(
+            [header, ref[1], *outgoing.parts], _wire.rights(fds), _wire.SEND_FLAGS | _wire.DONTWAIT
+        )
     except OSError as exc:
         reason = f"the connection to {proxy._label} broke ({exc.strerror})"
         raise DeadObjectError(reason, proxy._label) from exc
     finally:
-        if spill_fd >= 0:
-            os.close(spill_fd)
-    if data is not None and data._binders:
+        outgoing.close()
+    if outgoing.binders:
         state = current_state()
         if state is not None:
             state.grant(caller.creds.uid)
@@ -207,11 +207,11 @@ def call_nested(
                 f"{proxy._label} answered nested call {seq} with {_wire.KIND_NAMES[kind]} {rseq}"
             )
         if kind == _wire.REPLY:
-            parcel = Parcel._from_message(msg, rflags, fds_in)
+            parcel = Parcel._from_wire(msg, _wire.HEADER_SIZE, fds_in, rflags)
             if reply is not None:
                 reply._adopt(parcel)
             else:
                 parcel.close()
             return status == _wire.STATUS_OK
-        with Parcel._from_message(msg, rflags, fds_in) as error:
+        with Parcel._from_wire(msg, _wire.HEADER_SIZE, fds_in, rflags) as error:
             raise remote_error(error, code, proxy._label)

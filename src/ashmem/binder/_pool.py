@@ -636,7 +636,7 @@ class _ProcessState(Gate):
 
     def _parcel(self, conn: _Connection, msg: bytes, flags: int, fds: list[int]) -> Parcel | None:
         try:
-            return Parcel._from_message(msg, flags, fds)
+            return Parcel._from_wire(msg, _HEADER_SIZE, fds, flags)
         except (BadParcel, OSError) as exc:
             logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
             self._refuse(conn, _wire.REFUSED_PROTOCOL, f"bad spilled payload: {exc}")
@@ -647,13 +647,9 @@ class _ProcessState(Gate):
     ) -> bool:
         """A two-way transaction. False if this thread no longer owns the connection
         (dropped, or handed back to the pool)."""
-        if flags:
-            spilled = self._parcel(conn, msg, flags, fds)
-            if spilled is None:
-                return False
-            data = spilled
-        else:
-            data = Parcel._from_wire(msg, _HEADER_SIZE, fds)
+        data = self._parcel(conn, msg, flags, fds)
+        if data is None:
+            return False
         node = conn.node
         assert node is not None
         reply = Parcel()
@@ -669,7 +665,7 @@ class _ProcessState(Gate):
             reply.close()
             return self._reply_error(conn, node, code, seq, exc)
         _identity.caller = None
-        if reply._buf is None and not reply._fds:
+        if not reply.data_size() and not reply.has_file_descriptors():
             # The common case, an empty reply: one send of the header.
             try:
                 conn.sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
@@ -687,7 +683,7 @@ class _ProcessState(Gate):
                 self._rearm(conn)
             data.close()
             return False
-        if data._fds:
+        if data.has_file_descriptors():
             data.close()
         return kept
 
@@ -699,13 +695,12 @@ class _ProcessState(Gate):
                 outgoing = reply._outgoing()
             except OSError as exc:  # the reply could not be spilled (ENOSPC, EMFILE, ...)
                 return self._reply_error(conn, node, code, seq, exc)
-            if reply._binders:
+            if outgoing.binders:
                 self.grant(conn.creds.uid)  # it may call back the binders we hand it
             try:
                 _wire.send_message(conn.sock, _wire.REPLY, 0, status, seq, outgoing, _SEND_NOWAIT)
             finally:
-                if outgoing[3] >= 0:
-                    os.close(outgoing[3])
+                outgoing.close()
         except OSError:  # the caller went away, or does not read its replies
             self._drop(conn)
             return False
@@ -736,10 +731,10 @@ class _ProcessState(Gate):
             return True
         node = conn.node
         assert node is not None
-        held = data._fds
+        held = data._wire_fds()
         nfds = len(held)
-        short = bool(held) and isinstance(held, list) and self._short_of_fds_often(held[0])
-        size = data._end - data._start
+        short = bool(held) and self._short_of_fds_often(held[0])
+        size = data.data_size()
         limits = get_limits()
         with node.lock:
             node.queue.append((conn.oneway_caller, code, data, nfds, size))

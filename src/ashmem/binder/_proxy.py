@@ -37,7 +37,7 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .._closing import Closing
@@ -71,7 +71,6 @@ MAX_IDLE_CHANNELS = 8
 #: Seconds to wait for a new connection's WELCOME when the call has no timeout.
 CONNECT_TIMEOUT = 10.0
 
-_EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
 _NO_FDS: list[int] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
@@ -350,32 +349,31 @@ class Proxy(Closing):
         if flags:
             if flags & ~FLAG_ONEWAY:
                 raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
-            oneway = _EMPTY if data is None else data._outgoing()
+            oneway = _wire.EMPTY if data is None else data._outgoing()
             try:
                 self._send_oneway(code, oneway, timeout)
             finally:
-                if oneway[3] >= 0:
-                    os.close(oneway[3])
-            if data is not None and data._binders:
+                oneway.close()
+            if oneway.binders:
                 self._grant()
             return True
         caller = _identity.caller
         if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
             return call_nested(self, caller, code, data, reply, timeout)
-        outgoing = None if data is None else data._outgoing()
+        outgoing = _wire.EMPTY if data is None else data._outgoing()
         try:
             try:
                 channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
             except IndexError:
                 channel = self._connect(timeout)
-            if data is not None and data._binders:
+            if outgoing.binders:
                 self._grant()
             sock = channel.sock
             seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                if outgoing is None:
+                if outgoing is _wire.EMPTY:
                     sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
                 else:
                     _wire.send_message(
@@ -392,8 +390,7 @@ class Proxy(Closing):
                     raise
                 raise error from exc
         finally:
-            if outgoing is not None and outgoing[3] >= 0:
-                os.close(outgoing[3])
+            outgoing.close()
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
@@ -471,16 +468,14 @@ class Proxy(Closing):
         self._give(channel)
         if kind == _wire.REPLY:
             if reply is not None:
-                reply._adopt(Parcel._from_message(msg, rflags, fds))
+                reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, fds, rflags))
             elif fds:
                 _wire.discard_fds(fds)
             return status == _wire.STATUS_OK
-        with Parcel._from_message(msg, rflags, fds) as error:
+        with Parcel._from_wire(msg, _wire.HEADER_SIZE, fds, rflags) as error:
             raise remote_error(error, code, self._label)
 
-    def _send_oneway(
-        self, code: int, outgoing: tuple[int, list[Any], Sequence[int], int], timeout: float | None
-    ) -> None:
+    def _send_oneway(self, code: int, outgoing: _wire.Outgoing, timeout: float | None) -> None:
         with self._oneway_lock:
             channel = self._oneway
             if channel is None:
@@ -538,7 +533,7 @@ class Proxy(Closing):
         if self._dead is not None:
             raise DeadObjectError(self._dead, self._label)
         loop = asyncio.get_running_loop()
-        outgoing = _EMPTY if data is None else data._outgoing()
+        outgoing = _wire.EMPTY if data is None else data._outgoing()
         try:
             coro = self._call_async(loop, code, outgoing, reply, flags)
             if timeout is None:
@@ -550,14 +545,13 @@ class Proxy(Closing):
                     f"transaction {code} to {self._label} got no reply within {timeout} s"
                 ) from None
         finally:
-            if outgoing[3] >= 0:
-                os.close(outgoing[3])
+            outgoing.close()
 
     async def _call_async(
         self,
         loop: asyncio.AbstractEventLoop,
         code: int,
-        outgoing: tuple[int, list[Any], Sequence[int], int],
+        outgoing: _wire.Outgoing,
         reply: Parcel | None,
         flags: int,
     ) -> bool:
@@ -610,7 +604,7 @@ class Proxy(Closing):
         self,
         loop: asyncio.AbstractEventLoop,
         code: int,
-        outgoing: tuple[int, list[Any], Sequence[int], int],
+        outgoing: _wire.Outgoing,
     ) -> None:
         # Same channel and lock as the blocking one-way path, so one Proxy's one-way calls
         # stay in order whichever API sent them; the lock is only held for a non-blocking

@@ -392,19 +392,56 @@ class OwnDescriptorsExhausted(MessageError):
     full (MSG_CTRUNC with fewer than the header declares); the sender is not at fault."""
 
 
+class Outgoing:
+    """A Parcel as it goes on the wire (``Parcel._outgoing`` makes it; libbinder's
+    ``ipcData``/``ipcObjects``): what the transport may know of a Parcel, and nothing more.
+
+    ``flags``: ``F_SPILLED`` or 0. ``parts``: the buffers of the payload (empty when
+    spilled). ``fds``: the descriptors to attach, in order, *borrowed* from the Parcel, and
+    when spilled the spill region first. ``spill_fd``: that region, *owned* by this object
+    (-1 if none): ``close()`` closes it once the message is sent (idempotent).
+    ``binders``: the Parcel carries local binders, so the receiver may call back.
+
+    >>> out = Outgoing(0, [b"x"], (), -1, False); out.close(); out.spill_fd
+    -1
+    """
+
+    __slots__ = ("binders", "fds", "flags", "parts", "spill_fd")
+
+    def __init__(
+        self, flags: int, parts: list[Any], fds: Sequence[int], spill_fd: int, binders: bool
+    ) -> None:
+        self.flags = flags
+        self.parts = parts
+        self.fds = fds
+        self.spill_fd = spill_fd
+        self.binders = binders
+
+    def close(self) -> None:
+        """Close the spill region, if any. Safe to call more than once."""
+        fd, self.spill_fd = self.spill_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+#: What an absent Parcel sends: nothing (shared; it owns no descriptor).
+EMPTY = Outgoing(0, [], (), -1, False)
+
+
 def send_message(
     sock: socket.socket,
     kind: int,
     flags: int,
     code: int,
     seq: int,
-    outgoing: tuple[int, list[Any], Sequence[int], int],
+    outgoing: Outgoing,
     send_flags: int,
 ) -> None:
-    """Send one message made by ``Parcel._outgoing`` (its descriptors borrowed); ``flags``
-    are added to the header's (``F_ONEWAY``). Raises the socket's OSError."""
-    spilled, parts, fds, _ = outgoing
-    header = pack(kind, flags | spilled, len(fds), code, seq)
+    """Send one message (``outgoing``'s descriptors borrowed; the caller closes it after);
+    ``flags`` are added to the header's (``F_ONEWAY``). Raises the socket's OSError."""
+    fds = outgoing.fds
+    parts = outgoing.parts
+    header = pack(kind, flags | outgoing.flags, len(fds), code, seq)
     if fds:
         sock.sendmsg([header, *parts], rights(fds), send_flags)
     else:
