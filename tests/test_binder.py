@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import inspect
 import logging
@@ -57,6 +58,7 @@ CALLBACK = 9
 WRITE_FD = 10
 FORWARD = 11
 MAKE_REGION = 12
+IDENTITY = 13
 UNKNOWN = 999
 
 FORK = multiprocessing.get_context("fork")
@@ -118,6 +120,15 @@ class ProbeService(Binder):
                 memory.shared_memory.set_protect(ashmem.PROT_READ)
                 reply.write_shared_memory(memory)  # dup'ed into the reply
                 reply.write_int(len(text))
+        elif code == IDENTITY:
+            # Who calls us, before and after calling back into the caller's process.
+            callback = data.read_binder()
+            assert callback is not None
+            reply.write_int(binder.get_calling_pid())
+            with callback, Parcel() as answer:
+                callback.transact(IDENTITY, None, answer, timeout=10)
+                reply.write_int_list(answer.read_int_list())
+            reply.write_int(binder.get_calling_pid())
         elif code == FORWARD:
             target = data.read_binder()
             assert target is not None
@@ -469,6 +480,69 @@ def test_service_calls_back_through_write_binder(probe: binder.ServiceProcess) -
         assert reply.read_string() == "callback got ping"
     assert callback.oneway.wait(10)
     assert callback.callers == [probe.pid, probe.pid]  # the kernel says who called back
+
+
+class IdentityCallback(Binder):
+    """Says who called it, as itself inside ``clear_calling_identity``, and after."""
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        seen = [binder.get_calling_pid()]
+        with binder.clear_calling_identity():
+            seen.append(binder.get_calling_pid())
+            with binder.clear_calling_identity():  # nests
+                seen.append(binder.get_calling_pid())
+            seen.append(binder.get_calling_pid())
+        seen.append(binder.get_calling_pid())
+        reply.write_int_list(seen)
+        return True
+
+
+def test_calling_identity_is_saved_and_restored_across_a_nested_call(
+    probe: binder.ServiceProcess,
+) -> None:
+    me = os.getpid()
+    with Parcel() as data, Parcel() as reply:
+        data.write_binder(IdentityCallback())
+        assert probe.binder.transact(IDENTITY, data, reply, timeout=20)
+        before, inside, after = reply.read_int(), reply.read_int_list(), reply.read_int()
+    # The probe sees us before and after its call out; the callback (run on this thread,
+    # which waited for the reply) sees the probe, then this process while cleared.
+    assert (before, after) == (me, me)
+    assert inside == [probe.pid, me, me, me, probe.pid]
+    assert binder.get_calling_pid() == me  # this thread is back to no transaction
+
+
+class SlottedCallback(Binder):
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        self.seen.append(binder.get_calling_pid())
+        reply.write_string(f"callback got {data.read_string()}")
+        return code == ECHO
+
+
+def test_a_binder_with_slots_is_served_and_left_untouched(probe: binder.ServiceProcess) -> None:
+    callback = SlottedCallback()
+    before = dict(getattr(callback, "__dict__", {}))
+    with Parcel() as data, Parcel() as reply:
+        data.write_binder(callback)
+        data.write_string("ping")
+        assert probe.binder.transact(CALLBACK, data, reply, timeout=20)
+        assert reply.read_string() == "callback got ping"
+    assert callback.seen[0] == probe.pid
+    # The pool keeps its bookkeeping in its own table, not on the user's object.
+    assert dict(getattr(callback, "__dict__", {})) == before
+    # ... and that table does not keep a dropped binder alive.
+    gone = weakref.ref(callback)
+    del callback
+    deadline = time.monotonic() + 10  # the probe drops its connection to it asynchronously
+    while gone() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert gone() is None
 
 
 def forward_through(probe_name: str, target_name: str) -> None:

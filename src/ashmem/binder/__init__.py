@@ -51,6 +51,7 @@ from ._binder import AllowList as AllowList
 from ._binder import Binder as Binder
 from ._binder import Credentials as Credentials
 from ._binder import Policy as Policy
+from ._binder import clear_calling_identity as clear_calling_identity
 from ._binder import get_calling_credentials as get_calling_credentials
 from ._binder import get_calling_gid as get_calling_gid
 from ._binder import get_calling_pid as get_calling_pid
@@ -103,6 +104,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceProcess",
     "add_service",
+    "clear_calling_identity",
     "get_calling_credentials",
     "get_calling_gid",
     "get_calling_pid",

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import MessageError
 from . import _wire
-from ._binder import Caller, CallerLike, Credentials, _identity
+from ._binder import Caller, CallerLike, Credentials, _Serving
 from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
 from ._parcel import Parcel
 from ._pool import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke, current_state
@@ -75,7 +75,6 @@ def serve_nested(
     node = state._by_token.get(token) if state is not None and len(token) == 16 else None
     answer = Parcel()
     kind, status = _wire.EXCEPTION, 0
-    granted = False  # the answer is the handler's reply (which may carry binders)
     try:
         if node is None or node.closed:
             _wire.discard_fds(fds)
@@ -93,10 +92,9 @@ def serve_nested(
                 answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
             else:
                 reply = Parcel()
-                previous = _identity.caller
-                _identity.caller = Caller(creds, sock)
                 try:
-                    status = _invoke(node.binder, code, data, reply, 0)
+                    with _Serving(Caller(creds, sock)):
+                        status = _invoke(node.binder, code, data, reply, 0)
                 except BaseException as exc:
                     logger.error(
                         "binder: nested on_transact(code=%d) of %s raised (caller pid %d)",
@@ -111,12 +109,10 @@ def serve_nested(
                 else:
                     answer.close()
                     answer, kind = reply, _wire.REPLY
-                    granted = True
                 finally:
-                    _identity.caller = previous
                     data.close()
         outgoing = answer._outgoing()
-        if granted and outgoing.binders and state is not None:
+        if outgoing.binders and state is not None:
             state.grant(creds.uid)  # the caller may call back the binders we hand it
         try:
             _wire.send_message(sock, kind, 0, status, seq, outgoing, _SEND_NOWAIT)

@@ -68,7 +68,7 @@ from ._binder import (
     Binder,
     Caller,
     Policy,
-    _identity,
+    _Serving,
 )
 from ._errors import BadParcel
 from ._gate import Gate, _Connection, _Listener
@@ -139,13 +139,14 @@ class _Node:
 
     __slots__ = (
         "__weakref__",
-        "binder",
+        "_ref",
         "closed",
         "conns",
         "draining",
         "label",
         "lock",
         "parked",
+        "pinned",
         "policy",
         "queue",
         "queued_bytes",
@@ -154,9 +155,15 @@ class _Node:
         "token",
     )
 
-    def __init__(self, state: _ProcessState, binder: Binder, label: str) -> None:
+    def __init__(
+        self, state: _ProcessState, ref: weakref.ref[Binder], binder: Binder, label: str
+    ) -> None:
         self.state = state
-        self.binder = binder
+        # The user's binder, weakly (see ``_ProcessState.node_for``), and strongly while a
+        # connection or a queued one-way call needs it: a binder lives as long as the
+        # application, a connection to it, or a Parcel carrying it keeps it.
+        self._ref = ref
+        self.pinned: Binder | None = None
         self.label = label
         self.token = secrets.token_bytes(_wire.TOKEN_SIZE)
         # None: anyone holding the token (a capability, as an Android binder reference).
@@ -170,6 +177,23 @@ class _Node:
         self.draining = False
         self.closed = False
         self.conns: set[_Connection] = set()
+
+    @property
+    def binder(self) -> Binder:
+        binder = self._ref()
+        if binder is None:
+            raise LookupError(f"{self.label} was released (no reference to it is left)")
+        return binder
+
+    def pin(self) -> bool:
+        """Hold the binder strongly (under ``lock``); False if it is gone already."""
+        self.pinned = self._ref()
+        return self.pinned is not None
+
+    def unpin_if_idle(self) -> None:
+        """Drop the strong reference once nothing here needs the binder (under ``lock``)."""
+        if not self.conns and not self.queue and not self.draining:
+            self.pinned = None
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,6 +210,7 @@ class _ProcessState(Gate):
         self._lock = threading.Lock()
         self._handlers: dict[int, _Listener | _Connection] = {}
         self._by_token: weakref.WeakValueDictionary[bytes, _Node] = weakref.WeakValueDictionary()
+        self._nodes: dict[int, tuple[weakref.ref[Binder], _Node]] = {}  # by id(binder)
         self._threads: list[threading.Thread] = []
         self._nthreads = 0
         self._idle = 0
@@ -222,13 +247,25 @@ class _ProcessState(Gate):
         """The node serving ``binder`` here, made on first use."""
         if not isinstance(binder, Binder):
             raise TypeError(f"expected a Binder, not {type(binder).__name__}")
+        key = id(binder)
         with self._lock:
-            node: _Node | None = binder.__dict__.get("_ashmem_node")
-            if node is None or node.state is not self or node.closed:
-                node = _Node(self, binder, label or type(binder).__name__)
-                # The binder holds its node and the registry holds it weakly: a published
-                # binder lives as long as the application or a connection keeps it.
-                binder.__dict__["_ashmem_node"] = node
+            entry = self._nodes.get(key)
+            node = entry[1] if entry is not None and entry[0]() is binder else None
+            if node is None or node.closed:
+                # The side table holds the node for as long as the binder lives (identity,
+                # not equality: a Binder need not be hashable), and nothing is stored on the
+                # user's object, which may have __slots__. The token registry holds nodes
+                # weakly, so a connection keeps a node alive, and the node its binder.
+                nodes = self._nodes
+
+                def forget(ref: weakref.ref[Binder], key: int = key) -> None:
+                    # No lock: this runs wherever the binder's last reference went away.
+                    if nodes.get(key, (None, None))[0] is ref:
+                        nodes.pop(key, None)
+
+                ref = weakref.ref(binder, forget)
+                node = _Node(self, ref, binder, label or type(binder).__name__)
+                nodes[key] = (ref, node)
                 self._by_token[node.token] = node
             elif label is not None:
                 node.label = label
@@ -474,6 +511,7 @@ class _ProcessState(Gate):
         if node is not None:
             with node.lock:
                 node.conns.discard(conn)
+                node.unpin_if_idle()
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(conn.fd)
         if eof:
@@ -617,10 +655,8 @@ class _ProcessState(Gate):
         with self._lock:
             self._forget_pending(conn)
         with node.lock:
-            if node.closed:
-                closed = True
-            else:
-                closed = False
+            closed = node.closed or not node.pin()
+            if not closed:
                 node.conns.add(conn)
         if closed:
             self._refuse(conn, _wire.REFUSED_NO_SUCH_BINDER, f"{node.label} is shutting down")
@@ -653,18 +689,16 @@ class _ProcessState(Gate):
         node = conn.node
         assert node is not None
         reply = Parcel()
-        _identity.caller = conn
         try:
-            if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-                status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
-            else:
-                status = _invoke(node.binder, code, data, reply, 0)
+            with _Serving(conn):
+                if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                    status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
+                else:
+                    status = _invoke(node.binder, code, data, reply, 0)
         except BaseException as exc:
-            _identity.caller = None
             data.close()
             reply.close()
             return self._reply_error(conn, node, code, seq, exc)
-        _identity.caller = None
         if not reply.data_size() and not reply.has_file_descriptors():
             # The common case, an empty reply: one send of the header.
             try:
@@ -772,6 +806,7 @@ class _ProcessState(Gate):
                     node.queued_fds = node.queued_bytes = 0
                     unparked, node.parked = node.parked, []
                     done = True
+                    node.unpin_if_idle()
                 else:
                     caller, code, data, nfds, size = queue.popleft()
                     node.queued_fds -= nfds
@@ -791,9 +826,9 @@ class _ProcessState(Gate):
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
                 return
-            _identity.caller = caller
             try:
-                _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
+                with _Serving(caller):
+                    _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
             except BaseException:
                 logger.exception(
                     "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
@@ -802,7 +837,6 @@ class _ProcessState(Gate):
                     caller.creds.pid,
                 )
             finally:
-                _identity.caller = None
                 data.close()
 
     # -- shutdown -----------------------------------------------------------------------
