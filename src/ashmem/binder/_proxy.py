@@ -1,4 +1,4 @@
-"""The client side: ``Proxy``, a remote binder, and the thread that watches for deaths.
+"""The client side: ``Proxy``, a remote binder (death notices: ``_death``).
 
 A Proxy keeps a small pool of connections (channels) to the process that serves its binder.
 A call takes an idle channel (or opens one), sends one message, waits for one reply on that
@@ -31,8 +31,6 @@ import contextlib
 import errno
 import logging
 import os
-import queue
-import select
 import socket
 import struct
 import threading
@@ -54,6 +52,8 @@ from ._binder import (
     _check_timeout,
     _identity,
 )
+from ._death import DeathRecipient as DeathRecipient
+from ._death import watcher as _watcher
 from ._errors import BadParcel, DeadObjectError, ServiceBusyError
 from ._nested import call_nested, remote_error, serve_nested
 from ._parcel import Parcel
@@ -64,7 +64,6 @@ __all__ = ["DeathRecipient", "Proxy"]
 logger = logging.getLogger("ashmem.binder")
 
 #: Called once, with the dead Proxy, when the binder's process dies or its connection breaks.
-DeathRecipient = Callable[["Proxy"], object]
 
 #: Idle channels a Proxy keeps open for later calls; more are closed when given back.
 MAX_IDLE_CHANNELS = 8
@@ -878,107 +877,8 @@ async def _retry_blocking(
             await _wait_ready(loop, sock, write)
 
 
-class _DeathWatcher:
-    """One thread per process that notices dead binders and runs death recipients."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[int, tuple[socket.socket, weakref.ref[Proxy]]] = {}
-        self._jobs: queue.SimpleQueue[tuple[Proxy, list[DeathRecipient]]] = queue.SimpleQueue()
-        self._ep = select.epoll()
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._ep.register(self._wake, select.EPOLLIN)
-        threading.Thread(target=self._run, name="ashmem-binder-death", daemon=True).start()
-
-    def watch(self, sock: socket.socket, proxy: Proxy) -> None:
-        with self._lock:
-            self._watched[sock.fileno()] = (sock, weakref.ref(proxy))
-            self._ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-
-    def forget(self, sock: socket.socket) -> None:
-        """Stop watching ``sock`` and close it."""
-        with self._lock:
-            fd = sock.fileno()
-            entry = self._watched.get(fd)
-            if entry is not None and entry[0] is sock:
-                del self._watched[fd]
-                with contextlib.suppress(OSError, ValueError):
-                    self._ep.unregister(fd)
-            sock.close()
-
-    def notify(self, proxy: Proxy, recipients: list[DeathRecipient]) -> None:
-        self._jobs.put((proxy, recipients))
-        os.eventfd_write(self._wake, 1)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                events = self._ep.poll()
-            except OSError:  # closed after fork
-                return
-            for fd, _ in events:
-                if fd == self._wake:
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self._wake)
-                    self._run_jobs()
-                    continue
-                with self._lock:
-                    entry = self._watched.get(fd)
-                if entry is None:
-                    continue
-                sock, ref = entry
-                try:
-                    # The service never writes on a watch connection: anything readable is
-                    # its end closing (EOF or reset), or noise to discard.
-                    if sock.recv(_wire.MAX_MESSAGE, _wire.DONTWAIT):
-                        continue
-                    reason = "died or closed the connection"
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    reason = f"broke the connection ({exc.strerror})"
-                self.forget(sock)
-                proxy = ref()
-                if proxy is not None:
-                    proxy._die(f"{proxy._label} {reason}")
-
-    def _run_jobs(self) -> None:
-        while True:
-            try:
-                proxy, recipients = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            for recipient in recipients:
-                try:
-                    recipient(proxy)
-                except Exception:
-                    logger.exception("binder: death recipient %r raised", recipient)
-
-
-_death_watcher: _DeathWatcher | None = None
-_death_lock = threading.Lock()
-
-
-def _watcher() -> _DeathWatcher:
-    global _death_watcher
-    watcher = _death_watcher
-    if watcher is None:
-        with _death_lock:
-            if _death_watcher is None:
-                _death_watcher = _DeathWatcher()
-            watcher = _death_watcher
-    return watcher
-
-
 def _after_fork_in_child() -> None:
-    global _death_watcher, _death_lock
-    _death_lock = threading.Lock()
-    watcher, _death_watcher = _death_watcher, None
-    if watcher is not None:
-        for sock, _ in watcher._watched.values():
-            sock.close()
-        watcher._ep.close()
-        os.close(watcher._wake)
+    # (The death watcher forgets the parent's sockets first: _death registered earlier.)
     for proxy in list(_live):
         proxy._after_fork()
 
