@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING
 from .._errors import MessageError
 from . import _wire
 from ._binder import Caller, CallerLike, Credentials, _Serving
+from ._dispatch import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke
 from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
 from ._parcel import Parcel
-from ._pool import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke, current_state
+from ._pool import current_state
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
