@@ -16,7 +16,9 @@ import inspect
 import logging
 import multiprocessing
 import os
+import select
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -59,6 +61,11 @@ WRITE_FD = 10
 FORWARD = 11
 MAKE_REGION = 12
 IDENTITY = 13
+RENDEZVOUS = 14
+GATE = 15
+CONCURRENT_CALLS = 6
+# In the probe process: every RENDEZVOUS call waits here until CONCURRENT_CALLS are inside.
+_RENDEZVOUS = threading.Barrier(CONCURRENT_CALLS)
 UNKNOWN = 999
 
 FORK = multiprocessing.get_context("fork")
@@ -91,6 +98,16 @@ class ProbeService(Binder):
         elif code == SLEEP:
             time.sleep(data.read_double())
             reply.write_bool(True)
+        elif code == RENDEZVOUS:
+            # Passes only if all the calls are inside on_transact at once.
+            reply.write_int(_RENDEZVOUS.wait(timeout=20))
+        elif code == GATE:
+            # Held until the caller writes to the pipe whose read end it sent (bounded).
+            fd = data.read_file_descriptor()
+            try:
+                reply.write_bool(bool(select.select([fd], [], [], 30)[0]))
+            finally:
+                os.close(fd)
         elif code == LOG:
             self._log(data.read_int(), data.read_int())
         elif code == GET_LOG:
@@ -694,12 +711,18 @@ def test_ping_and_interface_descriptor(probe: binder.ServiceProcess) -> None:
 
 
 def test_timeout_abandons_the_call_not_the_proxy(probe: binder.ServiceProcess) -> None:
-    with Parcel() as data:
-        data.write_double(1.0)
-        start = time.monotonic()
-        with pytest.raises(TimeoutError, match="no reply within"):
-            probe.binder.transact(SLEEP, data, timeout=0.2)
-        assert time.monotonic() - start < 0.9
+    gate_read, gate_write = os.pipe()
+    try:
+        with Parcel() as data:
+            data.write_file_descriptor(gate_read)
+            # The TimeoutError comes while the call is still held in the service: the gate
+            # opens only after it.
+            with pytest.raises(TimeoutError, match="no reply within"):
+                probe.binder.transact(GATE, data, timeout=0.2)
+    finally:
+        os.write(gate_write, b"x")
+        os.close(gate_read)
+        os.close(gate_write)
     assert echo(probe.binder, "after timeout", timeout=5) == "after timeout"
     assert probe.binder.is_binder_alive()
 
@@ -746,18 +769,21 @@ def test_a_proxy_inherited_through_fork_reconnects(
 
 
 def test_the_thread_pool_serves_calls_concurrently(probe: binder.ServiceProcess) -> None:
-    def nap() -> None:
-        with Parcel() as data:
-            data.write_double(0.4)
-            assert probe.binder.transact(SLEEP, data, timeout=10)
+    # Each call waits in the service at a barrier that opens only when all of them are
+    # inside on_transact at once: served one after the other, they would all fail.
+    arrivals: list[int] = []
 
-    sleepers = [threading.Thread(target=nap) for _ in range(6)]
-    start = time.monotonic()
-    for sleeper in sleepers:
-        sleeper.start()
-    for sleeper in sleepers:
-        sleeper.join()
-    assert time.monotonic() - start < 1.2  # 6 x 0.4 s one after the other would be 2.4 s
+    def meet() -> None:
+        with Parcel() as reply:
+            assert probe.binder.transact(RENDEZVOUS, None, reply, timeout=30)
+            arrivals.append(reply.read_int())
+
+    callers = [threading.Thread(target=meet) for _ in range(CONCURRENT_CALLS)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(60)
+    assert sorted(arrivals) == list(range(CONCURRENT_CALLS))
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -838,13 +864,22 @@ def test_a_stale_socket_is_replaced() -> None:
 def test_get_service_waits_for_a_late_service() -> None:
     name = f"test.late.{os.getpid()}"
     services: list[binder.Service] = []
-    timer = threading.Timer(0.3, lambda: services.append(binder.add_service(name, Binder())))
+    waiting = threading.Event()
+
+    def publish_late() -> None:
+        waiting.wait(10)
+        time.sleep(0.3)  # let get_service find nothing and start waiting
+        services.append(binder.add_service(name, Binder()))
+
+    timer = threading.Thread(target=publish_late)
     timer.start()
     try:
-        start = time.monotonic()
+        assert name not in binder.list_services()
+        waiting.set()
         with binder.get_service(name, timeout=10) as proxy:
             assert proxy.ping()
-        assert time.monotonic() - start >= 0.25
+        # The service appeared while get_service was waiting, not before it was called.
+        assert len(services) == 1
     finally:
         timer.join()
         for service in services:
@@ -979,3 +1014,68 @@ def test_start_service_without_a_main_guard_says_so_in_the_caller(tmp_path: Any)
 def test_start_service_reports_why_the_child_failed() -> None:
     with pytest.raises(ChildProcessError, match="RuntimeError: this service cannot start"):
         binder.start_service(_broken_target, f"test.broken.why.{os.getpid()}")
+
+
+class Held(Binder):
+    """One-way calls wait at a gate; two-way calls answer at once."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.delivered: list[int] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        if flags & FLAG_ONEWAY:
+            self.entered.set()
+            assert self.gate.wait(30)
+            self.delivered.append(data.read_int())
+        return True
+
+
+def test_statistics_show_the_pool_its_backlog_and_refusals() -> None:
+    name = f"test.statistics.{os.getpid()}"
+    held = Held()
+
+    def backlog() -> int:
+        return binder.statistics().oneway_backlog.get(f"service {name!r}", -1)
+
+    with binder.add_service(name, held), binder.get_service(name) as proxy:
+        before = binder.statistics()
+        assert proxy.transact(ECHO, timeout=10)
+        after = binder.statistics()
+        assert after.calls_served == before.calls_served + 1
+        assert after.threads >= 1 and 0 <= after.idle_threads <= after.threads
+        assert after.connections >= 1
+        assert backlog() == 0
+        # One one-way call held inside on_transact, three queued behind it (one at a time),
+        # each from its own connection: the thread delivering reads no more of its own.
+        senders = [binder.get_service(name) for _ in range(3)]
+        try:
+            for value, sender in enumerate([proxy, *senders]):
+                with Parcel() as data:
+                    data.write_int(value)
+                    sender.transact(ECHO, data, flags=FLAG_ONEWAY)
+                assert held.entered.wait(10)
+                deadline = time.monotonic() + 10
+                while backlog() != value and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert backlog() == value
+            assert held.delivered == []
+            held.gate.set()
+        finally:
+            for sender in senders:
+                sender.close()
+        assert proxy.transact(ECHO, timeout=10)  # two-way calls are served meanwhile
+        deadline = time.monotonic() + 10
+        while len(held.delivered) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held.delivered == [0, 1, 2, 3] and backlog() == 0
+        # A peer that speaks garbage is refused, and counted.
+        refused = binder.statistics().refused_connections
+        junk = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        junk.settimeout(10)
+        junk.connect(os.path.join(binder.service_directory(), name))
+        junk.send(b"junk" * 8)
+        assert junk.recv(4096)[3] == 3  # REFUSED
+        junk.close()
+        assert binder.statistics().refused_connections == refused + 1

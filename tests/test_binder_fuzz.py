@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -42,6 +43,7 @@ DECODE = 2
 SLEEP = 3
 BOOM = 4
 NOTHING = 5
+GATE = 6
 
 READERS = [
     "read_int",
@@ -76,6 +78,13 @@ class FuzzTarget(Binder):
             reply.write_int(decode_everything(data))
         elif code == SLEEP:
             time.sleep(data.read_double())
+        elif code == GATE:
+            # Held until the test writes to the pipe whose read end came with the call.
+            fd = data.read_file_descriptor()
+            try:
+                select.select([fd], [], [], 30)
+            finally:
+                os.close(fd)
         elif code == BOOM:
             raise RuntimeError("boom")
         elif code != NOTHING:
@@ -254,14 +263,22 @@ def test_a_fake_spilled_payload_is_refused(target: binder.ServiceProcess, baseli
 
 
 def test_disconnecting_mid_transaction(target: binder.ServiceProcess, baseline: int) -> None:
-    with raw_client(target) as sock, Parcel() as data:
-        data.write_double(1.0)
-        parts = data._outgoing().parts
-        sock.sendmsg([header(_wire.TRANSACTION, code=SLEEP, seq=1), *parts])
-    # The sleeping call holds one pool thread; everyone else is still served meanwhile.
-    start = time.monotonic()
-    assert echo(target.binder, "meanwhile") == "meanwhile"
-    assert time.monotonic() - start < 0.5
+    gate_read, gate_write = os.pipe()
+    try:
+        with raw_client(target) as sock, Parcel() as data:
+            data.write_file_descriptor(gate_read)
+            out = data._outgoing()
+            sock.sendmsg(
+                [header(_wire.TRANSACTION, nfds=len(out.fds), code=GATE, seq=1), *out.parts],
+                _wire.rights(out.fds),
+            )
+        # The held call keeps one pool thread (its caller is gone); everyone else is still
+        # served meanwhile: this answer comes while the gate is closed.
+        assert echo(target.binder, "meanwhile") == "meanwhile"
+    finally:
+        os.write(gate_write, b"x")
+        os.close(gate_read)
+        os.close(gate_write)
 
 
 def test_a_client_that_never_reads_its_replies_is_dropped(

@@ -73,8 +73,10 @@ from ._limits import Limits as Limits
 from ._limits import get_limits as get_limits
 from ._limits import set_limits as set_limits
 from ._parcel import Parcel as Parcel
+from ._pool import Statistics as Statistics
 from ._pool import get_max_threads as get_max_threads
 from ._pool import set_max_threads as set_max_threads
+from ._pool import statistics as statistics
 from ._proxy import DeathRecipient as DeathRecipient
 from ._proxy import Proxy as Proxy
 from ._wire import MAX_FDS as MAX_FDS
@@ -103,6 +105,7 @@ __all__ = [
     "ServiceBusyError",
     "ServiceNotFoundError",
     "ServiceProcess",
+    "Statistics",
     "add_service",
     "clear_calling_identity",
     "get_calling_credentials",
@@ -118,4 +121,5 @@ __all__ = [
     "set_limits",
     "set_max_threads",
     "start_service",
+    "statistics",
 ]

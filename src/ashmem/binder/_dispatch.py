@@ -58,6 +58,7 @@ class Dispatch(Gate):
 
     host_address: bytes
     _idle: int
+    _served: int
     _by_token: weakref.WeakValueDictionary[bytes, _Node]
 
     if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Dispatch(Gate):
 
     def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
         """Tell the peer why, then drop the connection."""
+        self._refused += 1
         text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
         with contextlib.suppress(OSError):
             conn.sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
@@ -245,9 +247,11 @@ class Dispatch(Gate):
                 else:
                     status = _invoke(node.binder, code, data, reply, 0)
         except BaseException as exc:
+            self._served += 1
             data.close()
             reply.close()
             return self._reply_error(conn, node, code, seq, exc)
+        self._served += 1
         if not reply.data_size() and not reply.has_file_descriptors():
             # The common case, an empty reply: one send of the header.
             try:
@@ -375,6 +379,7 @@ class Dispatch(Gate):
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
                 return
+            self._served += 1
             try:
                 with _Serving(caller):
                     _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
