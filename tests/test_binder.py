@@ -1079,3 +1079,41 @@ def test_statistics_show_the_pool_its_backlog_and_refusals() -> None:
         assert junk.recv(4096)[3] == 3  # REFUSED
         junk.close()
         assert binder.statistics().refused_connections == refused + 1
+
+
+def test_async_one_way_send_does_not_block_the_loop_on_a_stalled_connect() -> None:
+    # The service is stopped (SIGSTOP): a new connection is queued by the kernel but never
+    # welcomed, so the one-way channel's connect waits. Other coroutines must keep running
+    # meanwhile; the send completes once the service runs again.
+    with binder.start_service(ProbeService, f"test.stalled.{os.getpid()}", timeout=30) as service:
+        proxy = service.binder
+        assert proxy.ping(timeout=10)
+        os.kill(service.pid, signal.SIGSTOP)
+        # A fallback: if the loop were blocked, nothing below could send SIGCONT.
+        rescue = threading.Timer(20, os.kill, (service.pid, signal.SIGCONT))
+        rescue.start()
+        events: list[str] = []
+
+        async def send() -> None:
+            with Parcel() as data:
+                data.write_int(1)
+                data.write_int(1)
+                await proxy.transact_async(LOG, data, flags=FLAG_ONEWAY, timeout=30)
+            events.append("sent")
+
+        async def tick() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            events.append("ticked")
+            os.kill(service.pid, signal.SIGCONT)
+
+        async def main() -> None:
+            await asyncio.gather(send(), tick())
+
+        try:
+            asyncio.run(main())
+        finally:
+            rescue.cancel()
+            os.kill(service.pid, signal.SIGCONT)
+        assert events == ["ticked", "sent"]
+        assert echo(proxy, "after", timeout=10) == "after"

@@ -36,7 +36,7 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .._closing import Closing
 from .._errors import ClosedError, MessageError
@@ -69,6 +69,7 @@ logger = logging.getLogger("ashmem.binder")
 MAX_IDLE_CHANNELS = 8
 #: Seconds to wait for a new connection's WELCOME when the call has no timeout.
 CONNECT_TIMEOUT = 10.0
+_T = TypeVar("_T")
 
 _NO_FDS: list[int] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
@@ -606,14 +607,22 @@ class Proxy(Closing):
         outgoing: _wire.Outgoing,
     ) -> None:
         # Same channel and lock as the blocking one-way path, so one Proxy's one-way calls
-        # stay in order whichever API sent them; the lock is only held for a non-blocking
-        # send, never across an await.
-        while True:
-            with self._oneway_lock:
-                channel = self._oneway
-                if channel is None:
-                    channel = self._oneway = self._connect(None)
-                channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        # stay in order whichever API sent them. Nothing here blocks the loop: the lock is
+        # taken in an executor when a thread holds it (the blocking path holds it across a
+        # back-pressured send), the channel is connected in an executor (a service that
+        # does not accept makes that wait up to CONNECT_TIMEOUT), and a full socket is
+        # waited for with add_writer. Other coroutines of this Proxy wait for the lock the
+        # same way, so holding it across those awaits keeps the order without blocking.
+        await _acquire_async(loop, self._oneway_lock)
+        try:
+            channel = self._oneway
+            if channel is None:
+                channel = await _in_executor(
+                    loop, self._connect, None, release=lambda lost: lost.sock.close()
+                )
+                self._oneway = channel
+            channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            while True:
                 try:
                     _wire.send_message(
                         channel.sock,
@@ -634,7 +643,9 @@ class Proxy(Closing):
                     if error is exc:
                         raise
                     raise error from exc
-            await _wait_ready(loop, channel.sock, True)
+                await _wait_ready(loop, channel.sock, True)
+        finally:
+            self._oneway_lock.release()
 
     def ping(self, *, timeout: float | None = None) -> bool:
         """True if the service answers (the library answers for it, not ``on_transact``);
@@ -864,6 +875,36 @@ async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, writ
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+
+
+async def _acquire_async(loop: asyncio.AbstractEventLoop, lock: threading.Lock) -> None:
+    """Take ``lock`` without blocking the loop. If the waiting coroutine is cancelled, the
+    lock is released again as soon as the executor thread gets it."""
+    if lock.acquire(blocking=False):
+        return
+    await _in_executor(loop, lock.acquire, release=lambda _: lock.release())
+
+
+async def _in_executor(
+    loop: asyncio.AbstractEventLoop,
+    function: Callable[..., _T],
+    *args: Any,
+    release: Callable[[_T], object] | None = None,
+) -> _T:
+    """``function(*args)`` on the default executor. Cancelling the awaiting coroutine does
+    not stop the thread; what it returns then is handed to ``release`` (a channel closed, a
+    lock released) instead of being lost."""
+    future = loop.run_in_executor(None, function, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def settle(done: asyncio.Future[_T]) -> None:
+            if not done.cancelled() and done.exception() is None and release is not None:
+                release(done.result())
+
+        future.add_done_callback(settle)
+        raise
 
 
 async def _retry_blocking(
