@@ -72,7 +72,6 @@ closed at once.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
@@ -87,6 +86,9 @@ from typing import Any
 
 from .. import _sys, region
 from .._errors import MessageError
+from .._rights import FD_SIZE
+from .._rights import rights as rights
+from .._rights import take_fds as take_fds
 from .._shared_memory import Mapping
 from ._errors import BadParcel
 from ._limits import get_limits
@@ -102,7 +104,7 @@ MAX_MESSAGE = 65536
 MAX_INLINE = MAX_MESSAGE - HEADER_SIZE
 #: Most descriptors one message may carry (a spilled payload's region included).
 MAX_FDS = 64
-CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * FD_SIZE)
 
 HELLO = 1
 WELCOME = 2
@@ -143,8 +145,6 @@ DONTWAIT = int(socket.MSG_DONTWAIT)
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
 _PEEK_NOWAIT = int(socket.MSG_PEEK) | DONTWAIT
-_SOL_SOCKET = int(socket.SOL_SOCKET)
-_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 PREFIX = MAGIC + bytes((VERSION,))
 FAST = struct.Struct("<3sBBBHII")  # the header with magic and version as one field
 SPILL_NAME = "ashmem.binder.parcel"
@@ -159,17 +159,6 @@ _TIMEVAL = struct.Struct("ll")
 def pack(kind: int, flags: int, nfds: int, code: int, seq: int) -> bytes:
     """A message header."""
     return HEADER.pack(MAGIC, VERSION, kind, flags, nfds, 0, code, seq)
-
-
-def take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The descriptors in ``recvmsg`` ancillary data; the caller owns them."""
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            chunk = array.array("i")
-            chunk.frombytes(data[: len(data) - len(data) % chunk.itemsize])
-            fds.extend(chunk)
-    return fds
 
 
 def close_fds(fds: Iterable[int]) -> None:
@@ -321,13 +310,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
-    """Ancillary data attaching ``fds`` (borrowed) to a message."""
-    if not fds:
-        return []
-    return [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
 def check(msg: bytes, mflags: int, nfds: int) -> tuple[int, int, int, int]:
