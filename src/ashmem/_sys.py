@@ -58,6 +58,7 @@ def memfd_name(link: str) -> str | None:
 
 
 # madvise(2) advice not all Python versions name.
+MADV_POPULATE_READ = 22  # Linux 5.14
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 # syscall numbers with no libc wrapper in older glibc.

@@ -318,17 +318,22 @@ def reserve_region(fd: int, size: int | None = None) -> None:
         raise _sys.translate(exc, f"reserve {size} bytes", _name_or_none(fd)) from exc
 
 
-def populate_region(mapping: mmap.mmap) -> bool:
-    """Prefault a writable shared mapping of a region (``MADV_POPULATE_WRITE``, Linux 5.14).
+def populate_region(
+    mapping: mmap.mmap, *, read_only: bool = False, name: str | None = None
+) -> bool:
+    """Prefault a writable shared mapping of a region (``MADV_POPULATE_WRITE``, Linux 5.14),
+    or with ``read_only=True`` a read-only one (``MADV_POPULATE_READ``). ``name``: the
+    region's, for the error message.
 
     Returns False where the kernel lacks the advice (nothing done). Raises ``OSError`` with
     ENOMEM/EFAULT when memory cannot be had, instead of a later SIGBUS."""
+    advice = _sys.MADV_POPULATE_READ if read_only else _sys.MADV_POPULATE_WRITE
     try:
-        mapping.madvise(_sys.MADV_POPULATE_WRITE)
+        mapping.madvise(advice)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return False
-        raise _sys.translate(exc, "populate a mapping") from exc
+        raise _sys.translate(exc, "populate a mapping", name) from exc
     return True
 
 
