@@ -46,6 +46,8 @@ from ashmem.binder import (
     ServiceNotFoundError,
 )
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(60)
 
 ECHO = FIRST_CALL_TRANSACTION
@@ -100,7 +102,7 @@ class ProbeService(Binder):
             reply.write_bool(True)
         elif code == RENDEZVOUS:
             # Passes only if all the calls are inside on_transact at once.
-            reply.write_int(_RENDEZVOUS.wait(timeout=20))
+            reply.write_int(_RENDEZVOUS.wait(timeout=scaled(20)))
         elif code == GATE:
             # Held until the caller writes to the pipe whose read end it sent (bounded).
             fd = data.read_file_descriptor()
@@ -143,7 +145,7 @@ class ProbeService(Binder):
             assert callback is not None
             reply.write_int(binder.get_calling_pid())
             with callback, Parcel() as answer:
-                callback.transact(IDENTITY, None, answer, timeout=10)
+                callback.transact(IDENTITY, None, answer, timeout=scaled(10))
                 reply.write_int_list(answer.read_int_list())
             reply.write_int(binder.get_calling_pid())
         elif code == FORWARD:
@@ -151,7 +153,7 @@ class ProbeService(Binder):
             assert target is not None
             with target, Parcel() as ask, Parcel() as answer:
                 ask.write_string(data.read_string())
-                target.transact(ECHO, ask, answer, timeout=10)
+                target.transact(ECHO, ask, answer, timeout=scaled(10))
                 reply.write_string(answer.read_string())
         else:
             return False
@@ -169,7 +171,7 @@ class ProbeService(Binder):
 
     def _get_log(self, count: int, reply: Parcel) -> None:
         with self.lock:
-            self.changed.wait_for(lambda: len(self.log) >= count, timeout=20)
+            self.changed.wait_for(lambda: len(self.log) >= count, timeout=scaled(20))
             log, self.log = self.log, []
             reply.write_int_list([c for c, _ in log])
             reply.write_int_list([s for _, s in log])
@@ -180,7 +182,7 @@ class ProbeService(Binder):
         assert callback is not None
         with callback, Parcel() as ask, Parcel() as answer:
             ask.write_string(text)
-            callback.transact(ECHO, ask, answer, timeout=10)
+            callback.transact(ECHO, ask, answer, timeout=scaled(10))
             reply.write_string(answer.read_string())
             callback.transact(LOG, ask, None, FLAG_ONEWAY)
 
@@ -188,7 +190,9 @@ class ProbeService(Binder):
 @pytest.fixture(scope="module")
 def probe() -> Iterator[binder.ServiceProcess]:
     """The probe service, in its own process for the whole module."""
-    with binder.start_service(ProbeService, f"test.probe.{os.getpid()}", timeout=30) as service:
+    with binder.start_service(
+        ProbeService, f"test.probe.{os.getpid()}", timeout=scaled(30)
+    ) as service:
         yield service
 
 
@@ -207,12 +211,12 @@ def demo_client(name: str) -> None:
     encoded = message.encode()
     with ashmem.MemoryFile("demo-region", 4096) as memory:
         memory.write_bytes(encoded, 0, 0, len(encoded))
-        with binder.start_service(DemoService, name, timeout=30) as service:
+        with binder.start_service(DemoService, name, timeout=scaled(30)) as service:
             assert service.started
             with Parcel() as data, Parcel() as reply:
                 data.write_shared_memory(memory)
                 data.write_int(len(encoded))
-                assert service.binder.transact(TRANSACTION_GREET, data, reply, timeout=10)
+                assert service.binder.transact(TRANSACTION_GREET, data, reply, timeout=scaled(10))
                 answer = reply.read_string()
                 offset, size = reply.read_int(), reply.read_int()
             assert answer is not None and message.upper() in answer
@@ -238,7 +242,7 @@ def test_demo_scenario_under_every_start_method(
     mp_context: multiprocessing.context.BaseContext, children: Any
 ) -> None:
     name = f"test.demo.{os.getpid()}.{mp_context.get_start_method()}"
-    children.run(mp_context, demo_client, name, timeout=45)
+    children.run(mp_context, demo_client, name, timeout=scaled(45))
 
 
 @pytest.mark.timeout(30)
@@ -250,7 +254,7 @@ def test_ashmem_demo_command_prints_both_answers() -> None:
         [sys.executable, "-c", "import sys, ashmem.cli; sys.exit(ashmem.cli.main(['demo']))"],
         capture_output=True,
         text=True,
-        timeout=25,
+        timeout=scaled(25),
     )
     assert run.returncode == 0, run.stderr
     lines = dict(line.split(":", 1) for line in run.stdout.splitlines() if ":" in line)
@@ -264,7 +268,7 @@ def test_ashmem_demo_command_prints_both_answers() -> None:
 
 def whoami(proxy: Proxy) -> list[int]:
     with Parcel() as reply:
-        assert proxy.transact(WHOAMI, None, reply, timeout=10)
+        assert proxy.transact(WHOAMI, None, reply, timeout=scaled(10))
         result = reply.read_int_list()
     assert result is not None
     return result
@@ -281,7 +285,7 @@ def test_calling_credentials_come_from_the_kernel(
     probe: binder.ServiceProcess, children: Any
 ) -> None:
     check_credentials(probe.name)  # this process
-    children.run(FORK, check_credentials, probe.name, timeout=20)  # a child
+    children.run(FORK, check_credentials, probe.name, timeout=scaled(20))  # a child
 
 
 def test_get_calling_identity_outside_a_transaction_is_our_own() -> None:
@@ -310,9 +314,9 @@ def call_as_nobody(name: str, directory: str, expect_allowed: bool) -> None:
     os.setuid(NOBODY)
     if not expect_allowed:
         with pytest.raises(PermissionError, match="refused"):
-            binder.get_service(name, directory=directory, timeout=5)
+            binder.get_service(name, directory=directory, timeout=scaled(5))
         return
-    with binder.get_service(name, directory=directory, timeout=5) as proxy:
+    with binder.get_service(name, directory=directory, timeout=scaled(5)) as proxy:
         pid, uid, gid, _ = whoami(proxy)
         assert (pid, uid, gid) == (os.getpid(), NOBODY, NOBODY)
 
@@ -331,7 +335,7 @@ def test_other_uid_is_refused_by_default_and_logged(
         caplog.at_level(logging.WARNING, logger="ashmem.binder"),
         binder.add_service(name, ProbeService(), directory=shared_directory),
     ):
-        children.run(FORK, call_as_nobody, name, shared_directory, False, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, False, timeout=scaled(20))
         # The owner's uid is still welcome.
         with binder.get_service(name, directory=shared_directory) as proxy:
             assert proxy.ping()
@@ -343,14 +347,14 @@ def test_other_uid_is_refused_by_default_and_logged(
 def test_other_uid_is_admitted_by_allow_list(shared_directory: str, children: Any) -> None:
     name = f"test.uid.allowed.{os.getpid()}"
     with binder.add_service(name, ProbeService(), directory=shared_directory, allow_uids=[NOBODY]):
-        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=scaled(20))
 
 
 @needs_root
 def test_other_gid_is_admitted_by_allow_list(shared_directory: str, children: Any) -> None:
     name = f"test.gid.allowed.{os.getpid()}"
     with binder.add_service(name, ProbeService(), directory=shared_directory, allow_gids=[NOBODY]):
-        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=scaled(20))
 
 
 def test_policy_callable_decides(caplog: pytest.LogCaptureFixture) -> None:
@@ -366,7 +370,7 @@ def test_policy_callable_decides(caplog: pytest.LogCaptureFixture) -> None:
         binder.add_service(name, ProbeService(), policy=policy),
         pytest.raises(PermissionError),
     ):
-        binder.get_service(name, timeout=5)
+        binder.get_service(name, timeout=scaled(5))
     assert seen and seen[0].pid == os.getpid()
     assert any("refused" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="either"):
@@ -394,7 +398,7 @@ def test_oneway_calls_arrive_in_order_one_at_a_time(
         children.join(proc, 30)
     with Parcel() as data, Parcel() as reply:
         data.write_int(clients * count)
-        assert probe.binder.transact(GET_LOG, data, reply, timeout=30)
+        assert probe.binder.transact(GET_LOG, data, reply, timeout=scaled(30))
         senders, seqs, max_active = reply.read_int_list(), reply.read_int_list(), reply.read_int()
     assert senders is not None and seqs is not None
     assert len(seqs) == clients * count
@@ -407,7 +411,7 @@ def test_oneway_calls_arrive_in_order_one_at_a_time(
 
 
 def test_death_recipient_runs_once_when_the_service_is_sigkilled() -> None:
-    service = binder.start_service(ProbeService, f"test.death.{os.getpid()}", timeout=20)
+    service = binder.start_service(ProbeService, f"test.death.{os.getpid()}", timeout=scaled(20))
     proxy = service.binder
     died = threading.Event()
     calls: list[Proxy] = []
@@ -455,7 +459,7 @@ def test_closing_a_service_kills_its_proxies() -> None:
     with pytest.raises(DeadObjectError):
         echo(proxy, "y")
     with pytest.raises(ServiceNotFoundError):
-        binder.get_service(name, timeout=0.2)
+        binder.get_service(name, timeout=scaled(0.2))
 
 
 def test_a_restarted_service_is_a_new_binder() -> None:
@@ -493,7 +497,7 @@ def test_service_calls_back_through_write_binder(probe: binder.ServiceProcess) -
     with Parcel() as data, Parcel() as reply:
         data.write_binder(callback)
         data.write_string("ping")
-        assert probe.binder.transact(CALLBACK, data, reply, timeout=20)
+        assert probe.binder.transact(CALLBACK, data, reply, timeout=scaled(20))
         assert reply.read_string() == "callback got ping"
     assert callback.oneway.wait(10)
     assert callback.callers == [probe.pid, probe.pid]  # the kernel says who called back
@@ -520,7 +524,7 @@ def test_calling_identity_is_saved_and_restored_across_a_nested_call(
     me = os.getpid()
     with Parcel() as data, Parcel() as reply:
         data.write_binder(IdentityCallback())
-        assert probe.binder.transact(IDENTITY, data, reply, timeout=20)
+        assert probe.binder.transact(IDENTITY, data, reply, timeout=scaled(20))
         before, inside, after = reply.read_int(), reply.read_int_list(), reply.read_int()
     # The probe sees us before and after its call out; the callback (run on this thread,
     # which waited for the reply) sees the probe, then this process while cleared.
@@ -547,7 +551,7 @@ def test_a_binder_with_slots_is_served_and_left_untouched(probe: binder.ServiceP
     with Parcel() as data, Parcel() as reply:
         data.write_binder(callback)
         data.write_string("ping")
-        assert probe.binder.transact(CALLBACK, data, reply, timeout=20)
+        assert probe.binder.transact(CALLBACK, data, reply, timeout=scaled(20))
         assert reply.read_string() == "callback got ping"
     assert callback.seen[0] == probe.pid
     # The pool keeps its bookkeeping in its own table, not on the user's object.
@@ -571,7 +575,7 @@ def forward_through(probe_name: str, target_name: str) -> None:
     ):
         data.write_binder(target)  # a Proxy, handed on to a third process
         data.write_string("via a forwarded reference")
-        assert probe.transact(FORWARD, data, reply, timeout=20)
+        assert probe.transact(FORWARD, data, reply, timeout=scaled(20))
         assert reply.read_string() == "via a forwarded reference"
 
 
@@ -581,7 +585,7 @@ def test_a_proxy_can_be_handed_to_a_third_process(
     name = f"test.forward.{os.getpid()}"
     service = ProbeService()
     with binder.add_service(name, service):
-        children.run(FORK, forward_through, probe.name, name, timeout=30)
+        children.run(FORK, forward_through, probe.name, name, timeout=scaled(30))
 
 
 def test_read_binder_rejects_a_foreign_address() -> None:
@@ -603,14 +607,14 @@ def test_64_mib_payload_goes_through_a_sealed_region_both_ways(
     before = fd_count()
     with Parcel() as data, Parcel() as reply:
         data.write_bytes(payload)
-        assert probe.binder.transact(HASH, data, reply, timeout=30)
+        assert probe.binder.transact(HASH, data, reply, timeout=scaled(30))
         digest, exporter, readonly = reply.read_string(), reply.read_string(), reply.read_bool()
     assert digest == hashlib.sha256(payload).hexdigest()
     assert (exporter, readonly) == (Mapping.__name__, True)  # read in place, zero-copy
     size = 64 << 20
     with Parcel() as data, Parcel() as reply:
         data.write_long(size)
-        assert probe.binder.transact(BIG, data, reply, timeout=30)
+        assert probe.binder.transact(BIG, data, reply, timeout=scaled(30))
         view = reply.read_buffer()
         assert view is not None and len(view) == size and isinstance(view.obj, Mapping)
         assert hashlib.sha256(view).hexdigest() == reply.read_string()
@@ -637,7 +641,7 @@ def test_descriptor_passing_across_processes(probe: binder.ServiceProcess) -> No
         with Parcel() as data:
             data.write_file_descriptor(write_end)  # dup'ed: we keep ours
             data.write_bytes(b"written by the service")
-            assert probe.binder.transact(WRITE_FD, data, None, timeout=10)
+            assert probe.binder.transact(WRITE_FD, data, None, timeout=scaled(10))
         os.close(write_end)
         write_end = -1
         assert os.read(read_end, 100) == b"written by the service"
@@ -652,7 +656,7 @@ def test_a_reply_can_carry_a_region(probe: binder.ServiceProcess) -> None:
     before = fd_count()
     with Parcel() as data, Parcel() as reply:
         data.write_string("from the service's own region")
-        assert probe.binder.transact(MAKE_REGION, data, reply, timeout=10)
+        assert probe.binder.transact(MAKE_REGION, data, reply, timeout=scaled(10))
         with reply.read_shared_memory() as shm, shm.map_read_only() as mapping:
             assert bytes(mapping[: reply.read_int()]) == b"from the service's own region"
             assert shm.name == "made-by-the-service"
@@ -690,15 +694,15 @@ def test_exceptions_become_remote_errors_and_the_pool_survives(
         with Parcel() as data:
             data.write_string("bad size")
             with pytest.raises(RemoteError) as info:
-                probe.binder.transact(RAISE, data, timeout=10)
+                probe.binder.transact(RAISE, data, timeout=scaled(10))
         assert (info.value.type_name, info.value.remote_message) == ("ValueError", "bad size")
         assert info.value.code == RAISE
     with Parcel() as data:  # reading the wrong type is a BadParcel in the service
         data.write_int(1)
         with pytest.raises(RemoteError, match="BadParcel"):
-            probe.binder.transact(ECHO, data, timeout=10)
-    assert probe.binder.transact(UNKNOWN, timeout=10) is False
-    assert echo(probe.binder, "still serving", timeout=10) == "still serving"
+            probe.binder.transact(ECHO, data, timeout=scaled(10))
+    assert probe.binder.transact(UNKNOWN, timeout=scaled(10)) is False
+    assert echo(probe.binder, "still serving", timeout=scaled(10)) == "still serving"
     with pytest.raises(ValueError, match="FIRST_CALL_TRANSACTION"):
         probe.binder.transact(0)
     with pytest.raises(ValueError, match="flags"):
@@ -706,7 +710,7 @@ def test_exceptions_become_remote_errors_and_the_pool_survives(
 
 
 def test_ping_and_interface_descriptor(probe: binder.ServiceProcess) -> None:
-    assert probe.binder.ping(timeout=5)
+    assert probe.binder.ping(timeout=scaled(5))
     assert probe.binder.get_interface_descriptor() == "ashmem.test.IProbe"
 
 
@@ -718,12 +722,12 @@ def test_timeout_abandons_the_call_not_the_proxy(probe: binder.ServiceProcess) -
             # The TimeoutError comes while the call is still held in the service: the gate
             # opens only after it.
             with pytest.raises(TimeoutError, match="no reply within"):
-                probe.binder.transact(GATE, data, timeout=0.2)
+                probe.binder.transact(GATE, data, timeout=scaled(0.2))
     finally:
         os.write(gate_write, b"x")
         os.close(gate_read)
         os.close(gate_write)
-    assert echo(probe.binder, "after timeout", timeout=5) == "after timeout"
+    assert echo(probe.binder, "after timeout", timeout=scaled(5)) == "after timeout"
     assert probe.binder.is_binder_alive()
 
 
@@ -731,7 +735,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
     async def one(i: int) -> str | None:
         with Parcel() as data, Parcel() as reply:
             data.write_string(f"async {i}")
-            assert await probe.binder.transact_async(ECHO, data, reply, timeout=10)
+            assert await probe.binder.transact_async(ECHO, data, reply, timeout=scaled(10))
             return reply.read_string()
 
     async def main() -> None:
@@ -740,7 +744,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
         with Parcel() as data:
             data.write_double(1.0)
             with pytest.raises(TimeoutError):
-                await probe.binder.transact_async(SLEEP, data, timeout=0.1)
+                await probe.binder.transact_async(SLEEP, data, timeout=scaled(0.1))
         for seq in range(100):
             with Parcel() as data:
                 data.write_int(7)
@@ -750,7 +754,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
     asyncio.run(main())
     with Parcel() as data, Parcel() as reply:
         data.write_int(100)
-        assert probe.binder.transact(GET_LOG, data, reply, timeout=20)
+        assert probe.binder.transact(GET_LOG, data, reply, timeout=scaled(20))
         assert reply.read_int_list() == [7] * 100
         assert reply.read_int_list() == list(range(100))
 
@@ -764,7 +768,7 @@ def test_a_proxy_inherited_through_fork_reconnects(
     probe: binder.ServiceProcess, children: Any
 ) -> None:
     assert echo(probe.binder, "parent") == "parent"
-    children.run(FORK, use_inherited_proxy, probe.binder, timeout=20)
+    children.run(FORK, use_inherited_proxy, probe.binder, timeout=scaled(20))
     assert echo(probe.binder, "parent again") == "parent again"
 
 
@@ -775,7 +779,7 @@ def test_the_thread_pool_serves_calls_concurrently(probe: binder.ServiceProcess)
 
     def meet() -> None:
         with Parcel() as reply:
-            assert probe.binder.transact(RENDEZVOUS, None, reply, timeout=30)
+            assert probe.binder.transact(RENDEZVOUS, None, reply, timeout=scaled(30))
             arrivals.append(reply.read_int())
 
     callers = [threading.Thread(target=meet) for _ in range(CONCURRENT_CALLS)]
@@ -797,7 +801,7 @@ def hammer(name: str, client_base: int, threads: int, calls: int) -> None:
             with binder.get_service(name) as proxy:
                 for i in range(calls):
                     text = f"client {client} call {i}"
-                    assert echo(proxy, text, timeout=30) == text
+                    assert echo(proxy, text, timeout=scaled(30)) == text
                 pid = whoami(proxy)[0]
                 assert pid == os.getpid()
         except BaseException as exc:
@@ -851,7 +855,7 @@ def test_a_stale_socket_is_replaced() -> None:
     stale.bind(path)
     stale.close()  # a crashed service leaves its socket behind
     with pytest.raises(ServiceNotFoundError):
-        binder.get_service(name, timeout=0.1)
+        binder.get_service(name, timeout=scaled(0.1))
     with binder.add_service(name, ProbeService()):  # takes the name over
         assert binder.get_service(name).ping()
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -876,7 +880,7 @@ def test_get_service_waits_for_a_late_service() -> None:
     try:
         assert name not in binder.list_services()
         waiting.set()
-        with binder.get_service(name, timeout=10) as proxy:
+        with binder.get_service(name, timeout=scaled(10)) as proxy:
             assert proxy.ping()
         # The service appeared while get_service was waiting, not before it was called.
         assert len(services) == 1
@@ -1005,7 +1009,9 @@ def test_start_service_without_a_main_guard_says_so_in_the_caller(tmp_path: Any)
 
     script = tmp_path / "unguarded.py"
     script.write_text(_UNGUARDED.format(pid=os.getpid()))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=scaled(60)
+    )
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError") and "if __name__ ==" in last
@@ -1041,7 +1047,7 @@ def test_statistics_show_the_pool_its_backlog_and_refusals() -> None:
 
     with binder.add_service(name, held), binder.get_service(name) as proxy:
         before = binder.statistics()
-        assert proxy.transact(ECHO, timeout=10)
+        assert proxy.transact(ECHO, timeout=scaled(10))
         after = binder.statistics()
         assert after.calls_served == before.calls_served + 1
         assert after.threads >= 1 and 0 <= after.idle_threads <= after.threads
@@ -1065,7 +1071,7 @@ def test_statistics_show_the_pool_its_backlog_and_refusals() -> None:
         finally:
             for sender in senders:
                 sender.close()
-        assert proxy.transact(ECHO, timeout=10)  # two-way calls are served meanwhile
+        assert proxy.transact(ECHO, timeout=scaled(10))  # two-way calls are served meanwhile
         deadline = time.monotonic() + 10
         while len(held.delivered) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -1085,9 +1091,11 @@ def test_async_one_way_send_does_not_block_the_loop_on_a_stalled_connect() -> No
     # The service is stopped (SIGSTOP): a new connection is queued by the kernel but never
     # welcomed, so the one-way channel's connect waits. Other coroutines must keep running
     # meanwhile; the send completes once the service runs again.
-    with binder.start_service(ProbeService, f"test.stalled.{os.getpid()}", timeout=30) as service:
+    with binder.start_service(
+        ProbeService, f"test.stalled.{os.getpid()}", timeout=scaled(30)
+    ) as service:
         proxy = service.binder
-        assert proxy.ping(timeout=10)
+        assert proxy.ping(timeout=scaled(10))
         os.kill(service.pid, signal.SIGSTOP)
         # A fallback: if the loop were blocked, nothing below could send SIGCONT.
         rescue = threading.Timer(20, os.kill, (service.pid, signal.SIGCONT))
@@ -1098,7 +1106,7 @@ def test_async_one_way_send_does_not_block_the_loop_on_a_stalled_connect() -> No
             with Parcel() as data:
                 data.write_int(1)
                 data.write_int(1)
-                await proxy.transact_async(LOG, data, flags=FLAG_ONEWAY, timeout=30)
+                await proxy.transact_async(LOG, data, flags=FLAG_ONEWAY, timeout=scaled(30))
             events.append("sent")
 
         async def tick() -> None:
@@ -1116,4 +1124,4 @@ def test_async_one_way_send_does_not_block_the_loop_on_a_stalled_connect() -> No
             rescue.cancel()
             os.kill(service.pid, signal.SIGCONT)
         assert events == ["ticked", "sent"]
-        assert echo(proxy, "after", timeout=10) == "after"
+        assert echo(proxy, "after", timeout=scaled(10)) == "after"

@@ -36,6 +36,8 @@ from ashmem.binder import (
     _wire,
 )
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(60)
 
 ECHO = FIRST_CALL_TRANSACTION
@@ -119,7 +121,9 @@ def service_fds(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[binder.ServiceProcess]:
-    with binder.start_service(FuzzTarget, f"test.fuzz.{os.getpid()}", timeout=30) as service:
+    with binder.start_service(
+        FuzzTarget, f"test.fuzz.{os.getpid()}", timeout=scaled(30)
+    ) as service:
         yield service
 
 
@@ -146,7 +150,7 @@ def settle(target: binder.ServiceProcess, expected: int, within: float = 5.0) ->
 def echo(proxy: binder.Proxy, text: str) -> str | None:
     with Parcel() as data, Parcel() as reply:
         data.write_string(text)
-        assert proxy.transact(ECHO, data, reply, timeout=10)
+        assert proxy.transact(ECHO, data, reply, timeout=scaled(10))
         return reply.read_string()
 
 
@@ -305,7 +309,7 @@ def test_exceptions_never_kill_the_pool(target: binder.ServiceProcess, baseline:
     for _ in range(40):
         target.binder.transact(BOOM, None, None, FLAG_ONEWAY)
         with pytest.raises(RemoteError, match=r"RuntimeError.*boom"):
-            target.binder.transact(BOOM, timeout=10)
+            target.binder.transact(BOOM, timeout=scaled(10))
     assert echo(target.binder, "alive") == "alive"
 
 
@@ -330,7 +334,7 @@ def test_a_oneway_flood_pushes_back_on_its_sender(monkeypatch: pytest.MonkeyPatc
             for sent in range(100_000):
                 with Parcel() as data:
                     data.write_int(sent)
-                    proxy.transact(ECHO, data, None, FLAG_ONEWAY, timeout=0.5)
+                    proxy.transact(ECHO, data, None, FLAG_ONEWAY, timeout=scaled(0.5))
         assert 4 < sent < 100_000
         gate.open.set()
         deadline = time.monotonic() + 20

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(90)
 
 _SERVICE = """
@@ -43,7 +45,12 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the layout alone must make the target importable
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        env=env,
     )
 
 
