@@ -71,10 +71,11 @@ _show_public_module()
 # multiprocessing.pool or numpy, which programs that only share regions should not pay for.
 # ``ashmem.compat`` (the multiprocessing.shared_memory drop-in) likewise: programs that do not
 # use it carry neither its import nor its at-fork hook. ``ashmem.purge`` comes with the first
-# unpin.
+# unpin; ``ashmem.logd`` (log collection) with its first use.
 _LAZY = {
     "binder": (".binder", None),
     "compat": (".compat", None),
+    "logd": (".logd", None),
     "purge": (".purge", None),
     "numpy": (".numpy", None),
     "pool": (".pool", None),
@@ -127,6 +128,7 @@ __all__ = [
     "binder",
     "compat",
     "fdpass",
+    "logd",
     "pool",
     "purge",
     "region",

@@ -34,11 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="show whole command lines in the PROCESS column (default: cut to 40 characters)",
     )  # fmt: skip
 
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo", help="share a region between two processes and print what each wrote"
     )
+    demo.add_argument("what", nargs="?", choices=["logs"], help="logs: the log collector demo")
 
+    from .logd import cli as logd_cli
+
+    logd_cli.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("log", "logd") or getattr(args, "what", None) == "logs":
+        return logd_cli.run(args)
     if args.command == "ls":
         from . import _ls
 
