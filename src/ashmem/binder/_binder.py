@@ -72,6 +72,19 @@ class Caller:
         self.creds = creds
         self.sock = sock
 
+    # ``with caller:`` runs a transaction from it on a pool thread, which handles calls only
+    # at the top level (no transaction before, none after): the cheap form of ``_Serving``
+    # for the hot path, no object made per call. A nested call uses ``_Serving``.
+    def __enter__(self) -> None:
+        identity = _identity
+        identity.caller = self
+        identity.cleared = False
+
+    def __exit__(self, *exc: object) -> None:
+        identity = _identity
+        identity.caller = None
+        identity.cleared = False
+
 
 class CallerLike(Protocol):
     """What a ``Caller`` has; the pool's connections have it too."""

@@ -23,7 +23,6 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Binder,
-    _Serving,
 )
 from ._errors import BadParcel
 from ._gate import Gate, _Connection
@@ -241,18 +240,21 @@ class Dispatch(Gate):
         assert node is not None
         reply = Parcel()
         try:
-            with _Serving(conn):
+            with conn:
+                # A greeted connection pins its node's binder (see _Node.pin).
+                binder = node.pinned
+                assert binder is not None
                 if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-                    status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
+                    status = 0 if binder.on_transact(code, data, reply, 0) else 1
                 else:
-                    status = _invoke(node.binder, code, data, reply, 0)
+                    status = _invoke(binder, code, data, reply, 0)
         except BaseException as exc:
             self._served += 1
             data.close()
             reply.close()
             return self._reply_error(conn, node, code, seq, exc)
         self._served += 1
-        if not reply.data_size() and not reply.has_file_descriptors():
+        if reply._wire_empty():
             # The common case, an empty reply: one send of the header.
             try:
                 conn.sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
@@ -381,7 +383,7 @@ class Dispatch(Gate):
                 return
             self._served += 1
             try:
-                with _Serving(caller):
+                with caller:
                     _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
             except BaseException:
                 logger.exception(

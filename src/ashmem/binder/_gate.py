@@ -60,11 +60,12 @@ class _Listener:
         self.backoff = 0.0
 
 
-class _Connection:
+class _Connection(Caller):
     """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
     ``sock``: see ``_binder.Caller``)."""
 
-    __slots__ = ("accepted", "creds", "fd", "greeted", "node", "oneway_caller", "sock")
+    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller")
+    sock: socket.socket  # always set: the connection itself
 
     def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
         self.sock = sock

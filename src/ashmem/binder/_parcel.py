@@ -200,6 +200,10 @@ class Parcel(Closing):
             self._received = True
         return self
 
+    def _wire_empty(self) -> bool:
+        """Nothing written and no descriptors: the reply is the bare header."""
+        return self._buf is None and not self._fds
+
     def _wire_fds(self) -> Sequence[int]:
         """The descriptors this Parcel owns, in message order (borrowed: do not close)."""
         return self._fds

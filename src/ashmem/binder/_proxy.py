@@ -390,7 +390,8 @@ class Proxy(Closing):
                     raise
                 raise error from exc
         finally:
-            outgoing.close()
+            if outgoing.spill_fd >= 0:
+                outgoing.close()
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
