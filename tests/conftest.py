@@ -10,7 +10,101 @@ from typing import Any
 import pytest
 
 START_METHODS = ["fork", "spawn", "forkserver"]
-CHILD_TIMEOUT = 60.0
+
+
+def scaled(seconds: float) -> float:
+    """A test timeout times ``ASHMEM_TEST_TIMEOUT_SCALE`` (default 1): one knob for slow
+    or loaded machines. Timeouts bound hangs; no test asserts an elapsed time."""
+    return seconds * TIMEOUT_SCALE
+
+
+TIMEOUT_SCALE = float(os.environ.get("ASHMEM_TEST_TIMEOUT_SCALE", "1") or "1")
+CHILD_TIMEOUT = scaled(60.0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scale every pytest-timeout bound (markers and the ini default) by the same factor."""
+    if TIMEOUT_SCALE == 1:
+        return
+    default = float(items[0].config.getini("timeout") or 0) if items else 0.0
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker is not None and marker.args else default
+        if seconds:
+            item.add_marker(pytest.mark.timeout(scaled(seconds)))
+
+
+# Process-lifetime threads: started once and kept by design (the binder pool, its closer
+# and death watcher, the purge thread), not left behind by a test.
+_RESIDENT_THREADS = ("ashmem-binder-", "ashmem-purge", "pydevd")
+
+
+def _own_children() -> set[int]:
+    children: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as listing:
+                children.update(int(pid) for pid in listing.read().split())
+        except OSError:
+            continue
+    return children
+
+
+# Process-lifetime helpers multiprocessing starts once and keeps, as resident as the pool.
+_RESIDENT_CHILDREN = (b"multiprocessing.forkserver", b"multiprocessing.resource_tracker")
+
+
+def _alive(pid: int) -> bool:
+    """A running child that is not one of multiprocessing's resident helpers."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read()
+    except OSError:
+        return False
+    return not any(helper in command for helper in _RESIDENT_CHILDREN)
+
+
+# Modules where something left behind fails the module; elsewhere it is a warning for now
+# (the Queue feeder threads and a numpy test's server thread outlive their modules today).
+_STRICT_MODULES = ("tests.test_binder",)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test module that leaves threads or child processes running after it ends
+    (as CPython's _test_multiprocessing reports dangling ones). Resident threads and a
+    zombie waiting to be reaped do not count; stragglers get a bounded grace period."""
+    import threading
+    import time
+
+    threads_before = set(threading.enumerate())
+    children_before = _own_children()
+    yield
+    deadline = time.monotonic() + scaled(10.0)
+    while True:
+        threads = [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not t.name.startswith(_RESIDENT_THREADS)
+        ]
+        children = [pid for pid in _own_children() - children_before if _alive(pid)]
+        if not threads and not children:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    message = (
+        f"{request.module.__name__} left behind threads {[t.name for t in threads]} "
+        f"and child processes {children}"
+    )
+    if request.module.__name__.startswith(_STRICT_MODULES):
+        pytest.fail(message, pytrace=False)
+    import warnings
+
+    warnings.warn(message, pytest.PytestWarning, stacklevel=1)
 
 
 def open_fd_count() -> int:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import inspect
 import logging
 import multiprocessing
 import os
+import select
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -43,6 +46,8 @@ from ashmem.binder import (
     ServiceNotFoundError,
 )
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(60)
 
 ECHO = FIRST_CALL_TRANSACTION
@@ -57,6 +62,12 @@ CALLBACK = 9
 WRITE_FD = 10
 FORWARD = 11
 MAKE_REGION = 12
+IDENTITY = 13
+RENDEZVOUS = 14
+GATE = 15
+CONCURRENT_CALLS = 6
+# In the probe process: every RENDEZVOUS call waits here until CONCURRENT_CALLS are inside.
+_RENDEZVOUS = threading.Barrier(CONCURRENT_CALLS)
 UNKNOWN = 999
 
 FORK = multiprocessing.get_context("fork")
@@ -89,6 +100,16 @@ class ProbeService(Binder):
         elif code == SLEEP:
             time.sleep(data.read_double())
             reply.write_bool(True)
+        elif code == RENDEZVOUS:
+            # Passes only if all the calls are inside on_transact at once.
+            reply.write_int(_RENDEZVOUS.wait(timeout=scaled(20)))
+        elif code == GATE:
+            # Held until the caller writes to the pipe whose read end it sent (bounded).
+            fd = data.read_file_descriptor()
+            try:
+                reply.write_bool(bool(select.select([fd], [], [], 30)[0]))
+            finally:
+                os.close(fd)
         elif code == LOG:
             self._log(data.read_int(), data.read_int())
         elif code == GET_LOG:
@@ -118,12 +139,21 @@ class ProbeService(Binder):
                 memory.shared_memory.set_protect(ashmem.PROT_READ)
                 reply.write_shared_memory(memory)  # dup'ed into the reply
                 reply.write_int(len(text))
+        elif code == IDENTITY:
+            # Who calls us, before and after calling back into the caller's process.
+            callback = data.read_binder()
+            assert callback is not None
+            reply.write_int(binder.get_calling_pid())
+            with callback, Parcel() as answer:
+                callback.transact(IDENTITY, None, answer, timeout=scaled(10))
+                reply.write_int_list(answer.read_int_list())
+            reply.write_int(binder.get_calling_pid())
         elif code == FORWARD:
             target = data.read_binder()
             assert target is not None
             with target, Parcel() as ask, Parcel() as answer:
                 ask.write_string(data.read_string())
-                target.transact(ECHO, ask, answer, timeout=10)
+                target.transact(ECHO, ask, answer, timeout=scaled(10))
                 reply.write_string(answer.read_string())
         else:
             return False
@@ -141,7 +171,7 @@ class ProbeService(Binder):
 
     def _get_log(self, count: int, reply: Parcel) -> None:
         with self.lock:
-            self.changed.wait_for(lambda: len(self.log) >= count, timeout=20)
+            self.changed.wait_for(lambda: len(self.log) >= count, timeout=scaled(20))
             log, self.log = self.log, []
             reply.write_int_list([c for c, _ in log])
             reply.write_int_list([s for _, s in log])
@@ -152,7 +182,7 @@ class ProbeService(Binder):
         assert callback is not None
         with callback, Parcel() as ask, Parcel() as answer:
             ask.write_string(text)
-            callback.transact(ECHO, ask, answer, timeout=10)
+            callback.transact(ECHO, ask, answer, timeout=scaled(10))
             reply.write_string(answer.read_string())
             callback.transact(LOG, ask, None, FLAG_ONEWAY)
 
@@ -160,7 +190,9 @@ class ProbeService(Binder):
 @pytest.fixture(scope="module")
 def probe() -> Iterator[binder.ServiceProcess]:
     """The probe service, in its own process for the whole module."""
-    with binder.start_service(ProbeService, f"test.probe.{os.getpid()}", timeout=30) as service:
+    with binder.start_service(
+        ProbeService, f"test.probe.{os.getpid()}", timeout=scaled(30)
+    ) as service:
         yield service
 
 
@@ -179,12 +211,12 @@ def demo_client(name: str) -> None:
     encoded = message.encode()
     with ashmem.MemoryFile("demo-region", 4096) as memory:
         memory.write_bytes(encoded, 0, 0, len(encoded))
-        with binder.start_service(DemoService, name, timeout=30) as service:
+        with binder.start_service(DemoService, name, timeout=scaled(30)) as service:
             assert service.started
             with Parcel() as data, Parcel() as reply:
                 data.write_shared_memory(memory)
                 data.write_int(len(encoded))
-                assert service.binder.transact(TRANSACTION_GREET, data, reply, timeout=10)
+                assert service.binder.transact(TRANSACTION_GREET, data, reply, timeout=scaled(10))
                 answer = reply.read_string()
                 offset, size = reply.read_int(), reply.read_int()
             assert answer is not None and message.upper() in answer
@@ -210,7 +242,7 @@ def test_demo_scenario_under_every_start_method(
     mp_context: multiprocessing.context.BaseContext, children: Any
 ) -> None:
     name = f"test.demo.{os.getpid()}.{mp_context.get_start_method()}"
-    children.run(mp_context, demo_client, name, timeout=45)
+    children.run(mp_context, demo_client, name, timeout=scaled(45))
 
 
 @pytest.mark.timeout(30)
@@ -222,7 +254,7 @@ def test_ashmem_demo_command_prints_both_answers() -> None:
         [sys.executable, "-c", "import sys, ashmem.cli; sys.exit(ashmem.cli.main(['demo']))"],
         capture_output=True,
         text=True,
-        timeout=25,
+        timeout=scaled(25),
     )
     assert run.returncode == 0, run.stderr
     lines = dict(line.split(":", 1) for line in run.stdout.splitlines() if ":" in line)
@@ -236,7 +268,7 @@ def test_ashmem_demo_command_prints_both_answers() -> None:
 
 def whoami(proxy: Proxy) -> list[int]:
     with Parcel() as reply:
-        assert proxy.transact(WHOAMI, None, reply, timeout=10)
+        assert proxy.transact(WHOAMI, None, reply, timeout=scaled(10))
         result = reply.read_int_list()
     assert result is not None
     return result
@@ -253,7 +285,7 @@ def test_calling_credentials_come_from_the_kernel(
     probe: binder.ServiceProcess, children: Any
 ) -> None:
     check_credentials(probe.name)  # this process
-    children.run(FORK, check_credentials, probe.name, timeout=20)  # a child
+    children.run(FORK, check_credentials, probe.name, timeout=scaled(20))  # a child
 
 
 def test_get_calling_identity_outside_a_transaction_is_our_own() -> None:
@@ -282,9 +314,9 @@ def call_as_nobody(name: str, directory: str, expect_allowed: bool) -> None:
     os.setuid(NOBODY)
     if not expect_allowed:
         with pytest.raises(PermissionError, match="refused"):
-            binder.get_service(name, directory=directory, timeout=5)
+            binder.get_service(name, directory=directory, timeout=scaled(5))
         return
-    with binder.get_service(name, directory=directory, timeout=5) as proxy:
+    with binder.get_service(name, directory=directory, timeout=scaled(5)) as proxy:
         pid, uid, gid, _ = whoami(proxy)
         assert (pid, uid, gid) == (os.getpid(), NOBODY, NOBODY)
 
@@ -303,7 +335,7 @@ def test_other_uid_is_refused_by_default_and_logged(
         caplog.at_level(logging.WARNING, logger="ashmem.binder"),
         binder.add_service(name, ProbeService(), directory=shared_directory),
     ):
-        children.run(FORK, call_as_nobody, name, shared_directory, False, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, False, timeout=scaled(20))
         # The owner's uid is still welcome.
         with binder.get_service(name, directory=shared_directory) as proxy:
             assert proxy.ping()
@@ -315,14 +347,14 @@ def test_other_uid_is_refused_by_default_and_logged(
 def test_other_uid_is_admitted_by_allow_list(shared_directory: str, children: Any) -> None:
     name = f"test.uid.allowed.{os.getpid()}"
     with binder.add_service(name, ProbeService(), directory=shared_directory, allow_uids=[NOBODY]):
-        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=scaled(20))
 
 
 @needs_root
 def test_other_gid_is_admitted_by_allow_list(shared_directory: str, children: Any) -> None:
     name = f"test.gid.allowed.{os.getpid()}"
     with binder.add_service(name, ProbeService(), directory=shared_directory, allow_gids=[NOBODY]):
-        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=20)
+        children.run(FORK, call_as_nobody, name, shared_directory, True, timeout=scaled(20))
 
 
 def test_policy_callable_decides(caplog: pytest.LogCaptureFixture) -> None:
@@ -338,7 +370,7 @@ def test_policy_callable_decides(caplog: pytest.LogCaptureFixture) -> None:
         binder.add_service(name, ProbeService(), policy=policy),
         pytest.raises(PermissionError),
     ):
-        binder.get_service(name, timeout=5)
+        binder.get_service(name, timeout=scaled(5))
     assert seen and seen[0].pid == os.getpid()
     assert any("refused" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="either"):
@@ -366,7 +398,7 @@ def test_oneway_calls_arrive_in_order_one_at_a_time(
         children.join(proc, 30)
     with Parcel() as data, Parcel() as reply:
         data.write_int(clients * count)
-        assert probe.binder.transact(GET_LOG, data, reply, timeout=30)
+        assert probe.binder.transact(GET_LOG, data, reply, timeout=scaled(30))
         senders, seqs, max_active = reply.read_int_list(), reply.read_int_list(), reply.read_int()
     assert senders is not None and seqs is not None
     assert len(seqs) == clients * count
@@ -379,7 +411,7 @@ def test_oneway_calls_arrive_in_order_one_at_a_time(
 
 
 def test_death_recipient_runs_once_when_the_service_is_sigkilled() -> None:
-    service = binder.start_service(ProbeService, f"test.death.{os.getpid()}", timeout=20)
+    service = binder.start_service(ProbeService, f"test.death.{os.getpid()}", timeout=scaled(20))
     proxy = service.binder
     died = threading.Event()
     calls: list[Proxy] = []
@@ -427,7 +459,7 @@ def test_closing_a_service_kills_its_proxies() -> None:
     with pytest.raises(DeadObjectError):
         echo(proxy, "y")
     with pytest.raises(ServiceNotFoundError):
-        binder.get_service(name, timeout=0.2)
+        binder.get_service(name, timeout=scaled(0.2))
 
 
 def test_a_restarted_service_is_a_new_binder() -> None:
@@ -465,10 +497,73 @@ def test_service_calls_back_through_write_binder(probe: binder.ServiceProcess) -
     with Parcel() as data, Parcel() as reply:
         data.write_binder(callback)
         data.write_string("ping")
-        assert probe.binder.transact(CALLBACK, data, reply, timeout=20)
+        assert probe.binder.transact(CALLBACK, data, reply, timeout=scaled(20))
         assert reply.read_string() == "callback got ping"
     assert callback.oneway.wait(10)
     assert callback.callers == [probe.pid, probe.pid]  # the kernel says who called back
+
+
+class IdentityCallback(Binder):
+    """Says who called it, as itself inside ``clear_calling_identity``, and after."""
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        seen = [binder.get_calling_pid()]
+        with binder.clear_calling_identity():
+            seen.append(binder.get_calling_pid())
+            with binder.clear_calling_identity():  # nests
+                seen.append(binder.get_calling_pid())
+            seen.append(binder.get_calling_pid())
+        seen.append(binder.get_calling_pid())
+        reply.write_int_list(seen)
+        return True
+
+
+def test_calling_identity_is_saved_and_restored_across_a_nested_call(
+    probe: binder.ServiceProcess,
+) -> None:
+    me = os.getpid()
+    with Parcel() as data, Parcel() as reply:
+        data.write_binder(IdentityCallback())
+        assert probe.binder.transact(IDENTITY, data, reply, timeout=scaled(20))
+        before, inside, after = reply.read_int(), reply.read_int_list(), reply.read_int()
+    # The probe sees us before and after its call out; the callback (run on this thread,
+    # which waited for the reply) sees the probe, then this process while cleared.
+    assert (before, after) == (me, me)
+    assert inside == [probe.pid, me, me, me, probe.pid]
+    assert binder.get_calling_pid() == me  # this thread is back to no transaction
+
+
+class SlottedCallback(Binder):
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        self.seen.append(binder.get_calling_pid())
+        reply.write_string(f"callback got {data.read_string()}")
+        return code == ECHO
+
+
+def test_a_binder_with_slots_is_served_and_left_untouched(probe: binder.ServiceProcess) -> None:
+    callback = SlottedCallback()
+    before = dict(getattr(callback, "__dict__", {}))
+    with Parcel() as data, Parcel() as reply:
+        data.write_binder(callback)
+        data.write_string("ping")
+        assert probe.binder.transact(CALLBACK, data, reply, timeout=scaled(20))
+        assert reply.read_string() == "callback got ping"
+    assert callback.seen[0] == probe.pid
+    # The pool keeps its bookkeeping in its own table, not on the user's object.
+    assert dict(getattr(callback, "__dict__", {})) == before
+    # ... and that table does not keep a dropped binder alive.
+    gone = weakref.ref(callback)
+    del callback
+    deadline = time.monotonic() + 10  # the probe drops its connection to it asynchronously
+    while gone() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert gone() is None
 
 
 def forward_through(probe_name: str, target_name: str) -> None:
@@ -480,7 +575,7 @@ def forward_through(probe_name: str, target_name: str) -> None:
     ):
         data.write_binder(target)  # a Proxy, handed on to a third process
         data.write_string("via a forwarded reference")
-        assert probe.transact(FORWARD, data, reply, timeout=20)
+        assert probe.transact(FORWARD, data, reply, timeout=scaled(20))
         assert reply.read_string() == "via a forwarded reference"
 
 
@@ -490,7 +585,7 @@ def test_a_proxy_can_be_handed_to_a_third_process(
     name = f"test.forward.{os.getpid()}"
     service = ProbeService()
     with binder.add_service(name, service):
-        children.run(FORK, forward_through, probe.name, name, timeout=30)
+        children.run(FORK, forward_through, probe.name, name, timeout=scaled(30))
 
 
 def test_read_binder_rejects_a_foreign_address() -> None:
@@ -512,14 +607,14 @@ def test_64_mib_payload_goes_through_a_sealed_region_both_ways(
     before = fd_count()
     with Parcel() as data, Parcel() as reply:
         data.write_bytes(payload)
-        assert probe.binder.transact(HASH, data, reply, timeout=30)
+        assert probe.binder.transact(HASH, data, reply, timeout=scaled(30))
         digest, exporter, readonly = reply.read_string(), reply.read_string(), reply.read_bool()
     assert digest == hashlib.sha256(payload).hexdigest()
     assert (exporter, readonly) == (Mapping.__name__, True)  # read in place, zero-copy
     size = 64 << 20
     with Parcel() as data, Parcel() as reply:
         data.write_long(size)
-        assert probe.binder.transact(BIG, data, reply, timeout=30)
+        assert probe.binder.transact(BIG, data, reply, timeout=scaled(30))
         view = reply.read_buffer()
         assert view is not None and len(view) == size and isinstance(view.obj, Mapping)
         assert hashlib.sha256(view).hexdigest() == reply.read_string()
@@ -546,7 +641,7 @@ def test_descriptor_passing_across_processes(probe: binder.ServiceProcess) -> No
         with Parcel() as data:
             data.write_file_descriptor(write_end)  # dup'ed: we keep ours
             data.write_bytes(b"written by the service")
-            assert probe.binder.transact(WRITE_FD, data, None, timeout=10)
+            assert probe.binder.transact(WRITE_FD, data, None, timeout=scaled(10))
         os.close(write_end)
         write_end = -1
         assert os.read(read_end, 100) == b"written by the service"
@@ -561,7 +656,7 @@ def test_a_reply_can_carry_a_region(probe: binder.ServiceProcess) -> None:
     before = fd_count()
     with Parcel() as data, Parcel() as reply:
         data.write_string("from the service's own region")
-        assert probe.binder.transact(MAKE_REGION, data, reply, timeout=10)
+        assert probe.binder.transact(MAKE_REGION, data, reply, timeout=scaled(10))
         with reply.read_shared_memory() as shm, shm.map_read_only() as mapping:
             assert bytes(mapping[: reply.read_int()]) == b"from the service's own region"
             assert shm.name == "made-by-the-service"
@@ -599,15 +694,15 @@ def test_exceptions_become_remote_errors_and_the_pool_survives(
         with Parcel() as data:
             data.write_string("bad size")
             with pytest.raises(RemoteError) as info:
-                probe.binder.transact(RAISE, data, timeout=10)
+                probe.binder.transact(RAISE, data, timeout=scaled(10))
         assert (info.value.type_name, info.value.remote_message) == ("ValueError", "bad size")
         assert info.value.code == RAISE
     with Parcel() as data:  # reading the wrong type is a BadParcel in the service
         data.write_int(1)
         with pytest.raises(RemoteError, match="BadParcel"):
-            probe.binder.transact(ECHO, data, timeout=10)
-    assert probe.binder.transact(UNKNOWN, timeout=10) is False
-    assert echo(probe.binder, "still serving", timeout=10) == "still serving"
+            probe.binder.transact(ECHO, data, timeout=scaled(10))
+    assert probe.binder.transact(UNKNOWN, timeout=scaled(10)) is False
+    assert echo(probe.binder, "still serving", timeout=scaled(10)) == "still serving"
     with pytest.raises(ValueError, match="FIRST_CALL_TRANSACTION"):
         probe.binder.transact(0)
     with pytest.raises(ValueError, match="flags"):
@@ -615,18 +710,24 @@ def test_exceptions_become_remote_errors_and_the_pool_survives(
 
 
 def test_ping_and_interface_descriptor(probe: binder.ServiceProcess) -> None:
-    assert probe.binder.ping(timeout=5)
+    assert probe.binder.ping(timeout=scaled(5))
     assert probe.binder.get_interface_descriptor() == "ashmem.test.IProbe"
 
 
 def test_timeout_abandons_the_call_not_the_proxy(probe: binder.ServiceProcess) -> None:
-    with Parcel() as data:
-        data.write_double(1.0)
-        start = time.monotonic()
-        with pytest.raises(TimeoutError, match="no reply within"):
-            probe.binder.transact(SLEEP, data, timeout=0.2)
-        assert time.monotonic() - start < 0.9
-    assert echo(probe.binder, "after timeout", timeout=5) == "after timeout"
+    gate_read, gate_write = os.pipe()
+    try:
+        with Parcel() as data:
+            data.write_file_descriptor(gate_read)
+            # The TimeoutError comes while the call is still held in the service: the gate
+            # opens only after it.
+            with pytest.raises(TimeoutError, match="no reply within"):
+                probe.binder.transact(GATE, data, timeout=scaled(0.2))
+    finally:
+        os.write(gate_write, b"x")
+        os.close(gate_read)
+        os.close(gate_write)
+    assert echo(probe.binder, "after timeout", timeout=scaled(5)) == "after timeout"
     assert probe.binder.is_binder_alive()
 
 
@@ -634,7 +735,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
     async def one(i: int) -> str | None:
         with Parcel() as data, Parcel() as reply:
             data.write_string(f"async {i}")
-            assert await probe.binder.transact_async(ECHO, data, reply, timeout=10)
+            assert await probe.binder.transact_async(ECHO, data, reply, timeout=scaled(10))
             return reply.read_string()
 
     async def main() -> None:
@@ -643,7 +744,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
         with Parcel() as data:
             data.write_double(1.0)
             with pytest.raises(TimeoutError):
-                await probe.binder.transact_async(SLEEP, data, timeout=0.1)
+                await probe.binder.transact_async(SLEEP, data, timeout=scaled(0.1))
         for seq in range(100):
             with Parcel() as data:
                 data.write_int(7)
@@ -653,7 +754,7 @@ def test_asyncio_transact(probe: binder.ServiceProcess) -> None:
     asyncio.run(main())
     with Parcel() as data, Parcel() as reply:
         data.write_int(100)
-        assert probe.binder.transact(GET_LOG, data, reply, timeout=20)
+        assert probe.binder.transact(GET_LOG, data, reply, timeout=scaled(20))
         assert reply.read_int_list() == [7] * 100
         assert reply.read_int_list() == list(range(100))
 
@@ -667,23 +768,26 @@ def test_a_proxy_inherited_through_fork_reconnects(
     probe: binder.ServiceProcess, children: Any
 ) -> None:
     assert echo(probe.binder, "parent") == "parent"
-    children.run(FORK, use_inherited_proxy, probe.binder, timeout=20)
+    children.run(FORK, use_inherited_proxy, probe.binder, timeout=scaled(20))
     assert echo(probe.binder, "parent again") == "parent again"
 
 
 def test_the_thread_pool_serves_calls_concurrently(probe: binder.ServiceProcess) -> None:
-    def nap() -> None:
-        with Parcel() as data:
-            data.write_double(0.4)
-            assert probe.binder.transact(SLEEP, data, timeout=10)
+    # Each call waits in the service at a barrier that opens only when all of them are
+    # inside on_transact at once: served one after the other, they would all fail.
+    arrivals: list[int] = []
 
-    sleepers = [threading.Thread(target=nap) for _ in range(6)]
-    start = time.monotonic()
-    for sleeper in sleepers:
-        sleeper.start()
-    for sleeper in sleepers:
-        sleeper.join()
-    assert time.monotonic() - start < 1.2  # 6 x 0.4 s one after the other would be 2.4 s
+    def meet() -> None:
+        with Parcel() as reply:
+            assert probe.binder.transact(RENDEZVOUS, None, reply, timeout=scaled(30))
+            arrivals.append(reply.read_int())
+
+    callers = [threading.Thread(target=meet) for _ in range(CONCURRENT_CALLS)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(60)
+    assert sorted(arrivals) == list(range(CONCURRENT_CALLS))
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -697,7 +801,7 @@ def hammer(name: str, client_base: int, threads: int, calls: int) -> None:
             with binder.get_service(name) as proxy:
                 for i in range(calls):
                     text = f"client {client} call {i}"
-                    assert echo(proxy, text, timeout=30) == text
+                    assert echo(proxy, text, timeout=scaled(30)) == text
                 pid = whoami(proxy)[0]
                 assert pid == os.getpid()
         except BaseException as exc:
@@ -751,7 +855,7 @@ def test_a_stale_socket_is_replaced() -> None:
     stale.bind(path)
     stale.close()  # a crashed service leaves its socket behind
     with pytest.raises(ServiceNotFoundError):
-        binder.get_service(name, timeout=0.1)
+        binder.get_service(name, timeout=scaled(0.1))
     with binder.add_service(name, ProbeService()):  # takes the name over
         assert binder.get_service(name).ping()
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -764,13 +868,22 @@ def test_a_stale_socket_is_replaced() -> None:
 def test_get_service_waits_for_a_late_service() -> None:
     name = f"test.late.{os.getpid()}"
     services: list[binder.Service] = []
-    timer = threading.Timer(0.3, lambda: services.append(binder.add_service(name, Binder())))
+    waiting = threading.Event()
+
+    def publish_late() -> None:
+        waiting.wait(10)
+        time.sleep(0.3)  # let get_service find nothing and start waiting
+        services.append(binder.add_service(name, Binder()))
+
+    timer = threading.Thread(target=publish_late)
     timer.start()
     try:
-        start = time.monotonic()
-        with binder.get_service(name, timeout=10) as proxy:
+        assert name not in binder.list_services()
+        waiting.set()
+        with binder.get_service(name, timeout=scaled(10)) as proxy:
             assert proxy.ping()
-        assert time.monotonic() - start >= 0.25
+        # The service appeared while get_service was waiting, not before it was called.
+        assert len(services) == 1
     finally:
         timer.join()
         for service in services:
@@ -896,7 +1009,9 @@ def test_start_service_without_a_main_guard_says_so_in_the_caller(tmp_path: Any)
 
     script = tmp_path / "unguarded.py"
     script.write_text(_UNGUARDED.format(pid=os.getpid()))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=scaled(60)
+    )
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError") and "if __name__ ==" in last
@@ -905,3 +1020,108 @@ def test_start_service_without_a_main_guard_says_so_in_the_caller(tmp_path: Any)
 def test_start_service_reports_why_the_child_failed() -> None:
     with pytest.raises(ChildProcessError, match="RuntimeError: this service cannot start"):
         binder.start_service(_broken_target, f"test.broken.why.{os.getpid()}")
+
+
+class Held(Binder):
+    """One-way calls wait at a gate; two-way calls answer at once."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.delivered: list[int] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        if flags & FLAG_ONEWAY:
+            self.entered.set()
+            assert self.gate.wait(30)
+            self.delivered.append(data.read_int())
+        return True
+
+
+def test_statistics_show_the_pool_its_backlog_and_refusals() -> None:
+    name = f"test.statistics.{os.getpid()}"
+    held = Held()
+
+    def backlog() -> int:
+        return binder.statistics().oneway_backlog.get(f"service {name!r}", -1)
+
+    with binder.add_service(name, held), binder.get_service(name) as proxy:
+        before = binder.statistics()
+        assert proxy.transact(ECHO, timeout=scaled(10))
+        after = binder.statistics()
+        assert after.calls_served == before.calls_served + 1
+        assert after.threads >= 1 and 0 <= after.idle_threads <= after.threads
+        assert after.connections >= 1
+        assert backlog() == 0
+        # One one-way call held inside on_transact, three queued behind it (one at a time),
+        # each from its own connection: the thread delivering reads no more of its own.
+        senders = [binder.get_service(name) for _ in range(3)]
+        try:
+            for value, sender in enumerate([proxy, *senders]):
+                with Parcel() as data:
+                    data.write_int(value)
+                    sender.transact(ECHO, data, flags=FLAG_ONEWAY)
+                assert held.entered.wait(10)
+                deadline = time.monotonic() + 10
+                while backlog() != value and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert backlog() == value
+            assert held.delivered == []
+            held.gate.set()
+        finally:
+            for sender in senders:
+                sender.close()
+        assert proxy.transact(ECHO, timeout=scaled(10))  # two-way calls are served meanwhile
+        deadline = time.monotonic() + 10
+        while len(held.delivered) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held.delivered == [0, 1, 2, 3] and backlog() == 0
+        # A peer that speaks garbage is refused, and counted.
+        refused = binder.statistics().refused_connections
+        junk = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        junk.settimeout(10)
+        junk.connect(os.path.join(binder.service_directory(), name))
+        junk.send(b"junk" * 8)
+        assert junk.recv(4096)[3] == 3  # REFUSED
+        junk.close()
+        assert binder.statistics().refused_connections == refused + 1
+
+
+def test_async_one_way_send_does_not_block_the_loop_on_a_stalled_connect() -> None:
+    # The service is stopped (SIGSTOP): a new connection is queued by the kernel but never
+    # welcomed, so the one-way channel's connect waits. Other coroutines must keep running
+    # meanwhile; the send completes once the service runs again.
+    with binder.start_service(
+        ProbeService, f"test.stalled.{os.getpid()}", timeout=scaled(30)
+    ) as service:
+        proxy = service.binder
+        assert proxy.ping(timeout=scaled(10))
+        os.kill(service.pid, signal.SIGSTOP)
+        # A fallback: if the loop were blocked, nothing below could send SIGCONT.
+        rescue = threading.Timer(20, os.kill, (service.pid, signal.SIGCONT))
+        rescue.start()
+        events: list[str] = []
+
+        async def send() -> None:
+            with Parcel() as data:
+                data.write_int(1)
+                data.write_int(1)
+                await proxy.transact_async(LOG, data, flags=FLAG_ONEWAY, timeout=scaled(30))
+            events.append("sent")
+
+        async def tick() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+            events.append("ticked")
+            os.kill(service.pid, signal.SIGCONT)
+
+        async def main() -> None:
+            await asyncio.gather(send(), tick())
+
+        try:
+            asyncio.run(main())
+        finally:
+            rescue.cancel()
+            os.kill(service.pid, signal.SIGCONT)
+        assert events == ["ticked", "sent"]
+        assert echo(proxy, "after", timeout=scaled(10)) == "after"

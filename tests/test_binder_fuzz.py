@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -35,6 +36,8 @@ from ashmem.binder import (
     _wire,
 )
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(60)
 
 ECHO = FIRST_CALL_TRANSACTION
@@ -42,6 +45,7 @@ DECODE = 2
 SLEEP = 3
 BOOM = 4
 NOTHING = 5
+GATE = 6
 
 READERS = [
     "read_int",
@@ -76,6 +80,13 @@ class FuzzTarget(Binder):
             reply.write_int(decode_everything(data))
         elif code == SLEEP:
             time.sleep(data.read_double())
+        elif code == GATE:
+            # Held until the test writes to the pipe whose read end came with the call.
+            fd = data.read_file_descriptor()
+            try:
+                select.select([fd], [], [], 30)
+            finally:
+                os.close(fd)
         elif code == BOOM:
             raise RuntimeError("boom")
         elif code != NOTHING:
@@ -110,7 +121,9 @@ def service_fds(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[binder.ServiceProcess]:
-    with binder.start_service(FuzzTarget, f"test.fuzz.{os.getpid()}", timeout=30) as service:
+    with binder.start_service(
+        FuzzTarget, f"test.fuzz.{os.getpid()}", timeout=scaled(30)
+    ) as service:
         yield service
 
 
@@ -137,7 +150,7 @@ def settle(target: binder.ServiceProcess, expected: int, within: float = 5.0) ->
 def echo(proxy: binder.Proxy, text: str) -> str | None:
     with Parcel() as data, Parcel() as reply:
         data.write_string(text)
-        assert proxy.transact(ECHO, data, reply, timeout=10)
+        assert proxy.transact(ECHO, data, reply, timeout=scaled(10))
         return reply.read_string()
 
 
@@ -254,14 +267,22 @@ def test_a_fake_spilled_payload_is_refused(target: binder.ServiceProcess, baseli
 
 
 def test_disconnecting_mid_transaction(target: binder.ServiceProcess, baseline: int) -> None:
-    with raw_client(target) as sock, Parcel() as data:
-        data.write_double(1.0)
-        _, parts, _, _ = data._outgoing()
-        sock.sendmsg([header(_wire.TRANSACTION, code=SLEEP, seq=1), *parts])
-    # The sleeping call holds one pool thread; everyone else is still served meanwhile.
-    start = time.monotonic()
-    assert echo(target.binder, "meanwhile") == "meanwhile"
-    assert time.monotonic() - start < 0.5
+    gate_read, gate_write = os.pipe()
+    try:
+        with raw_client(target) as sock, Parcel() as data:
+            data.write_file_descriptor(gate_read)
+            out = data._outgoing()
+            sock.sendmsg(
+                [header(_wire.TRANSACTION, nfds=len(out.fds), code=GATE, seq=1), *out.parts],
+                _wire.rights(out.fds),
+            )
+        # The held call keeps one pool thread (its caller is gone); everyone else is still
+        # served meanwhile: this answer comes while the gate is closed.
+        assert echo(target.binder, "meanwhile") == "meanwhile"
+    finally:
+        os.write(gate_write, b"x")
+        os.close(gate_read)
+        os.close(gate_write)
 
 
 def test_a_client_that_never_reads_its_replies_is_dropped(
@@ -269,7 +290,7 @@ def test_a_client_that_never_reads_its_replies_is_dropped(
 ) -> None:
     with raw_client(target) as sock, Parcel() as data:
         data.write_string("x" * 1000)
-        _, parts, _, _ = data._outgoing()
+        parts = data._outgoing().parts
         message = [header(_wire.TRANSACTION, code=ECHO), *parts]
         deadline = time.monotonic() + 20
         dropped = False
@@ -288,7 +309,7 @@ def test_exceptions_never_kill_the_pool(target: binder.ServiceProcess, baseline:
     for _ in range(40):
         target.binder.transact(BOOM, None, None, FLAG_ONEWAY)
         with pytest.raises(RemoteError, match=r"RuntimeError.*boom"):
-            target.binder.transact(BOOM, timeout=10)
+            target.binder.transact(BOOM, timeout=scaled(10))
     assert echo(target.binder, "alive") == "alive"
 
 
@@ -313,7 +334,7 @@ def test_a_oneway_flood_pushes_back_on_its_sender(monkeypatch: pytest.MonkeyPatc
             for sent in range(100_000):
                 with Parcel() as data:
                     data.write_int(sent)
-                    proxy.transact(ECHO, data, None, FLAG_ONEWAY, timeout=0.5)
+                    proxy.transact(ECHO, data, None, FLAG_ONEWAY, timeout=scaled(0.5))
         assert 4 < sent < 100_000
         gate.open.set()
         deadline = time.monotonic() + 20

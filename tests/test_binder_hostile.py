@@ -42,6 +42,8 @@ from ashmem.binder import (
     _wire,
 )
 
+from .conftest import scaled
+
 pytestmark = pytest.mark.timeout(90)
 
 ECHO = FIRST_CALL_TRANSACTION
@@ -98,7 +100,7 @@ class Target(Binder):
             assert callback is not None
             with callback, Parcel() as ask, Parcel() as answer:
                 ask.write_string(data.read_string())
-                callback.transact(ECHO, ask, answer, timeout=10)
+                callback.transact(ECHO, ask, answer, timeout=scaled(10))
                 reply.write_string(answer.read_string())
                 reply.write_long(answer.read_long())
         else:
@@ -126,7 +128,7 @@ def target(
 ) -> Iterator[binder.ServiceProcess]:
     name = f"test.hostile.{tag}.{os.getpid()}"
     args = (limits or {}, nofile, threads)
-    with binder.start_service(make_target, name, args=args, timeout=30) as service:
+    with binder.start_service(make_target, name, args=args, timeout=scaled(30)) as service:
         assert service.binder.ping()
         yield service
 
@@ -266,7 +268,7 @@ def test_a_foreign_uid_cannot_hold_the_callback_endpoint() -> None:
         assert report.recv() == ("connected", 1500)
         # While uid 65534 holds 1,500 connections, the service holds none of them...
         assert echo(service.binder, "owner") == "owner"
-        fresh = binder.get_service(service.name, timeout=5)  # and its owner gets in
+        fresh = binder.get_service(service.name, timeout=scaled(5))  # and its owner gets in
         assert echo(fresh, "new connection") == "new connection"
         fresh.close()
         release.send("go")
@@ -292,7 +294,7 @@ def test_ten_thousand_silent_connections_are_bounded_and_timed_out() -> None:
                 # Every one was closed by the service: turned away (busy) or timed out.
                 assert (kind, closed) == ("closed", 10_000)
                 assert set(codes) <= {_wire.REFUSED_BUSY}
-            fresh = binder.get_service(service.name, timeout=5)
+            fresh = binder.get_service(service.name, timeout=scaled(5))
             assert echo(fresh, "after") == "after"
             fresh.close()
 
@@ -359,7 +361,8 @@ def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
                     data.write_file_descriptor(release_read)
                     for sock in socks[4 * i : 4 * i + 4]:
                         data.write_file_descriptor(sock.fileno())
-                    flags, parts, fds, _ = data._outgoing()
+                    out = data._outgoing()
+                    flags, parts, fds = out.flags, out.parts, out.fds
                     header = _wire.pack(_wire.TRANSACTION, flags, len(fds), WAIT_PIPE, 1)
                     call.sendmsg([header, *parts], _wire.rights(fds))
             # Junk before HELLO carrying four more.
@@ -373,7 +376,7 @@ def test_lingering_sockets_from_a_peer_cannot_freeze_the_pool() -> None:
             for call in calls[:3]:
                 assert call.recv(_wire.MAX_MESSAGE)[3] == _wire.REPLY
             # The service closed those sockets without blocking a thread: it answers.
-            assert echo(service.binder, "not frozen", timeout=5) == "not frozen"
+            assert echo(service.binder, "not frozen", timeout=scaled(5)) == "not frozen"
         finally:
             for call in calls:
                 call.close()
@@ -457,13 +460,13 @@ def test_a_oneway_flood_with_descriptors_cannot_starve_other_callers() -> None:
         stop = threading.Event()
 
         def flood(index: int) -> None:
-            with binder.get_service(service.name, timeout=5) as proxy:
+            with binder.get_service(service.name, timeout=scaled(5)) as proxy:
                 while not stop.is_set():
                     with Parcel() as data:
                         for _ in range(63):
                             data.write_file_descriptor(write_end)
                         try:
-                            proxy.transact(HOLD, data, None, FLAG_ONEWAY, timeout=0.5)
+                            proxy.transact(HOLD, data, None, FLAG_ONEWAY, timeout=scaled(0.5))
                         except TimeoutError:
                             return  # pushed back: the service stopped reading us
                     sent[index] += 1
@@ -482,11 +485,11 @@ def test_a_oneway_flood_with_descriptors_cannot_starve_other_callers() -> None:
                 with Parcel() as data, Parcel() as reply:
                     data.write_string(f"legit {i}")
                     data.write_file_descriptor(read_end)
-                    assert service.binder.transact(ECHO, data, reply, timeout=5)
+                    assert service.binder.transact(ECHO, data, reply, timeout=scaled(5))
                     assert reply.read_string() == f"legit {i}"
         finally:
             stop.set()
-            service.binder.transact(RELEASE, timeout=10)
+            service.binder.transact(RELEASE, timeout=scaled(10))
             os.close(read_end)
             os.close(write_end)
         # Nothing queued was lost: every message sent was delivered.
@@ -494,7 +497,7 @@ def test_a_oneway_flood_with_descriptors_cannot_starve_other_callers() -> None:
         delivered = -1
         while time.monotonic() < deadline:
             with Parcel() as reply:
-                service.binder.transact(COUNT, None, reply, timeout=5)
+                service.binder.transact(COUNT, None, reply, timeout=scaled(5))
                 delivered = reply.read_int()
             if delivered >= sum(sent):
                 break
@@ -523,7 +526,7 @@ def test_directory_calls_are_bounded_against_a_stopped_service() -> None:
             with pytest.raises(FileExistsError):
                 binder.add_service(service.name, Binder())
             with pytest.raises((ServiceBusyError, TimeoutError)):
-                binder.get_service(service.name, timeout=0.5)
+                binder.get_service(service.name, timeout=scaled(0.5))
         finally:
             for sock in junk:
                 sock.close()
@@ -556,7 +559,7 @@ def test_get_service_turns_resets_into_library_errors() -> None:
     thread.start()
     try:
         with pytest.raises(ServiceNotFoundError):
-            binder.get_service("resetter", directory=directory, timeout=0.5)
+            binder.get_service("resetter", directory=directory, timeout=scaled(0.5))
     finally:
         stop.set()
         thread.join(10)
@@ -600,16 +603,16 @@ def nested_with_one_thread_each(name: str) -> None:
     blocker = Blocker()
     service = binder.add_service(f"{name}.blocker", blocker)
     busy = threading.Thread(
-        target=lambda: binder.get_service(f"{name}.blocker").transact(ECHO, timeout=60)
+        target=lambda: binder.get_service(f"{name}.blocker").transact(ECHO, timeout=scaled(60))
     )
     busy.start()
     assert blocker.entered.wait(10)  # our only pool thread is taken
-    remote = binder.get_service(name, timeout=10)
+    remote = binder.get_service(name, timeout=scaled(10))
     callback = Callback(back=remote)
     with Parcel() as data, Parcel() as reply:
         data.write_binder(callback)
         data.write_string("hello")
-        assert remote.transact(CALL_BACK, data, reply, timeout=20)
+        assert remote.transact(CALL_BACK, data, reply, timeout=scaled(20))
         assert reply.read_string() == "hello, again, called back"
         # The callback ran on this thread, the one waiting for the reply.
         assert reply.read_long() == threading.get_ident()
@@ -621,7 +624,7 @@ def nested_with_one_thread_each(name: str) -> None:
 
 def test_a_nested_call_runs_on_the_waiting_thread_with_pools_of_one(children: Any) -> None:
     with target("nested", threads=1) as service:
-        children.run(FORK, nested_with_one_thread_each, service.name, timeout=60)
+        children.run(FORK, nested_with_one_thread_each, service.name, timeout=scaled(60))
         assert echo(service.binder, "after") == "after"
 
 
@@ -630,7 +633,7 @@ def test_a_callback_lives_as_long_as_the_parcel_carrying_it() -> None:
         data.write_binder(Callback())  # no other reference
         data.write_string("kept")
         gc.collect()
-        assert service.binder.transact(CALL_BACK, data, reply, timeout=20)
+        assert service.binder.transact(CALL_BACK, data, reply, timeout=scaled(20))
         assert reply.read_string() == "kept, called back"
 
 
@@ -648,7 +651,7 @@ def test_a_truncated_message_says_which_side_ran_out() -> None:
 
 def test_a_dead_service_is_a_dead_object_not_a_socket_error() -> None:
     with target("dies") as service:
-        proxy = binder.get_service(service.name, timeout=5)
+        proxy = binder.get_service(service.name, timeout=scaled(5))
         os.kill(service.pid, signal.SIGKILL)
         with pytest.raises(DeadObjectError):
             for _ in range(3):
@@ -668,7 +671,7 @@ def test_a_service_near_its_descriptor_limit_refuses_new_work_with_a_clear_error
                 for _ in range(200):  # the application keeps every descriptor it gets
                     with Parcel() as data:
                         data.write_file_descriptor(read_end)
-                        service.binder.transact(KEEP, data, timeout=5)
+                        service.binder.transact(KEEP, data, timeout=scaled(5))
                     accepted += 1
             # Refused before the limit itself, saying that the service ran short...
             assert 0 < accepted < 160
@@ -676,11 +679,11 @@ def test_a_service_near_its_descriptor_limit_refuses_new_work_with_a_clear_error
             assert "MSG_CTRUNC" not in str(refused.value)
             # ...and calls without descriptors still go through.
             assert echo(service.binder, "no fds") == "no fds"
-            service.binder.transact(DROP_KEPT, timeout=5)
+            service.binder.transact(DROP_KEPT, timeout=scaled(5))
             with Parcel() as data:  # once the application let go, descriptors work again
                 data.write_file_descriptor(read_end)
-                assert service.binder.transact(KEEP, data, timeout=5)
-            service.binder.transact(DROP_KEPT, timeout=5)
+                assert service.binder.transact(KEEP, data, timeout=scaled(5))
+            service.binder.transact(DROP_KEPT, timeout=scaled(5))
         finally:
             os.close(read_end)
             os.close(write_end)
@@ -733,8 +736,8 @@ def test_running_out_of_descriptors_backs_off_and_recovers() -> None:
 
         def connect() -> None:
             try:
-                with binder.get_service(name, timeout=30) as proxy:
-                    result.append(echo(proxy, "in at last", timeout=10))
+                with binder.get_service(name, timeout=scaled(30)) as proxy:
+                    result.append(echo(proxy, "in at last", timeout=scaled(10)))
             except Exception as exc:  # reported below
                 result.append(exc)
 

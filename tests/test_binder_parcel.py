@@ -190,12 +190,13 @@ def test_large_bytes_are_kept_by_reference_and_spill() -> None:
     p.write_int(1)
     p.write_bytes(blob)
     p.write_int(2)
-    flags, parts, fds, spilled = p._outgoing()
+    out = p._outgoing()
+    flags, parts, fds, spilled = out.flags, out.parts, out.fds, out.spill_fd
     try:
         assert flags == _wire.F_SPILLED and list(fds) == [spilled] and not parts
         assert any(part is blob for part in p._wire_parts()[0])  # no copy before sending
-        received = Parcel._from_message(
-            _wire.pack(_wire.REPLY, flags, 1, 0, 0), flags, [os.dup(spilled)]
+        received = Parcel._from_wire(
+            _wire.pack(_wire.REPLY, flags, 1, 0, 0), _wire.HEADER_SIZE, [os.dup(spilled)], flags
         )
     finally:
         os.close(spilled)
@@ -429,3 +430,33 @@ def test_property_untrusted_bytes_only_ever_raise_bad_parcel(raw: bytes, program
             _dispose(name, read())
     parcel.close()
     assert fd_count() == before
+
+
+def test_only_the_parcel_module_touches_parcel_fields() -> None:
+    # The transport's boundary with Parcel is _from_wire / _outgoing / _adopt / _wire_fds
+    # (libbinder's ipcSetDataReference and ipcData/ipcObjects): no other binder module reads
+    # or writes the fields those methods hide.
+    import ast
+    import pathlib
+
+    import ashmem.binder
+
+    fields = {
+        name
+        for name, value in vars(Parcel).items()
+        if name.startswith("_")
+        and not name.startswith("__")
+        and not isinstance(value, (classmethod, staticmethod, property))
+        and not callable(value)
+    }
+    fields |= {"_fds", "_binders", "_received", "_data"}
+    package = pathlib.Path(ashmem.binder.__file__).parent
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        if path.name == "_parcel.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in fields:
+                offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert "_buf" in fields and "_pos" in fields
+    assert offenders == []

@@ -53,13 +53,11 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from . import _pins, region
+from . import _pins, _sys, region
 
 __all__ = ["RegionInfo", "format_size", "format_table", "list_regions", "main"]
 
 _PROC = "/proc"
-_MEMFD_PREFIX = "/memfd:"
-_DELETED_SUFFIX = " (deleted)"
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 # (st_dev, st_ino): what identifies a region across processes.
@@ -159,16 +157,6 @@ class _Process:
     mapped: list[_MapLine]
 
 
-def _name_from_path(path: str) -> str | None:
-    """``NAME`` from ``/memfd:NAME (deleted)``; None for anything that is not a memfd."""
-    if not path.startswith(_MEMFD_PREFIX):
-        return None
-    name = path[len(_MEMFD_PREFIX) :]
-    if name.endswith(_DELETED_SUFFIX):
-        name = name[: -len(_DELETED_SUFFIX)]
-    return name
-
-
 def _decode(raw: bytes) -> str:
     # Same decoding as os.readlink, so a name reads the same from a link and from maps.
     return os.fsdecode(raw)
@@ -212,7 +200,7 @@ def _memfd_fds(pid: int) -> list[int]:
             link = os.readlink(f"{_PROC}/{pid}/fd/{entry}")
         except OSError:
             continue  # closed since the listing, or the process is gone
-        if link.startswith(_MEMFD_PREFIX):
+        if link.startswith(_sys.MEMFD_LINK_PREFIX):
             fds.append(int(entry))
     return sorted(fds)
 
@@ -231,7 +219,7 @@ def _read_maps(pid: int) -> list[_MapLine]:
         fields = line.split(None, 5)
         if len(fields) < 6 or not fields[5].startswith(b"/memfd:"):
             continue
-        name = _name_from_path(_decode(fields[5].replace(b"\\012", b"\n")))
+        name = _sys.memfd_name(_decode(fields[5].replace(b"\\012", b"\n")))
         if name is None:
             continue
         start, _, end = fields[0].partition(b"-")
@@ -264,7 +252,7 @@ def _probe_fd(path_fd: int) -> _Probe | None:
         link = os.readlink(f"/proc/self/fd/{path_fd}")
     except OSError:
         return None
-    name = _name_from_path(link)
+    name = _sys.memfd_name(link)
     if name is None or not stat.S_ISREG(st.st_mode):
         return None
     read_only: bool | None = None

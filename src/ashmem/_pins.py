@@ -196,9 +196,7 @@ def _name(fd: int) -> str | None:
         link = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
-    if not link.startswith("/memfd:"):
-        return None
-    return link[len("/memfd:") :].removesuffix(" (deleted)")
+    return _sys.memfd_name(link)
 
 
 def _range(fd: int, size: int, offset: int, length: int) -> tuple[int, int]:

@@ -36,7 +36,6 @@ _MAP_SHARED = mmap.MAP_SHARED
 POPULATE_AUTO_MIN = 1 << 20
 # Python 3.13+: no hidden dup of the region fd per mapping (older mmap always keeps one).
 _MMAP_EXTRA: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-_MADV_POPULATE_READ = 22
 
 
 class Mapping(mmap.mmap):
@@ -586,10 +585,6 @@ def _check_populate(populate: object) -> None:
 
 def _populate(mapping: Mapping) -> None:
     if mapping.readonly:
-        try:
-            mapping.madvise(_MADV_POPULATE_READ)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # kernel < 5.14: nothing to do
-                raise _sys.translate(exc, "populate a mapping", mapping.region_name) from exc
+        region.populate_region(mapping, read_only=True, name=mapping.region_name)
     else:
         region.populate_region(mapping)

@@ -39,7 +39,26 @@ F_SEAL_GROW = 0x0004
 F_SEAL_WRITE = 0x0008
 F_SEAL_FUTURE_WRITE = 0x0010  # Linux 5.1
 
+# How the kernel names a memfd in /proc/PID/fd links and /proc/PID/maps:
+# "/memfd:NAME (deleted)" (memfd_create(2); the file has no directory entry).
+MEMFD_LINK_PREFIX = "/memfd:"
+_DELETED_SUFFIX = " (deleted)"
+
+
+def memfd_name(link: str) -> str | None:
+    """``NAME`` from a ``/proc`` link or maps path ``/memfd:NAME (deleted)``; None for
+    anything that is not a memfd. The one parser of that form (``region``, ``ashmem ls``).
+
+    >>> memfd_name("/memfd:frames (deleted)"), memfd_name("/dev/shm/x")
+    ('frames', None)
+    """
+    if not link.startswith(MEMFD_LINK_PREFIX):
+        return None
+    return link[len(MEMFD_LINK_PREFIX) :].removesuffix(_DELETED_SUFFIX)
+
+
 # madvise(2) advice not all Python versions name.
+MADV_POPULATE_READ = 22  # Linux 5.14
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 # syscall numbers with no libc wrapper in older glibc.

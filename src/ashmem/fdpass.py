@@ -40,7 +40,6 @@ message brought. Received descriptors are always CLOEXEC.
 from __future__ import annotations
 
 import _socket
-import array
 import contextlib
 import os
 import socket
@@ -50,6 +49,7 @@ from collections.abc import Iterable
 from . import _sys, region
 from ._errors import MessageError
 from ._memory_file import MemoryFile
+from ._rights import rights, take_fds
 from ._shared_memory import SharedMemory
 
 __all__ = ["MAX_FDS_PER_FRAME", "recv", "send"]
@@ -68,8 +68,6 @@ _CMSG_SPACE = (
 )
 _STREAM_READ = 1 << 20  # most bytes asked of one recvmsg on a stream
 # Plain ints: socket's IntFlag members make every `flags & ...` a slow Python-level call.
-_SOL_SOCKET = int(socket.SOL_SOCKET)
-_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
@@ -169,7 +167,7 @@ def send(
         last = fd_at >= len(fds) and data_at >= len(payload)
         head = _HEADER.pack(_MAGIC, 0 if last else _MORE, 0, len(chunk), len(body))
         head += kinds[fd_at - len(chunk) : fd_at]
-        anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", chunk))] if chunk else []
+        anc = rights(chunk)
         try:
             sent = sock.sendmsg([head, body], anc)
             total = len(head) + len(body)
@@ -192,14 +190,6 @@ def _close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _take_fds(ancdata: list[tuple[int, int, bytes]], into: list[int]) -> None:
-    for level, kind, payload in ancdata:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            fds = array.array("i")
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            into.extend(fds)
 
 
 _OUT_OF_STEP = (
@@ -229,7 +219,7 @@ def _recv_chunk(
             if at_message_start and remaining == size:
                 raise
             raise MessageError(_OUT_OF_STEP) from exc
-        _take_fds(ancdata, fds)
+        take_fds(ancdata, fds)
         if flags & _MSG_CTRUNC:
             raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
         if len(fds) > fd_limit:
@@ -280,7 +270,7 @@ def _recv_frame(
             if first:
                 raise
             raise MessageError(_OUT_OF_STEP) from exc
-        _take_fds(ancdata, fds)
+        take_fds(ancdata, fds)
         if not data:
             if first:
                 raise EOFError("peer closed the connection")  # or sent an empty datagram

@@ -82,8 +82,6 @@ NAME_MAX = 249
 _MAX_SIZE = (1 << 63) - 1  # off_t
 _SIZE_SEALS = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
 _WRITE_SEALS = _sys.F_SEAL_WRITE | _sys.F_SEAL_FUTURE_WRITE
-_MEMFD_PREFIX = "/memfd:"
-_DELETED_SUFFIX = " (deleted)"
 
 # Flags for memfd_create, narrowed once if the kernel predates MFD_NOEXEC_SEAL (6.3).
 _memfd_flags = _sys.MFD_CLOEXEC | _sys.MFD_ALLOW_SEALING | _sys.MFD_NOEXEC_SEAL
@@ -320,17 +318,22 @@ def reserve_region(fd: int, size: int | None = None) -> None:
         raise _sys.translate(exc, f"reserve {size} bytes", _name_or_none(fd)) from exc
 
 
-def populate_region(mapping: mmap.mmap) -> bool:
-    """Prefault a writable shared mapping of a region (``MADV_POPULATE_WRITE``, Linux 5.14).
+def populate_region(
+    mapping: mmap.mmap, *, read_only: bool = False, name: str | None = None
+) -> bool:
+    """Prefault a writable shared mapping of a region (``MADV_POPULATE_WRITE``, Linux 5.14),
+    or with ``read_only=True`` a read-only one (``MADV_POPULATE_READ``). ``name``: the
+    region's, for the error message.
 
     Returns False where the kernel lacks the advice (nothing done). Raises ``OSError`` with
     ENOMEM/EFAULT when memory cannot be had, instead of a later SIGBUS."""
+    advice = _sys.MADV_POPULATE_READ if read_only else _sys.MADV_POPULATE_WRITE
     try:
-        mapping.madvise(_sys.MADV_POPULATE_WRITE)
+        mapping.madvise(advice)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return False
-        raise _sys.translate(exc, "populate a mapping") from exc
+        raise _sys.translate(exc, "populate a mapping", name) from exc
     return True
 
 
@@ -351,18 +354,9 @@ def _link(fd: int) -> str:
         raise _sys.translate(exc, f"read the name of fd {fd}") from exc
 
 
-def _name_from_link(link: str) -> str | None:
-    if not link.startswith(_MEMFD_PREFIX):
-        return None
-    name = link[len(_MEMFD_PREFIX) :]
-    if name.endswith(_DELETED_SUFFIX):
-        name = name[: -len(_DELETED_SUFFIX)]
-    return name
-
-
 def _name_or_none(fd: int) -> str | None:
     try:
-        return _name_from_link(_link(fd))
+        return _sys.memfd_name(_link(fd))
     except OSError:
         return None
 
@@ -371,7 +365,7 @@ def get_name_region(fd: int) -> str:
     """The debug name of the region behind ``fd``, without the ``memfd:`` prefix.
 
     Raises ``ValueError`` if ``fd`` is not a memfd. Borrows ``fd``."""
-    name = _name_from_link(_link(fd))
+    name = _sys.memfd_name(_link(fd))
     if name is None:
         raise ValueError(f"fd {fd} is not an ashmem region (not a memfd)")
     return name

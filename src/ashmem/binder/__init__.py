@@ -51,6 +51,7 @@ from ._binder import AllowList as AllowList
 from ._binder import Binder as Binder
 from ._binder import Credentials as Credentials
 from ._binder import Policy as Policy
+from ._binder import clear_calling_identity as clear_calling_identity
 from ._binder import get_calling_credentials as get_calling_credentials
 from ._binder import get_calling_gid as get_calling_gid
 from ._binder import get_calling_pid as get_calling_pid
@@ -72,8 +73,10 @@ from ._limits import Limits as Limits
 from ._limits import get_limits as get_limits
 from ._limits import set_limits as set_limits
 from ._parcel import Parcel as Parcel
+from ._pool import Statistics as Statistics
 from ._pool import get_max_threads as get_max_threads
 from ._pool import set_max_threads as set_max_threads
+from ._pool import statistics as statistics
 from ._proxy import DeathRecipient as DeathRecipient
 from ._proxy import Proxy as Proxy
 from ._wire import MAX_FDS as MAX_FDS
@@ -102,7 +105,9 @@ __all__ = [
     "ServiceBusyError",
     "ServiceNotFoundError",
     "ServiceProcess",
+    "Statistics",
     "add_service",
+    "clear_calling_identity",
     "get_calling_credentials",
     "get_calling_gid",
     "get_calling_pid",
@@ -116,4 +121,5 @@ __all__ = [
     "set_limits",
     "set_max_threads",
     "start_service",
+    "statistics",
 ]

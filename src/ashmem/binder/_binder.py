@@ -72,6 +72,19 @@ class Caller:
         self.creds = creds
         self.sock = sock
 
+    # ``with caller:`` runs a transaction from it on a pool thread, which handles calls only
+    # at the top level (no transaction before, none after): the cheap form of ``_Serving``
+    # for the hot path, no object made per call. A nested call uses ``_Serving``.
+    def __enter__(self) -> None:
+        identity = _identity
+        identity.caller = self
+        identity.cleared = False
+
+    def __exit__(self, *exc: object) -> None:
+        identity = _identity
+        identity.caller = None
+        identity.cleared = False
+
 
 class CallerLike(Protocol):
     """What a ``Caller`` has; the pool's connections have it too."""
@@ -86,11 +99,60 @@ class CallerLike(Protocol):
 class _Identity(threading.local):
     #: The Caller (or pool connection) of the transaction this thread is handling. A class
     #: default, so that reading it where it was never set costs an attribute lookup, not
-    #: a caught AttributeError (this is read on every call a client makes).
+    #: a caught AttributeError (this is read on every call a client makes). It also routes
+    #: a call back into the caller's process (see ``_nested``), so clearing the identity
+    #: does not touch it: ``cleared`` hides it from ``get_calling_*`` only, as libbinder's
+    #: clearCallingIdentity leaves the thread's transaction stack alone.
     caller: CallerLike | None = None
+    cleared = False
 
 
 _identity = _Identity()
+
+
+class _Serving:
+    """``with _Serving(caller):`` run a transaction from ``caller`` on this thread: the one
+    place the pool and the nested path set the calling identity, restored on exit (the
+    previous caller, for a nested call that arrived while this thread waited)."""
+
+    __slots__ = ("_caller", "_saved")
+
+    def __init__(self, caller: CallerLike) -> None:
+        self._caller = caller
+
+    def __enter__(self) -> None:
+        identity = _identity
+        self._saved = (identity.caller, identity.cleared)
+        identity.caller = self._caller
+        identity.cleared = False
+
+    def __exit__(self, *exc: object) -> None:
+        _identity.caller, _identity.cleared = self._saved
+
+
+class clear_calling_identity:
+    """``with clear_calling_identity():`` inside a transaction, act as this process:
+    ``get_calling_uid()`` and the others name this process until the block ends, then the
+    caller again (libbinder's ``clearCallingIdentity`` / ``restoreCallingIdentity``, as one
+    save and restore). Use it where a service calls out, or checks a permission, on its own
+    behalf rather than its caller's. A call back into the calling process still travels on
+    the caller's connection, as without it. Nests; outside a transaction it changes nothing.
+
+    >>> import os
+    >>> from ashmem.binder import clear_calling_identity, get_calling_pid
+    >>> with clear_calling_identity():
+    ...     get_calling_pid() == os.getpid()
+    True
+    """
+
+    __slots__ = ("_saved",)
+
+    def __enter__(self) -> None:
+        self._saved = _identity.cleared
+        _identity.cleared = True
+
+    def __exit__(self, *exc: object) -> None:
+        _identity.cleared = self._saved
 
 
 def get_calling_credentials() -> Credentials:
@@ -103,7 +165,7 @@ def get_calling_credentials() -> Credentials:
     True
     """
     caller = _identity.caller
-    if caller is None:
+    if caller is None or _identity.cleared:
         return Credentials(os.getpid(), os.geteuid(), os.getegid())
     return caller.creds
 

@@ -42,21 +42,15 @@ import atexit
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import pickle
 import re
-import runpy
 import secrets
 import signal
 import socket
 import stat
-import struct
 import subprocess
-import sys
 import threading
 import time
-import types
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
@@ -66,6 +60,7 @@ from .._closing import Closing
 from .._user_dir import user_directory
 from ._binder import AllowList, Binder, Policy
 from ._errors import DeadObjectError, ServiceBusyError, ServiceNotFoundError
+from ._launcher import NO_MAIN_GUARD, importing_main, spawn_service_process
 from ._pool import process_state, set_max_threads, stop_process_state
 from ._proxy import Proxy
 
@@ -507,71 +502,6 @@ def list_services(directory: str | os.PathLike[str] | None = None) -> list[str]:
     return sorted(names)
 
 
-_LENGTH = struct.Struct("<Q")
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    parts = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            raise EOFError("start_service: the starter went away before sending its orders")
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
-
-
-def _launch() -> None:
-    """Entry point of a process made by ``start_service``: its orders arrive on stdin.
-
-    stdin is a pipe from the starter, which keeps its end open for as long as it wants the
-    service: end-of-file means the starter stopped it, exited, or was killed.
-    """
-    stdin = sys.stdin.fileno()
-    (size,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
-    sys_path, main_path, reason_fd = json.loads(_read_exactly(stdin, size))
-    os.set_inheritable(reason_fd, False)
-    try:
-        _launch_with(stdin, sys_path, main_path)
-    except BaseException as exc:
-        # Tell the starter why, so that its exception says it (stderr gets it too).
-        with contextlib.suppress(OSError):
-            os.write(reason_fd, f"{type(exc).__name__}: {exc}".encode()[:4096])
-        raise
-
-
-def _launch_with(stdin: int, sys_path: list[str], main_path: str | None) -> None:
-    global _importing_main
-    sys.path[:] = sys_path
-    if main_path:
-        # The target may live in the starter's __main__ (a script): run that script as
-        # __mp_main__, as multiprocessing's spawn does, so unpickling finds it.
-        main = types.ModuleType("__mp_main__")
-        _importing_main = True
-        try:
-            main.__dict__.update(runpy.run_path(main_path, run_name="__mp_main__"))
-        finally:
-            _importing_main = False
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = main
-    (size,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
-    # The starter pickled these for its own child over a private pipe: trusted, unlike
-    # anything a peer sends (which is never unpickled).
-    target, name, args, options = pickle.loads(_read_exactly(stdin, size))
-
-    def watch_starter() -> None:
-        # Raw reads: a daemon thread must not hold the lock of a buffered sys.stdin when
-        # the interpreter shuts down.
-        while os.read(stdin, 4096):
-            pass
-        os.kill(os.getpid(), signal.SIGTERM)  # serve() stops cleanly; before it, we just die
-
-    threading.Thread(target=watch_starter, name="ashmem-service-starter", daemon=True).start()
-    binder = target(*args)
-    if not isinstance(binder, Binder):
-        raise TypeError(f"start_service target returned {type(binder).__name__}, not a Binder")
-    serve(name, binder, **options)
-
-
 class ServiceProcess:
     """A service process made by ``start_service``, and the Proxy bound to it.
 
@@ -682,9 +612,12 @@ def start_service(
     ``bindService(..., BIND_AUTO_CREATE)``): spawns a fresh Python process that calls
     ``target(*args)`` to make the Binder and ``serve``s it, then waits until it answers.
 
-    ``target`` (a Binder subclass or a factory) must be importable by name, or defined in
-    the main script; it and ``args`` are pickled to the new process (as multiprocessing's
-    spawn does). The other arguments are ``serve``'s. Raises ``ChildProcessError`` if the
+    The new process is prepared as multiprocessing's spawn prepares its children
+    (``_launcher``), so ``target`` (a Binder subclass or a factory) may live wherever a spawn
+    ``Process`` target may: a module, the main script, or a module run with ``python -m``
+    (relative imports included); it and ``args`` are pickled to the new process. A target
+    defined in an interactive ``__main__`` (or ``python -c``) is ``ValueError``: no new
+    process can import it. The other arguments are ``serve``'s. Raises ``ChildProcessError`` if the
     process exits before answering (with the reason it gave), ``TimeoutError`` after
     ``timeout`` seconds (the process is then killed), ``RuntimeError`` if ``target`` lives in
     a script whose top-level code is not under ``if __name__ == "__main__":`` (the new
@@ -698,8 +631,8 @@ def start_service(
     (True, True)
     """
     global _atexit_registered
-    if _importing_main:
-        raise RuntimeError(_NO_MAIN_GUARD)
+    if importing_main():
+        raise RuntimeError(NO_MAIN_GUARD)
     if not callable(target):
         raise TypeError(
             f"start_service: target must be a Binder subclass or a function returning one, "
@@ -720,39 +653,8 @@ def start_service(
         "policy": policy,
         "max_threads": max_threads,
     }
-    orders = pickle.dumps((target, name, tuple(args), options))
-    main = sys.modules.get("__main__")
-    main_path = (
-        getattr(main, "__file__", None)
-        if getattr(target, "__module__", None) == ("__main__")
-        else None
-    )
-    if main_path and not _has_main_guard(main_path):
-        raise RuntimeError(_NO_MAIN_GUARD + f" ({main_path} has no such guard)")
-    reason_read, reason_write = os.pipe()
-    setup = json.dumps([sys.path, main_path and os.path.abspath(main_path), reason_write])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    process, reason_read = spawn_service_process(target, name, tuple(args), options)
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from ashmem.binder._directory import _launch; _launch()"],
-            stdin=subprocess.PIPE,
-            env=env,
-            pass_fds=(reason_write,),
-            start_new_session=True,  # a terminal's Ctrl-C is for us; we stop it ourselves
-        )
-    except BaseException:
-        os.close(reason_read)
-        raise
-    finally:
-        os.close(reason_write)
-    try:
-        assert process.stdin is not None
-        encoded = setup.encode()
-        process.stdin.write(
-            _LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(orders)) + orders
-        )
-        process.stdin.flush()
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
@@ -788,25 +690,6 @@ def start_service(
         atexit.register(_stop_started)
         _atexit_registered = True
     return handle
-
-
-_NO_MAIN_GUARD = (
-    "start_service() was called while the service process was importing the main script: "
-    "the target is defined in a script whose top-level code starts the service. Put that "
-    "code under 'if __name__ == \"__main__\":' (the new process imports the script to find "
-    "the target, as multiprocessing's spawn does), or define the target in a module"
-)
-_importing_main = False  # True in a service process while it imports the starter's script
-
-
-def _has_main_guard(path: str) -> bool:
-    """Whether the script at ``path`` tests ``__name__`` at all (a cheap check that keeps a
-    script without a guard from starting itself over and over)."""
-    try:
-        with open(path, "rb") as script:
-            return b"__name__" in script.read()
-    except OSError:
-        return True  # cannot tell: the child reports what goes wrong
 
 
 def _read_reason(fd: int) -> str:

@@ -60,11 +60,12 @@ class _Listener:
         self.backoff = 0.0
 
 
-class _Connection:
+class _Connection(Caller):
     """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
     ``sock``: see ``_binder.Caller``)."""
 
-    __slots__ = ("accepted", "creds", "fd", "greeted", "node", "oneway_caller", "sock")
+    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller")
+    sock: socket.socket  # always set: the connection itself
 
     def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
         self.sock = sock
@@ -123,6 +124,9 @@ class Gate:
         self._fd_high = self._fd_high_water()
         self._probe_in = 0  # messages with descriptors until the next probe (racy: a hint)
         self._was_short = False
+        # Connections refused (policy, limits, protocol); see ``statistics``. A plain int:
+        # ``+= 1`` runs no Python call, so no thread switch splits it (CPython 3.10+).
+        self._refused = 0
 
     def _fd_high_water(self) -> int:
         """The lowest free descriptor number at or above this means we are inside
@@ -259,6 +263,7 @@ class Gate:
 
     def _turn_away(self, sock: socket.socket, code: int, reason: str) -> None:
         """Tell a peer we never admitted why, and close it (on the closer thread)."""
+        self._refused += 1
         text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
         with contextlib.suppress(OSError):
             sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)

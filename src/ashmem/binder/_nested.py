@@ -23,18 +23,17 @@ import contextlib
 import errno
 import itertools
 import logging
-import os
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._errors import MessageError
 from . import _wire
-from ._binder import Caller, CallerLike, Credentials, _identity
+from ._binder import Caller, CallerLike, Credentials, _Serving
+from ._dispatch import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke
 from ._errors import BadParcel, DeadObjectError, RemoteError, ServiceBusyError
 from ._parcel import Parcel
-from ._pool import _ERROR_TEXT_MAX, _SEND_NOWAIT, _describe, _invoke, current_state
+from ._pool import current_state
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -43,7 +42,6 @@ __all__ = ["call_nested", "remote_error", "serve_nested"]
 
 logger = logging.getLogger("ashmem.binder")
 
-_EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
 _NO_FDS: list[int] = []  # shared, never mutated
 _nested_seq = itertools.count(1)
 
@@ -89,16 +87,15 @@ def serve_nested(
             answer.write_string(f"{node.label} refuses uid {creds.uid} (gid {creds.gid})")
         else:
             try:
-                data = Parcel._from_message(msg, flags, fds, start)
+                data = Parcel._from_wire(msg, start, fds, flags)
             except (BadParcel, OSError) as exc:
                 answer.write_string(_describe(exc))
                 answer.write_string(str(exc)[:_ERROR_TEXT_MAX])
             else:
                 reply = Parcel()
-                previous = _identity.caller
-                _identity.caller = Caller(creds, sock)
                 try:
-                    status = _invoke(node.binder, code, data, reply, 0)
+                    with _Serving(Caller(creds, sock)):
+                        status = _invoke(node.binder, code, data, reply, 0)
                 except BaseException as exc:
                     logger.error(
                         "binder: nested on_transact(code=%d) of %s raised (caller pid %d)",
@@ -113,17 +110,15 @@ def serve_nested(
                 else:
                     answer.close()
                     answer, kind = reply, _wire.REPLY
-                    if reply._binders and state is not None:
-                        state.grant(creds.uid)
                 finally:
-                    _identity.caller = previous
                     data.close()
         outgoing = answer._outgoing()
+        if outgoing.binders and state is not None:
+            state.grant(creds.uid)  # the caller may call back the binders we hand it
         try:
             _wire.send_message(sock, kind, 0, status, seq, outgoing, _SEND_NOWAIT)
         finally:
-            if outgoing[3] >= 0:
-                os.close(outgoing[3])
+            outgoing.close()
     finally:
         answer.close()
 
@@ -147,17 +142,19 @@ def call_nested(
     sock = caller.sock
     assert sock is not None
     seq = next(_nested_seq) & 0xFFFFFFFF
-    spilled, parts, fds, spill_fd = _EMPTY if data is None else data._outgoing()
+    outgoing = _wire.EMPTY if data is None else data._outgoing()
     try:
-        header = _wire.pack(_wire.NESTED, spilled, len(fds), code, seq)
-        sock.sendmsg([header, ref[1], *parts], _wire.rights(fds), _wire.SEND_FLAGS | _wire.DONTWAIT)
+        fds = outgoing.fds
+        header = _wire.pack(_wire.NESTED, outgoing.flags, len(fds), code, seq)
+        sock.sendmsg(
+            [header, ref[1], *outgoing.parts], _wire.rights(fds), _wire.SEND_FLAGS | _wire.DONTWAIT
+        )
     except OSError as exc:
         reason = f"the connection to {proxy._label} broke ({exc.strerror})"
         raise DeadObjectError(reason, proxy._label) from exc
     finally:
-        if spill_fd >= 0:
-            os.close(spill_fd)
-    if data is not None and data._binders:
+        outgoing.close()
+    if outgoing.binders:
         state = current_state()
         if state is not None:
             state.grant(caller.creds.uid)
@@ -207,11 +204,11 @@ def call_nested(
                 f"{proxy._label} answered nested call {seq} with {_wire.KIND_NAMES[kind]} {rseq}"
             )
         if kind == _wire.REPLY:
-            parcel = Parcel._from_message(msg, rflags, fds_in)
+            parcel = Parcel._from_wire(msg, _wire.HEADER_SIZE, fds_in, rflags)
             if reply is not None:
                 reply._adopt(parcel)
             else:
                 parcel.close()
             return status == _wire.STATUS_OK
-        with Parcel._from_message(msg, rflags, fds_in) as error:
+        with Parcel._from_wire(msg, _wire.HEADER_SIZE, fds_in, rflags) as error:
             raise remote_error(error, code, proxy._label)

@@ -171,10 +171,26 @@ class Parcel(Closing):
     # ``_wire.discard_fds`` (never blocking this thread); ours are closed directly.
     _received = False
 
+    # -- the boundary with the transport ---------------------------------------------------
+    #
+    # The transport builds a received Parcel only with ``_from_wire``, takes what to send only
+    # from ``_outgoing``, hands a reply over with ``_adopt`` and asks for received descriptors
+    # with ``_wire_fds``; nothing outside this module touches the fields above.
+
     @classmethod
-    def _from_wire(cls, data: Any, start: int, fds: list[int]) -> Parcel:
-        """A received Parcel over ``data[start:]`` (bytes, or a read-only Mapping of a
-        spilled payload). Takes ownership of ``fds``."""
+    def _from_wire(cls, data: Any, start: int, fds: list[int], flags: int = 0) -> Parcel:
+        """The Parcel a received message carries: ``data[start:]`` (bytes), or, with
+        ``F_SPILLED`` in ``flags``, the sealed region ``fds[0]`` (mapped read-only, its
+        descriptor closed). Takes ownership of ``fds``: they belong to the Parcel, or are
+        closed if it cannot be made (``BadParcel``, ``OSError``)."""
+        if flags & _wire.F_SPILLED:
+            try:
+                mapping = _wire.open_spilled(fds[0])
+            except BaseException:
+                _wire.discard_fds(fds)
+                raise
+            os.close(fds[0])
+            data, start, fds = mapping, 0, fds[1:]
         self = cls.__new__(cls)
         self._data = data
         self._start = self._pos = start
@@ -184,22 +200,13 @@ class Parcel(Closing):
             self._received = True
         return self
 
-    @classmethod
-    def _from_message(
-        cls, msg: bytes, flags: int, fds: list[int], start: int = _wire.HEADER_SIZE
-    ) -> Parcel:
-        """The Parcel a checked message carries from ``msg[start:]``. Takes ownership of
-        ``fds``: they belong to the Parcel, or are closed if it cannot be made
-        (``BadParcel``, ``OSError``)."""
-        if not flags & _wire.F_SPILLED:
-            return cls._from_wire(msg, start, fds)
-        try:
-            mapping = _wire.open_spilled(fds[0])
-        except BaseException:
-            _wire.discard_fds(fds)
-            raise
-        os.close(fds[0])
-        return cls._from_wire(mapping, 0, fds[1:])
+    def _wire_empty(self) -> bool:
+        """Nothing written and no descriptors: the reply is the bare header."""
+        return self._buf is None and not self._fds
+
+    def _wire_fds(self) -> Sequence[int]:
+        """The descriptors this Parcel owns, in message order (borrowed: do not close)."""
+        return self._fds
 
     def _adopt(self, other: Parcel) -> None:
         """Become ``other`` (a received Parcel), closing what this one held."""
@@ -917,16 +924,17 @@ class Parcel(Closing):
             return [*self._chunks, buf], self._size
         return ([buf] if self._size else []), self._size
 
-    def _outgoing(self) -> tuple[int, list[Any], Sequence[int], int]:
-        """How to send this Parcel: ``(flags, buffers, fds, spilled)``. A Parcel larger than
-        ``MAX_INLINE`` is copied into a sealed region first: ``spilled`` is then its fd, which
-        the caller owns and closes once sent (else -1). ``fds`` are borrowed. Raises the
-        (translated) OSError of spilling: ENOSPC, ENOMEM, EMFILE."""
+    def _outgoing(self) -> _wire.Outgoing:
+        """How to send this Parcel. A Parcel larger than ``MAX_INLINE`` is copied into a
+        sealed region first, which the result owns (close it once sent); the Parcel's own
+        descriptors are borrowed. Raises the (translated) OSError of spilling: ENOSPC,
+        ENOMEM, EMFILE."""
         parts, size = self._wire_parts()
+        binders = bool(self._binders)
         if size <= _wire.MAX_INLINE:
-            return 0, parts, self._fds, -1
+            return _wire.Outgoing(0, parts, self._fds, -1, binders)
         spilled = _wire.spill(parts, size)
-        return _wire.F_SPILLED, [], [spilled, *self._fds], spilled
+        return _wire.Outgoing(_wire.F_SPILLED, [], [spilled, *self._fds], spilled, binders)
 
     def _release_mapping(self) -> None:
         data = self._data

@@ -1,5 +1,9 @@
-"""The binder thread pool: everything this process serves (Android's ``ProcessState`` and
-``IPCThreadState``).
+"""The binder thread pool: everything this process serves (Android's ``ProcessState``).
+
+This module holds the process state — threads, the epoll set, listeners, the binders served
+(nodes), stop and fork. What a thread does with one connection's messages is ``_dispatch``
+(``IPCThreadState``), admission after ``accept`` is ``_gate``; ``_ProcessState`` is all
+three, as one object, so the hot path is plain method calls.
 
 One epoll set holds every listening socket and every connection; the pool's threads all wait
 on it, and each readiness event goes to exactly one thread (``EPOLLONESHOT``: the fd is
@@ -52,30 +56,23 @@ import os
 import secrets
 import select
 import socket
-import struct
 import threading
 import time
 import weakref
+from typing import NamedTuple
 
-from .._errors import MessageError
 from . import _wire
 from ._binder import (
-    FIRST_CALL_TRANSACTION,
-    FLAG_ONEWAY,
-    INTERFACE_TRANSACTION,
-    LAST_CALL_TRANSACTION,
-    PING_TRANSACTION,
     Binder,
     Caller,
     Policy,
-    _identity,
 )
-from ._errors import BadParcel
-from ._gate import Gate, _Connection, _Listener
+from ._dispatch import Dispatch
+from ._gate import _Connection, _Listener
 from ._limits import get_limits
 from ._parcel import Parcel
 
-__all__ = ["get_max_threads", "publish", "set_max_threads"]
+__all__ = ["Statistics", "get_max_threads", "publish", "set_max_threads", "statistics"]
 
 logger = logging.getLogger("ashmem.binder")
 
@@ -84,25 +81,8 @@ LINGER = 0.01
 DEFAULT_MAX_THREADS = 16
 #: Seconds between two sweeps for expired HELLOs and paused listeners, while any are due.
 SWEEP_INTERVAL = 0.25
-_BUSY_NAME = "ashmem.binder.ServiceBusyError"
 _ACCEPT_BATCH = 64
 _READ = select.EPOLLIN | select.EPOLLONESHOT
-_RECV_NOWAIT = _wire.RECV_FLAGS | _wire.DONTWAIT
-_SEND_NOWAIT = _wire.SEND_FLAGS | _wire.DONTWAIT
-_ERROR_TEXT_MAX = 4096
-_NO_FDS: list[int] = []  # shared, never mutated: what a message without descriptors carries
-_FAST_HEADER = _wire.FAST.unpack_from
-_PREFIX = _wire.PREFIX
-_TRANSACTION = _wire.TRANSACTION
-_HEADER_SIZE = _wire.HEADER_SIZE
-_MAX_MESSAGE = _wire.MAX_MESSAGE
-_CMSG_SPACE = _wire.CMSG_SPACE
-_RECV_FLAGS = _wire.RECV_FLAGS
-_MAX_FDS = _wire.MAX_FDS
-_take_fds = _wire.take_fds
-_new = object.__new__
-_REPLY_HEADER = struct.Struct("<8sII").pack
-_REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 
 _max_threads = DEFAULT_MAX_THREADS
 
@@ -143,13 +123,14 @@ class _Node:
 
     __slots__ = (
         "__weakref__",
-        "binder",
+        "_ref",
         "closed",
         "conns",
         "draining",
         "label",
         "lock",
         "parked",
+        "pinned",
         "policy",
         "queue",
         "queued_bytes",
@@ -158,9 +139,15 @@ class _Node:
         "token",
     )
 
-    def __init__(self, state: _ProcessState, binder: Binder, label: str) -> None:
+    def __init__(
+        self, state: _ProcessState, ref: weakref.ref[Binder], binder: Binder, label: str
+    ) -> None:
         self.state = state
-        self.binder = binder
+        # The user's binder, weakly (see ``_ProcessState.node_for``), and strongly while a
+        # connection or a queued one-way call needs it: a binder lives as long as the
+        # application, a connection to it, or a Parcel carrying it keeps it.
+        self._ref = ref
+        self.pinned: Binder | None = None
         self.label = label
         self.token = secrets.token_bytes(_wire.TOKEN_SIZE)
         # None: anyone holding the token (a capability, as an Android binder reference).
@@ -175,24 +162,36 @@ class _Node:
         self.closed = False
         self.conns: set[_Connection] = set()
 
+    @property
+    def binder(self) -> Binder:
+        binder = self._ref()
+        if binder is None:
+            raise LookupError(f"{self.label} was released (no reference to it is left)")
+        return binder
 
-def _describe(exc: BaseException) -> str:
-    kind = type(exc)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
+    def pin(self) -> bool:
+        """Hold the binder strongly (under ``lock``); False if it is gone already."""
+        self.pinned = self._ref()
+        return self.pinned is not None
+
+    def unpin_if_idle(self) -> None:
+        """Drop the strong reference once nothing here needs the binder (under ``lock``)."""
+        if not self.conns and not self.queue and not self.draining:
+            self.pinned = None
 
 
-class _ProcessState(Gate):
+class _ProcessState(Dispatch):
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.max_threads = _max_threads
         self._lock = threading.Lock()
         self._handlers: dict[int, _Listener | _Connection] = {}
         self._by_token: weakref.WeakValueDictionary[bytes, _Node] = weakref.WeakValueDictionary()
+        self._nodes: dict[int, tuple[weakref.ref[Binder], _Node]] = {}  # by id(binder)
         self._threads: list[threading.Thread] = []
         self._nthreads = 0
         self._idle = 0
+        self._served = 0  # calls handed to on_transact (two-way and one-way); see statistics
         self._stopping = False
         self._closed = False
         self._init_gate()
@@ -226,13 +225,25 @@ class _ProcessState(Gate):
         """The node serving ``binder`` here, made on first use."""
         if not isinstance(binder, Binder):
             raise TypeError(f"expected a Binder, not {type(binder).__name__}")
+        key = id(binder)
         with self._lock:
-            node: _Node | None = binder.__dict__.get("_ashmem_node")
-            if node is None or node.state is not self or node.closed:
-                node = _Node(self, binder, label or type(binder).__name__)
-                # The binder holds its node and the registry holds it weakly: a published
-                # binder lives as long as the application or a connection keeps it.
-                binder.__dict__["_ashmem_node"] = node
+            entry = self._nodes.get(key)
+            node = entry[1] if entry is not None and entry[0]() is binder else None
+            if node is None or node.closed:
+                # The side table holds the node for as long as the binder lives (identity,
+                # not equality: a Binder need not be hashable), and nothing is stored on the
+                # user's object, which may have __slots__. The token registry holds nodes
+                # weakly, so a connection keeps a node alive, and the node its binder.
+                nodes = self._nodes
+
+                def forget(ref: weakref.ref[Binder], key: int = key) -> None:
+                    # No lock: this runs wherever the binder's last reference went away.
+                    if nodes.get(key, (None, None))[0] is ref:
+                        nodes.pop(key, None)
+
+                ref = weakref.ref(binder, forget)
+                node = _Node(self, ref, binder, label or type(binder).__name__)
+                nodes[key] = (ref, node)
                 self._by_token[node.token] = node
             elif label is not None:
                 node.label = label
@@ -478,6 +489,7 @@ class _ProcessState(Gate):
         if node is not None:
             with node.lock:
                 node.conns.discard(conn)
+                node.unpin_if_idle()
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(conn.fd)
         if eof:
@@ -485,389 +497,24 @@ class _ProcessState(Gate):
         else:
             _wire.discard_socket(conn.sock)
 
-    def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
-        """Tell the peer why, then drop the connection."""
-        text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
-        with contextlib.suppress(OSError):
-            conn.sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
-        self._drop(conn)
+    # -- observation ----------------------------------------------------------------------
 
-    def _busy(self, conn: _Connection, code: int, seq: int, why: str) -> bool:
-        """Refuse one two-way call because *we* ran short: the caller gets
-        ``ServiceBusyError`` and keeps its connection. False if the connection was lost."""
-        node = conn.node
-        self._log.warning(
-            "busy-call",
-            "binder: refused a call from pid %d (uid %d) to %s: %s",
-            conn.creds.pid,
-            conn.creds.uid,
-            node.label if node is not None else "?",
-            why,
-        )
-        error = Parcel()
-        error.write_string(_BUSY_NAME)
-        error.write_string(f"{node.label if node else 'the service'} is busy: {why}")
-        try:
-            _wire.send_message(
-                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
-            )
-        except OSError:
-            self._drop(conn)
-            return False
-        finally:
-            error.close()
-        return True
-
-    def _serve(self, conn: _Connection) -> None:
-        """Read and handle messages on ``conn``, which this thread owns until it re-arms or
-        drops it."""
-        sock = conn.sock
-        recvmsg, send = sock.recvmsg, sock.send
-        flags = _RECV_NOWAIT
-        while True:
-            try:
-                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
-            except BlockingIOError:  # nothing (more) to read, or the linger expired
-                self._rearm(conn)
-                return
-            except OSError:
-                self._drop(conn)
-                return
-            fds = _take_fds(anc) if anc else _NO_FDS
-            if not mflags and len(msg) >= _HEADER_SIZE and conn.greeted:
-                # The fast path: a two-way user call without descriptors. Every check of
-                # _wire.check for this one shape, and _call, inline: after a context switch
-                # each bytecode costs, and this is most of what a service does.
-                prefix, kind, mflags, nfds, reserved, code, seq = _FAST_HEADER(msg)
-                if (
-                    prefix == _PREFIX
-                    and kind == _TRANSACTION
-                    and not (mflags | reserved)
-                    and nfds == len(fds) <= _MAX_FDS
-                    and FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION
-                    and (not fds or not self._short_of_fds_often(fds[0]))
-                ):
-                    node = conn.node
-                    assert node is not None
-                    data = _new(Parcel)
-                    data.__dict__ = {"_data": msg, "_start": 16, "_pos": 16, "_end": len(msg)}
-                    if fds:
-                        data._fds = fds
-                        data._received = True
-                    reply = _new(Parcel)
-                    _identity.caller = conn
-                    try:
-                        status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
-                    except BaseException as exc:
-                        _identity.caller = None
-                        data.close()
-                        reply.close()
-                        if not self._reply_error(conn, node, code, seq, exc):
-                            return
-                    else:
-                        _identity.caller = None
-                        if reply._buf is None and not reply._fds:
-                            try:  # an empty reply: just the header
-                                send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
-                            except OSError:  # the caller is gone, or does not read replies
-                                data.close()
-                                self._drop(conn)
-                                return
-                        elif not self._reply(conn, node, code, seq, status, reply):
-                            data.close()
-                            return
-                        if data._fds:  # after replying: the caller need not wait for this
-                            data.close()
-                    if self._idle and not self._stopping:
-                        flags = _RECV_FLAGS  # linger: see the module docstring
-                        continue
-                    self._rearm(conn)
-                    return
-            if not msg:
-                _wire.discard_fds(fds)
-                self._drop(conn, eof=not fds)
-                return
-            if not conn.greeted and fds:
-                # Descriptors before HELLO: closed unseen (the closer takes them).
-                _wire.discard_fds(fds)
-                self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
-                return
-            try:
-                kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
-            except _wire.OwnDescriptorsExhausted as exc:
-                # We ran out, not the peer: the message lost descriptors, so it cannot run.
-                _wire.discard_fds(fds)
-                if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
-                    if msg[4] & _wire.F_ONEWAY:
-                        self._log.warning(
-                            "lost",
-                            "binder: lost a one-way call from pid %d: %s",
-                            conn.creds.pid,
-                            exc,
-                        )
-                    elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
-                        return
-                    self._rearm(conn)
-                    return
-                self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
-                return
-            except MessageError as exc:
-                _wire.discard_fds(fds)
-                version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
-                reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
-                logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
-                self._refuse(conn, reason, str(exc))
-                return
-            if kind == _wire.TRANSACTION and conn.greeted:
-                if mflags & _wire.F_ONEWAY:
-                    if self._oneway(conn, code, mflags, msg, fds):
-                        return
-                elif fds and self._short_of_fds_often(fds[0]):
-                    _wire.discard_fds(fds)
-                    if not self._busy(conn, code, seq, "it is out of descriptors (RLIMIT_NOFILE)"):
-                        return
-                elif not self._call(conn, code, mflags, seq, msg, fds):
-                    return
-            elif not conn.greeted:
-                if kind != _wire.HELLO:
-                    self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
-                    return
-                if not self._hello(conn, msg, seq):
-                    return
-            else:
-                _wire.discard_fds(fds)
-                self._refuse(
-                    conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
-                )
-                return
-            # Linger on this connection only while someone else watches the others.
-            if self._idle > 0 and not self._stopping:
-                flags = _wire.RECV_FLAGS
-            else:
-                self._rearm(conn)
-                return
-
-    def _hello(self, conn: _Connection, msg: bytes, seq: int) -> bool:
-        token = msg[_wire.HEADER_SIZE :]
-        node = conn.node
-        if node is None:
-            if len(token) != _wire.TOKEN_SIZE:
-                self._refuse(conn, _wire.REFUSED_PROTOCOL, "HELLO needs a 16-byte binder token")
-                return False
-            node = self._by_token.get(token)
-            if node is None or node.closed:
-                self._refuse(
-                    conn, _wire.REFUSED_NO_SUCH_BINDER, "no such binder here (it was released)"
-                )
-                return False
-            conn.node = node
-            if not self._admit(conn, node):
-                return False
-        elif token:
-            self._refuse(conn, _wire.REFUSED_PROTOCOL, "a named service's HELLO takes no token")
-            return False
-        # (A named service's policy was checked at accept.)
+    def statistics(self) -> Statistics:
+        """A snapshot of this pool (see ``statistics``)."""
+        backlog: dict[str, int] = {}
+        for node in list(self._by_token.values()):
+            if not node.closed:
+                backlog[node.label] = backlog.get(node.label, 0) + len(node.queue)
         with self._lock:
-            self._forget_pending(conn)
-        with node.lock:
-            if node.closed:
-                closed = True
-            else:
-                closed = False
-                node.conns.add(conn)
-        if closed:
-            self._refuse(conn, _wire.REFUSED_NO_SUCH_BINDER, f"{node.label} is shutting down")
-            return False
-        conn.greeted = True
-        welcome = _wire.encode_reference(self.host_address, node.token)
-        try:
-            conn.sock.sendmsg([_wire.pack(_wire.WELCOME, 0, 0, 0, seq), welcome], (), _SEND_NOWAIT)
-        except OSError:
-            self._drop(conn)
-            return False
-        return True
-
-    def _parcel(self, conn: _Connection, msg: bytes, flags: int, fds: list[int]) -> Parcel | None:
-        try:
-            return Parcel._from_message(msg, flags, fds)
-        except (BadParcel, OSError) as exc:
-            logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
-            self._refuse(conn, _wire.REFUSED_PROTOCOL, f"bad spilled payload: {exc}")
-            return None
-
-    def _call(
-        self, conn: _Connection, code: int, flags: int, seq: int, msg: bytes, fds: list[int]
-    ) -> bool:
-        """A two-way transaction. False if this thread no longer owns the connection
-        (dropped, or handed back to the pool)."""
-        if flags:
-            spilled = self._parcel(conn, msg, flags, fds)
-            if spilled is None:
-                return False
-            data = spilled
-        else:
-            data = Parcel()
-            data._data = msg
-            data._start = data._pos = _wire.HEADER_SIZE
-            data._end = len(msg)
-            if fds:
-                data._fds = fds
-                data._received = True
-        node = conn.node
-        assert node is not None
-        reply = Parcel()
-        _identity.caller = conn
-        try:
-            if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-                status = 0 if node.binder.on_transact(code, data, reply, 0) else 1
-            else:
-                status = _invoke(node.binder, code, data, reply, 0)
-        except BaseException as exc:
-            _identity.caller = None
-            data.close()
-            reply.close()
-            return self._reply_error(conn, node, code, seq, exc)
-        _identity.caller = None
-        if reply._buf is None and not reply._fds:
-            # The common case, an empty reply: one send of the header.
-            try:
-                conn.sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
-                kept = True
-            except OSError:  # the caller went away, or does not read its replies
-                self._drop(conn)
-                kept = False
-        else:
-            kept = self._reply(conn, node, code, seq, status, reply)
-        if flags:
-            # A spilled payload: unmapping it frees its pages if ours is the last
-            # reference, which takes a while for a large one. Reply first, and let another
-            # thread take the caller's next call meanwhile.
-            if kept:
-                self._rearm(conn)
-            data.close()
-            return False
-        if data._fds:
-            data.close()
-        return kept
-
-    def _reply(
-        self, conn: _Connection, node: _Node, code: int, seq: int, status: int, reply: Parcel
-    ) -> bool:
-        try:
-            try:
-                outgoing = reply._outgoing()
-            except OSError as exc:  # the reply could not be spilled (ENOSPC, EMFILE, ...)
-                return self._reply_error(conn, node, code, seq, exc)
-            if reply._binders:
-                self.grant(conn.creds.uid)  # it may call back the binders we hand it
-            try:
-                _wire.send_message(conn.sock, _wire.REPLY, 0, status, seq, outgoing, _SEND_NOWAIT)
-            finally:
-                if outgoing[3] >= 0:
-                    os.close(outgoing[3])
-        except OSError:  # the caller went away, or does not read its replies
-            self._drop(conn)
-            return False
-        finally:
-            reply.close()
-        return True
-
-    def _reply_error(
-        self, conn: _Connection, node: _Node, code: int, seq: int, exc: BaseException
-    ) -> bool:
-        error = _error_parcel(node, code, conn, exc)
-        try:
-            _wire.send_message(
-                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
+            connections = sum(1 for h in self._handlers.values() if isinstance(h, _Connection))
+            return Statistics(
+                threads=self._nthreads,
+                idle_threads=self._idle,
+                connections=connections,
+                oneway_backlog=backlog,
+                calls_served=self._served,
+                refused_connections=self._refused,
             )
-        except OSError:
-            self._drop(conn)
-            return False
-        finally:
-            error.close()
-        return True
-
-    def _oneway(self, conn: _Connection, code: int, flags: int, msg: bytes, fds: list[int]) -> bool:
-        """Queue a one-way transaction, delivering the queue if nobody is. True if this
-        thread let go of the connection (dropped, or parked until the queue drains)."""
-        data = self._parcel(conn, msg, flags, fds)
-        if data is None:
-            return True
-        node = conn.node
-        assert node is not None
-        held = data._fds
-        nfds = len(held)
-        short = bool(held) and isinstance(held, list) and self._short_of_fds_often(held[0])
-        size = data._end - data._start
-        limits = get_limits()
-        with node.lock:
-            node.queue.append((conn.oneway_caller, code, data, nfds, size))
-            node.queued_fds += nfds
-            node.queued_bytes += size
-            if node.draining:
-                # Someone delivers; keep reading, unless the queue is over a limit: then
-                # nobody reads this sender until the deliverer re-arms it.
-                if (
-                    len(node.queue) >= limits.oneway_backlog
-                    or node.queued_fds >= limits.oneway_backlog_fds
-                    or node.queued_bytes >= limits.oneway_backlog_bytes
-                    or short
-                ) and not (node.closed or self._stopping):
-                    node.parked.append(conn)
-                    return True
-                return False
-            node.draining = True
-        # Deliver the queue, ours first, then go on reading this connection: one thread
-        # reads and delivers a busy sender's calls, no epoll round trip between them.
-        # Others reading other connections append to the queue meanwhile, and we deliver
-        # theirs too, in the order they were appended.
-        self._drain(node)
-        return False
-
-    def _drain(self, node: _Node) -> None:
-        queue = node.queue
-        while True:
-            unparked: list[_Connection] | tuple[()] = ()
-            with node.lock:
-                if not queue or self._stopping:
-                    node.draining = False
-                    leftovers = list(queue)
-                    queue.clear()
-                    node.queued_fds = node.queued_bytes = 0
-                    unparked, node.parked = node.parked, []
-                    done = True
-                else:
-                    caller, code, data, nfds, size = queue.popleft()
-                    node.queued_fds -= nfds
-                    node.queued_bytes -= size
-                    if node.parked:
-                        limits = get_limits()
-                        if (
-                            len(queue) <= limits.oneway_backlog // 2
-                            and node.queued_fds <= limits.oneway_backlog_fds // 2
-                            and node.queued_bytes <= limits.oneway_backlog_bytes // 2
-                        ):
-                            unparked, node.parked = node.parked, []
-                    done = False
-            for conn in unparked:
-                self._rearm(conn)  # parked connections are ours to hand back to epoll
-            if done:
-                for _, _, stale, _, _ in leftovers:
-                    stale.close()
-                return
-            _identity.caller = caller
-            try:
-                _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
-            except BaseException:
-                logger.exception(
-                    "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
-                    code,
-                    node.label,
-                    caller.creds.pid,
-                )
-            finally:
-                _identity.caller = None
-                data.close()
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -913,34 +560,6 @@ class _ProcessState(Gate):
         os.close(self._wake)
 
 
-def _invoke(binder: Binder, code: int, data: Parcel, reply: Parcel, flags: int) -> int:
-    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-        if binder.on_transact(code, data, reply, flags):
-            return _wire.STATUS_OK
-        return _wire.STATUS_UNKNOWN_TRANSACTION
-    if code == PING_TRANSACTION:
-        return _wire.STATUS_OK
-    if code == INTERFACE_TRANSACTION:
-        reply.write_string(binder.descriptor)
-        return _wire.STATUS_OK
-    return _wire.STATUS_UNKNOWN_TRANSACTION
-
-
-def _error_parcel(node: _Node, code: int, conn: _Connection, exc: BaseException) -> Parcel:
-    logger.error(
-        "binder: on_transact(code=%d) of %s raised (caller pid %d, uid %d)",
-        code,
-        node.label,
-        conn.creds.pid,
-        conn.creds.uid,
-        exc_info=exc,
-    )
-    error = Parcel()
-    error.write_string(_describe(exc))
-    error.write_string(str(exc)[:_ERROR_TEXT_MAX])
-    return error
-
-
 _state: _ProcessState | None = None
 _state_lock = threading.Lock()
 
@@ -959,6 +578,47 @@ def process_state() -> _ProcessState:
 
 def current_state() -> _ProcessState | None:
     return _state
+
+
+class Statistics(NamedTuple):
+    """What ``ashmem.binder.statistics()`` reports about this process's thread pool.
+
+    ``threads``: pool threads running; ``idle_threads``: those waiting for work;
+    ``connections``: peer connections open (greeted or not); ``oneway_backlog``: one-way
+    calls queued per served binder (by label: ``service 'name'`` or the class name; binders
+    with the same label are summed); ``calls_served``: transactions handed to
+    ``on_transact`` since the pool started (two-way and one-way; nested calls run on a
+    caller's waiting thread and are not counted); ``refused_connections``: connections
+    turned away by a policy or a limit, or dropped for a protocol error.
+
+    >>> Statistics(1, 1, 0, {}, 0, 0).idle_threads
+    1
+    """
+
+    threads: int
+    idle_threads: int
+    connections: int
+    oneway_backlog: dict[str, int]
+    calls_served: int
+    refused_connections: int
+
+
+def statistics() -> Statistics:
+    """A snapshot of this process's binder thread pool (all zero before it starts). Counters
+    only grow; the other fields are as of the call.
+
+    >>> from ashmem.binder import Binder, add_service, get_service, statistics
+    >>> before = statistics().calls_served
+    >>> with add_service("doctest.statistics", Binder()), get_service("doctest.statistics") as p:
+    ...     p.transact(1, timeout=5)
+    False
+    >>> statistics().calls_served - before
+    1
+    """
+    state = _state
+    if state is None:
+        return Statistics(0, 0, 0, {}, 0, 0)
+    return state.statistics()
 
 
 def stop_process_state() -> None:

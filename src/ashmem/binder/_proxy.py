@@ -1,4 +1,4 @@
-"""The client side: ``Proxy``, a remote binder, and the thread that watches for deaths.
+"""The client side: ``Proxy``, a remote binder (death notices: ``_death``).
 
 A Proxy keeps a small pool of connections (channels) to the process that serves its binder.
 A call takes an idle channel (or opens one), sends one message, waits for one reply on that
@@ -31,14 +31,12 @@ import contextlib
 import errno
 import logging
 import os
-import queue
-import select
 import socket
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._closing import Closing
 from .._errors import ClosedError, MessageError
@@ -54,6 +52,8 @@ from ._binder import (
     _check_timeout,
     _identity,
 )
+from ._death import DeathRecipient as DeathRecipient
+from ._death import watcher as _watcher
 from ._errors import BadParcel, DeadObjectError, ServiceBusyError
 from ._nested import call_nested, remote_error, serve_nested
 from ._parcel import Parcel
@@ -64,17 +64,14 @@ __all__ = ["DeathRecipient", "Proxy"]
 logger = logging.getLogger("ashmem.binder")
 
 #: Called once, with the dead Proxy, when the binder's process dies or its connection breaks.
-DeathRecipient = Callable[["Proxy"], object]
 
 #: Idle channels a Proxy keeps open for later calls; more are closed when given back.
 MAX_IDLE_CHANNELS = 8
 #: Seconds to wait for a new connection's WELCOME when the call has no timeout.
 CONNECT_TIMEOUT = 10.0
+_T = TypeVar("_T")
 
-_EMPTY: tuple[int, list[Any], Sequence[int], int] = (0, [], (), -1)
 _NO_FDS: list[int] = []  # shared, never mutated
-_FAST_HEADER = _wire.FAST.unpack_from
-_PREFIX = _wire.PREFIX
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
 # Module-level copies of what the call path reads each time (a global, not two lookups).
@@ -83,8 +80,6 @@ _RECV_FLAGS = _wire.RECV_FLAGS
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _HEADER_SIZE = _wire.HEADER_SIZE
-_REPLY = _wire.REPLY
-_STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
 _DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN)
 
@@ -354,32 +349,31 @@ class Proxy(Closing):
         if flags:
             if flags & ~FLAG_ONEWAY:
                 raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
-            oneway = _EMPTY if data is None else data._outgoing()
+            oneway = _wire.EMPTY if data is None else data._outgoing()
             try:
                 self._send_oneway(code, oneway, timeout)
             finally:
-                if oneway[3] >= 0:
-                    os.close(oneway[3])
-            if data is not None and data._binders:
+                oneway.close()
+            if oneway.binders:
                 self._grant()
             return True
         caller = _identity.caller
         if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
             return call_nested(self, caller, code, data, reply, timeout)
-        outgoing = None if data is None else data._outgoing()
+        outgoing = _wire.EMPTY if data is None else data._outgoing()
         try:
             try:
                 channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
             except IndexError:
                 channel = self._connect(timeout)
-            if data is not None and data._binders:
+            if outgoing.binders:
                 self._grant()
             sock = channel.sock
             seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                if outgoing is None:
+                if outgoing is _wire.EMPTY:
                     sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
                 else:
                     _wire.send_message(
@@ -396,28 +390,8 @@ class Proxy(Closing):
                     raise
                 raise error from exc
         finally:
-            if outgoing is not None and outgoing[3] >= 0:
-                os.close(outgoing[3])
-        if not anc and not mflags and len(msg) >= _HEADER_SIZE:
-            # Fast path, a reply without descriptors: the checks of _wire.check for this
-            # one shape, inline.
-            prefix, kind, rflags, nfds, reserved, status, rseq = _FAST_HEADER(msg)
-            if (
-                prefix == _PREFIX
-                and kind == _REPLY
-                and rseq == seq
-                and not (rflags | nfds | reserved)
-            ):
-                idle = self._idle
-                if len(idle) < MAX_IDLE_CHANNELS:
-                    idle.append(channel)
-                    if self._dead is not None or self._closed:
-                        self._close_idle()
-                else:
-                    sock.close()
-                if reply is not None:
-                    reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, _NO_FDS))
-                return bool(status == _STATUS_OK)
+            if outgoing.spill_fd >= 0:
+                outgoing.close()
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
@@ -495,16 +469,14 @@ class Proxy(Closing):
         self._give(channel)
         if kind == _wire.REPLY:
             if reply is not None:
-                reply._adopt(Parcel._from_message(msg, rflags, fds))
+                reply._adopt(Parcel._from_wire(msg, _wire.HEADER_SIZE, fds, rflags))
             elif fds:
                 _wire.discard_fds(fds)
             return status == _wire.STATUS_OK
-        with Parcel._from_message(msg, rflags, fds) as error:
+        with Parcel._from_wire(msg, _wire.HEADER_SIZE, fds, rflags) as error:
             raise remote_error(error, code, self._label)
 
-    def _send_oneway(
-        self, code: int, outgoing: tuple[int, list[Any], Sequence[int], int], timeout: float | None
-    ) -> None:
+    def _send_oneway(self, code: int, outgoing: _wire.Outgoing, timeout: float | None) -> None:
         with self._oneway_lock:
             channel = self._oneway
             if channel is None:
@@ -562,7 +534,7 @@ class Proxy(Closing):
         if self._dead is not None:
             raise DeadObjectError(self._dead, self._label)
         loop = asyncio.get_running_loop()
-        outgoing = _EMPTY if data is None else data._outgoing()
+        outgoing = _wire.EMPTY if data is None else data._outgoing()
         try:
             coro = self._call_async(loop, code, outgoing, reply, flags)
             if timeout is None:
@@ -574,14 +546,13 @@ class Proxy(Closing):
                     f"transaction {code} to {self._label} got no reply within {timeout} s"
                 ) from None
         finally:
-            if outgoing[3] >= 0:
-                os.close(outgoing[3])
+            outgoing.close()
 
     async def _call_async(
         self,
         loop: asyncio.AbstractEventLoop,
         code: int,
-        outgoing: tuple[int, list[Any], Sequence[int], int],
+        outgoing: _wire.Outgoing,
         reply: Parcel | None,
         flags: int,
     ) -> bool:
@@ -634,17 +605,25 @@ class Proxy(Closing):
         self,
         loop: asyncio.AbstractEventLoop,
         code: int,
-        outgoing: tuple[int, list[Any], Sequence[int], int],
+        outgoing: _wire.Outgoing,
     ) -> None:
         # Same channel and lock as the blocking one-way path, so one Proxy's one-way calls
-        # stay in order whichever API sent them; the lock is only held for a non-blocking
-        # send, never across an await.
-        while True:
-            with self._oneway_lock:
-                channel = self._oneway
-                if channel is None:
-                    channel = self._oneway = self._connect(None)
-                channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        # stay in order whichever API sent them. Nothing here blocks the loop: the lock is
+        # taken in an executor when a thread holds it (the blocking path holds it across a
+        # back-pressured send), the channel is connected in an executor (a service that
+        # does not accept makes that wait up to CONNECT_TIMEOUT), and a full socket is
+        # waited for with add_writer. Other coroutines of this Proxy wait for the lock the
+        # same way, so holding it across those awaits keeps the order without blocking.
+        await _acquire_async(loop, self._oneway_lock)
+        try:
+            channel = self._oneway
+            if channel is None:
+                channel = await _in_executor(
+                    loop, self._connect, None, release=lambda lost: lost.sock.close()
+                )
+                self._oneway = channel
+            channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            while True:
                 try:
                     _wire.send_message(
                         channel.sock,
@@ -665,7 +644,9 @@ class Proxy(Closing):
                     if error is exc:
                         raise
                     raise error from exc
-            await _wait_ready(loop, channel.sock, True)
+                await _wait_ready(loop, channel.sock, True)
+        finally:
+            self._oneway_lock.release()
 
     def ping(self, *, timeout: float | None = None) -> bool:
         """True if the service answers (the library answers for it, not ``on_transact``);
@@ -897,6 +878,36 @@ async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, writ
             loop.remove_reader(fd)
 
 
+async def _acquire_async(loop: asyncio.AbstractEventLoop, lock: threading.Lock) -> None:
+    """Take ``lock`` without blocking the loop. If the waiting coroutine is cancelled, the
+    lock is released again as soon as the executor thread gets it."""
+    if lock.acquire(blocking=False):
+        return
+    await _in_executor(loop, lock.acquire, release=lambda _: lock.release())
+
+
+async def _in_executor(
+    loop: asyncio.AbstractEventLoop,
+    function: Callable[..., _T],
+    *args: Any,
+    release: Callable[[_T], object] | None = None,
+) -> _T:
+    """``function(*args)`` on the default executor. Cancelling the awaiting coroutine does
+    not stop the thread; what it returns then is handed to ``release`` (a channel closed, a
+    lock released) instead of being lost."""
+    future = loop.run_in_executor(None, function, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def settle(done: asyncio.Future[_T]) -> None:
+            if not done.cancelled() and done.exception() is None and release is not None:
+                release(done.result())
+
+        future.add_done_callback(settle)
+        raise
+
+
 async def _retry_blocking(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, write: bool, attempt: Callable[[], Any]
 ) -> Any:
@@ -908,107 +919,8 @@ async def _retry_blocking(
             await _wait_ready(loop, sock, write)
 
 
-class _DeathWatcher:
-    """One thread per process that notices dead binders and runs death recipients."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._watched: dict[int, tuple[socket.socket, weakref.ref[Proxy]]] = {}
-        self._jobs: queue.SimpleQueue[tuple[Proxy, list[DeathRecipient]]] = queue.SimpleQueue()
-        self._ep = select.epoll()
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._ep.register(self._wake, select.EPOLLIN)
-        threading.Thread(target=self._run, name="ashmem-binder-death", daemon=True).start()
-
-    def watch(self, sock: socket.socket, proxy: Proxy) -> None:
-        with self._lock:
-            self._watched[sock.fileno()] = (sock, weakref.ref(proxy))
-            self._ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-
-    def forget(self, sock: socket.socket) -> None:
-        """Stop watching ``sock`` and close it."""
-        with self._lock:
-            fd = sock.fileno()
-            entry = self._watched.get(fd)
-            if entry is not None and entry[0] is sock:
-                del self._watched[fd]
-                with contextlib.suppress(OSError, ValueError):
-                    self._ep.unregister(fd)
-            sock.close()
-
-    def notify(self, proxy: Proxy, recipients: list[DeathRecipient]) -> None:
-        self._jobs.put((proxy, recipients))
-        os.eventfd_write(self._wake, 1)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                events = self._ep.poll()
-            except OSError:  # closed after fork
-                return
-            for fd, _ in events:
-                if fd == self._wake:
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self._wake)
-                    self._run_jobs()
-                    continue
-                with self._lock:
-                    entry = self._watched.get(fd)
-                if entry is None:
-                    continue
-                sock, ref = entry
-                try:
-                    # The service never writes on a watch connection: anything readable is
-                    # its end closing (EOF or reset), or noise to discard.
-                    if sock.recv(_wire.MAX_MESSAGE, _wire.DONTWAIT):
-                        continue
-                    reason = "died or closed the connection"
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    reason = f"broke the connection ({exc.strerror})"
-                self.forget(sock)
-                proxy = ref()
-                if proxy is not None:
-                    proxy._die(f"{proxy._label} {reason}")
-
-    def _run_jobs(self) -> None:
-        while True:
-            try:
-                proxy, recipients = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            for recipient in recipients:
-                try:
-                    recipient(proxy)
-                except Exception:
-                    logger.exception("binder: death recipient %r raised", recipient)
-
-
-_death_watcher: _DeathWatcher | None = None
-_death_lock = threading.Lock()
-
-
-def _watcher() -> _DeathWatcher:
-    global _death_watcher
-    watcher = _death_watcher
-    if watcher is None:
-        with _death_lock:
-            if _death_watcher is None:
-                _death_watcher = _DeathWatcher()
-            watcher = _death_watcher
-    return watcher
-
-
 def _after_fork_in_child() -> None:
-    global _death_watcher, _death_lock
-    _death_lock = threading.Lock()
-    watcher, _death_watcher = _death_watcher, None
-    if watcher is not None:
-        for sock, _ in watcher._watched.values():
-            sock.close()
-        watcher._ep.close()
-        os.close(watcher._wake)
+    # (The death watcher forgets the parent's sockets first: _death registered earlier.)
     for proxy in list(_live):
         proxy._after_fork()
 

@@ -72,7 +72,6 @@ closed at once.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import os
@@ -87,6 +86,9 @@ from typing import Any
 
 from .. import _sys, region
 from .._errors import MessageError
+from .._rights import FD_SIZE
+from .._rights import rights as rights
+from .._rights import take_fds as take_fds
 from .._shared_memory import Mapping
 from ._errors import BadParcel
 from ._limits import get_limits
@@ -102,7 +104,7 @@ MAX_MESSAGE = 65536
 MAX_INLINE = MAX_MESSAGE - HEADER_SIZE
 #: Most descriptors one message may carry (a spilled payload's region included).
 MAX_FDS = 64
-CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * FD_SIZE)
 
 HELLO = 1
 WELCOME = 2
@@ -143,8 +145,6 @@ DONTWAIT = int(socket.MSG_DONTWAIT)
 _TRUNCATED = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
 _CTRUNC = int(socket.MSG_CTRUNC)
 _PEEK_NOWAIT = int(socket.MSG_PEEK) | DONTWAIT
-_SOL_SOCKET = int(socket.SOL_SOCKET)
-_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 PREFIX = MAGIC + bytes((VERSION,))
 FAST = struct.Struct("<3sBBBHII")  # the header with magic and version as one field
 SPILL_NAME = "ashmem.binder.parcel"
@@ -159,17 +159,6 @@ _TIMEVAL = struct.Struct("ll")
 def pack(kind: int, flags: int, nfds: int, code: int, seq: int) -> bytes:
     """A message header."""
     return HEADER.pack(MAGIC, VERSION, kind, flags, nfds, 0, code, seq)
-
-
-def take_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    """The descriptors in ``recvmsg`` ancillary data; the caller owns them."""
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            chunk = array.array("i")
-            chunk.frombytes(data[: len(data) - len(data) % chunk.itemsize])
-            fds.extend(chunk)
-    return fds
 
 
 def close_fds(fds: Iterable[int]) -> None:
@@ -323,13 +312,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
-    """Ancillary data attaching ``fds`` (borrowed) to a message."""
-    if not fds:
-        return []
-    return [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())]
-
-
 def check(msg: bytes, mflags: int, nfds: int) -> tuple[int, int, int, int]:
     """Validate a received datagram: ``(kind, flags, code, seq)``.
 
@@ -392,19 +374,56 @@ class OwnDescriptorsExhausted(MessageError):
     full (MSG_CTRUNC with fewer than the header declares); the sender is not at fault."""
 
 
+class Outgoing:
+    """A Parcel as it goes on the wire (``Parcel._outgoing`` makes it; libbinder's
+    ``ipcData``/``ipcObjects``): what the transport may know of a Parcel, and nothing more.
+
+    ``flags``: ``F_SPILLED`` or 0. ``parts``: the buffers of the payload (empty when
+    spilled). ``fds``: the descriptors to attach, in order, *borrowed* from the Parcel, and
+    when spilled the spill region first. ``spill_fd``: that region, *owned* by this object
+    (-1 if none): ``close()`` closes it once the message is sent (idempotent).
+    ``binders``: the Parcel carries local binders, so the receiver may call back.
+
+    >>> out = Outgoing(0, [b"x"], (), -1, False); out.close(); out.spill_fd
+    -1
+    """
+
+    __slots__ = ("binders", "fds", "flags", "parts", "spill_fd")
+
+    def __init__(
+        self, flags: int, parts: list[Any], fds: Sequence[int], spill_fd: int, binders: bool
+    ) -> None:
+        self.flags = flags
+        self.parts = parts
+        self.fds = fds
+        self.spill_fd = spill_fd
+        self.binders = binders
+
+    def close(self) -> None:
+        """Close the spill region, if any. Safe to call more than once."""
+        fd, self.spill_fd = self.spill_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+#: What an absent Parcel sends: nothing (shared; it owns no descriptor).
+EMPTY = Outgoing(0, [], (), -1, False)
+
+
 def send_message(
     sock: socket.socket,
     kind: int,
     flags: int,
     code: int,
     seq: int,
-    outgoing: tuple[int, list[Any], Sequence[int], int],
+    outgoing: Outgoing,
     send_flags: int,
 ) -> None:
-    """Send one message made by ``Parcel._outgoing`` (its descriptors borrowed); ``flags``
-    are added to the header's (``F_ONEWAY``). Raises the socket's OSError."""
-    spilled, parts, fds, _ = outgoing
-    header = pack(kind, flags | spilled, len(fds), code, seq)
+    """Send one message (``outgoing``'s descriptors borrowed; the caller closes it after);
+    ``flags`` are added to the header's (``F_ONEWAY``). Raises the socket's OSError."""
+    fds = outgoing.fds
+    parts = outgoing.parts
+    header = pack(kind, flags | outgoing.flags, len(fds), code, seq)
     if fds:
         sock.sendmsg([header, *parts], rights(fds), send_flags)
     else:

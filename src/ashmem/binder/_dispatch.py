@@ -1,0 +1,431 @@
+"""Per-connection dispatch of the binder thread pool (Android's ``IPCThreadState``
+``executeCommand``): what a pool thread does with the messages of the connection it owns —
+HELLO, a two-way call and its reply, a one-way call and the per-binder queue that delivers
+them in order, refusals. Process state (threads, epoll, listeners, stop, fork) is
+``_pool``'s, admission ``_gate``'s; the ownership rule in ``_pool``'s docstring holds here:
+a method that returns False (or True, for ``_oneway``) no longer owns the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import weakref
+from typing import TYPE_CHECKING
+
+from .._errors import MessageError
+from . import _wire
+from ._binder import (
+    FIRST_CALL_TRANSACTION,
+    FLAG_ONEWAY,
+    INTERFACE_TRANSACTION,
+    LAST_CALL_TRANSACTION,
+    PING_TRANSACTION,
+    Binder,
+)
+from ._errors import BadParcel
+from ._gate import Gate, _Connection
+from ._limits import get_limits
+from ._parcel import Parcel
+
+if TYPE_CHECKING:
+    from ._pool import _Node
+
+__all__ = ["Dispatch"]
+
+logger = logging.getLogger("ashmem.binder")
+
+_BUSY_NAME = "ashmem.binder.ServiceBusyError"
+_RECV_NOWAIT = _wire.RECV_FLAGS | _wire.DONTWAIT
+_SEND_NOWAIT = _wire.SEND_FLAGS | _wire.DONTWAIT
+_ERROR_TEXT_MAX = 4096
+_NO_FDS: list[int] = []  # shared, never mutated: what a message without descriptors carries
+_TRANSACTION = _wire.TRANSACTION
+_HEADER_SIZE = _wire.HEADER_SIZE
+_MAX_MESSAGE = _wire.MAX_MESSAGE
+_CMSG_SPACE = _wire.CMSG_SPACE
+_take_fds = _wire.take_fds
+_REPLY_HEADER = struct.Struct("<8sII").pack
+_REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+
+
+class Dispatch(Gate):
+    """The dispatch half of ``_ProcessState``: one connection's messages, on the thread
+    that owns it. Uses the pool's ``_rearm``/``_drop`` (hand a connection back, or end it)
+    and its token registry."""
+
+    host_address: bytes
+    _idle: int
+    _served: int
+    _by_token: weakref.WeakValueDictionary[bytes, _Node]
+
+    if TYPE_CHECKING:
+
+        def _rearm(self, conn: _Connection) -> None: ...
+
+        def _drop(self, conn: _Connection, eof: bool = False) -> None: ...
+
+        def _admit(self, conn: _Connection, node: _Node) -> bool: ...
+
+    def _refuse(self, conn: _Connection, code: int, reason: str) -> None:
+        """Tell the peer why, then drop the connection."""
+        self._refused += 1
+        text = reason.encode("utf-8", "replace")[: _wire.MAX_INLINE]
+        with contextlib.suppress(OSError):
+            conn.sock.sendmsg([_wire.pack(_wire.REFUSED, 0, 0, code, 0), text], (), _SEND_NOWAIT)
+        self._drop(conn)
+
+    def _busy(self, conn: _Connection, code: int, seq: int, why: str) -> bool:
+        """Refuse one two-way call because *we* ran short: the caller gets
+        ``ServiceBusyError`` and keeps its connection. False if the connection was lost."""
+        node = conn.node
+        self._log.warning(
+            "busy-call",
+            "binder: refused a call from pid %d (uid %d) to %s: %s",
+            conn.creds.pid,
+            conn.creds.uid,
+            node.label if node is not None else "?",
+            why,
+        )
+        error = Parcel()
+        error.write_string(_BUSY_NAME)
+        error.write_string(f"{node.label if node else 'the service'} is busy: {why}")
+        try:
+            _wire.send_message(
+                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
+            )
+        except OSError:
+            self._drop(conn)
+            return False
+        finally:
+            error.close()
+        return True
+
+    def _serve(self, conn: _Connection) -> None:
+        """Read and handle messages on ``conn``, which this thread owns until it re-arms or
+        drops it."""
+        sock = conn.sock
+        recvmsg = sock.recvmsg
+        flags = _RECV_NOWAIT
+        while True:
+            try:
+                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+            except BlockingIOError:  # nothing (more) to read, or the linger expired
+                self._rearm(conn)
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            fds = _take_fds(anc) if anc else _NO_FDS
+            if not msg:
+                _wire.discard_fds(fds)
+                self._drop(conn, eof=not fds)
+                return
+            if not conn.greeted and fds:
+                # Descriptors before HELLO: closed unseen (the closer takes them).
+                _wire.discard_fds(fds)
+                self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
+                return
+            try:
+                kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
+            except _wire.OwnDescriptorsExhausted as exc:
+                # We ran out, not the peer: the message lost descriptors, so it cannot run.
+                _wire.discard_fds(fds)
+                if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
+                    if msg[4] & _wire.F_ONEWAY:
+                        self._log.warning(
+                            "lost",
+                            "binder: lost a one-way call from pid %d: %s",
+                            conn.creds.pid,
+                            exc,
+                        )
+                    elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+                        return
+                    self._rearm(conn)
+                    return
+                self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
+                return
+            except MessageError as exc:
+                _wire.discard_fds(fds)
+                version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
+                reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
+                logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+                self._refuse(conn, reason, str(exc))
+                return
+            if kind == _wire.TRANSACTION and conn.greeted:
+                if mflags & _wire.F_ONEWAY:
+                    if self._oneway(conn, code, mflags, msg, fds):
+                        return
+                elif fds and self._short_of_fds_often(fds[0]):
+                    _wire.discard_fds(fds)
+                    if not self._busy(conn, code, seq, "it is out of descriptors (RLIMIT_NOFILE)"):
+                        return
+                elif not self._call(conn, code, mflags, seq, msg, fds):
+                    return
+            elif not conn.greeted:
+                if kind != _wire.HELLO:
+                    self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
+                    return
+                if not self._hello(conn, msg, seq):
+                    return
+            else:
+                _wire.discard_fds(fds)
+                self._refuse(
+                    conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
+                )
+                return
+            # Linger on this connection only while someone else watches the others.
+            if self._idle > 0 and not self._stopping:
+                flags = _wire.RECV_FLAGS
+            else:
+                self._rearm(conn)
+                return
+
+    def _hello(self, conn: _Connection, msg: bytes, seq: int) -> bool:
+        token = msg[_wire.HEADER_SIZE :]
+        node = conn.node
+        if node is None:
+            if len(token) != _wire.TOKEN_SIZE:
+                self._refuse(conn, _wire.REFUSED_PROTOCOL, "HELLO needs a 16-byte binder token")
+                return False
+            node = self._by_token.get(token)
+            if node is None or node.closed:
+                self._refuse(
+                    conn, _wire.REFUSED_NO_SUCH_BINDER, "no such binder here (it was released)"
+                )
+                return False
+            conn.node = node
+            if not self._admit(conn, node):
+                return False
+        elif token:
+            self._refuse(conn, _wire.REFUSED_PROTOCOL, "a named service's HELLO takes no token")
+            return False
+        # (A named service's policy was checked at accept.)
+        with self._lock:
+            self._forget_pending(conn)
+        with node.lock:
+            closed = node.closed or not node.pin()
+            if not closed:
+                node.conns.add(conn)
+        if closed:
+            self._refuse(conn, _wire.REFUSED_NO_SUCH_BINDER, f"{node.label} is shutting down")
+            return False
+        conn.greeted = True
+        welcome = _wire.encode_reference(self.host_address, node.token)
+        try:
+            conn.sock.sendmsg([_wire.pack(_wire.WELCOME, 0, 0, 0, seq), welcome], (), _SEND_NOWAIT)
+        except OSError:
+            self._drop(conn)
+            return False
+        return True
+
+    def _parcel(self, conn: _Connection, msg: bytes, flags: int, fds: list[int]) -> Parcel | None:
+        try:
+            return Parcel._from_wire(msg, _HEADER_SIZE, fds, flags)
+        except (BadParcel, OSError) as exc:
+            logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+            self._refuse(conn, _wire.REFUSED_PROTOCOL, f"bad spilled payload: {exc}")
+            return None
+
+    def _call(
+        self, conn: _Connection, code: int, flags: int, seq: int, msg: bytes, fds: list[int]
+    ) -> bool:
+        """A two-way transaction. False if this thread no longer owns the connection
+        (dropped, or handed back to the pool)."""
+        data = self._parcel(conn, msg, flags, fds)
+        if data is None:
+            return False
+        node = conn.node
+        assert node is not None
+        reply = Parcel()
+        try:
+            with conn:
+                # A greeted connection pins its node's binder (see _Node.pin).
+                binder = node.pinned
+                assert binder is not None
+                if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                    status = 0 if binder.on_transact(code, data, reply, 0) else 1
+                else:
+                    status = _invoke(binder, code, data, reply, 0)
+        except BaseException as exc:
+            self._served += 1
+            data.close()
+            reply.close()
+            return self._reply_error(conn, node, code, seq, exc)
+        self._served += 1
+        if reply._wire_empty():
+            # The common case, an empty reply: one send of the header.
+            try:
+                conn.sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
+                kept = True
+            except OSError:  # the caller went away, or does not read its replies
+                self._drop(conn)
+                kept = False
+        else:
+            kept = self._reply(conn, node, code, seq, status, reply)
+        if flags:
+            # A spilled payload: unmapping it frees its pages if ours is the last
+            # reference, which takes a while for a large one. Reply first, and let another
+            # thread take the caller's next call meanwhile.
+            if kept:
+                self._rearm(conn)
+            data.close()
+            return False
+        if data.has_file_descriptors():
+            data.close()
+        return kept
+
+    def _reply(
+        self, conn: _Connection, node: _Node, code: int, seq: int, status: int, reply: Parcel
+    ) -> bool:
+        try:
+            try:
+                outgoing = reply._outgoing()
+            except OSError as exc:  # the reply could not be spilled (ENOSPC, EMFILE, ...)
+                return self._reply_error(conn, node, code, seq, exc)
+            if outgoing.binders:
+                self.grant(conn.creds.uid)  # it may call back the binders we hand it
+            try:
+                _wire.send_message(conn.sock, _wire.REPLY, 0, status, seq, outgoing, _SEND_NOWAIT)
+            finally:
+                outgoing.close()
+        except OSError:  # the caller went away, or does not read its replies
+            self._drop(conn)
+            return False
+        finally:
+            reply.close()
+        return True
+
+    def _reply_error(
+        self, conn: _Connection, node: _Node, code: int, seq: int, exc: BaseException
+    ) -> bool:
+        error = _error_parcel(node, code, conn, exc)
+        try:
+            _wire.send_message(
+                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
+            )
+        except OSError:
+            self._drop(conn)
+            return False
+        finally:
+            error.close()
+        return True
+
+    def _oneway(self, conn: _Connection, code: int, flags: int, msg: bytes, fds: list[int]) -> bool:
+        """Queue a one-way transaction, delivering the queue if nobody is. True if this
+        thread let go of the connection (dropped, or parked until the queue drains)."""
+        data = self._parcel(conn, msg, flags, fds)
+        if data is None:
+            return True
+        node = conn.node
+        assert node is not None
+        held = data._wire_fds()
+        nfds = len(held)
+        short = bool(held) and self._short_of_fds_often(held[0])
+        size = data.data_size()
+        limits = get_limits()
+        with node.lock:
+            node.queue.append((conn.oneway_caller, code, data, nfds, size))
+            node.queued_fds += nfds
+            node.queued_bytes += size
+            if node.draining:
+                # Someone delivers; keep reading, unless the queue is over a limit: then
+                # nobody reads this sender until the deliverer re-arms it.
+                if (
+                    len(node.queue) >= limits.oneway_backlog
+                    or node.queued_fds >= limits.oneway_backlog_fds
+                    or node.queued_bytes >= limits.oneway_backlog_bytes
+                    or short
+                ) and not (node.closed or self._stopping):
+                    node.parked.append(conn)
+                    return True
+                return False
+            node.draining = True
+        # Deliver the queue, ours first, then go on reading this connection: one thread
+        # reads and delivers a busy sender's calls, no epoll round trip between them.
+        # Others reading other connections append to the queue meanwhile, and we deliver
+        # theirs too, in the order they were appended.
+        self._drain(node)
+        return False
+
+    def _drain(self, node: _Node) -> None:
+        queue = node.queue
+        while True:
+            unparked: list[_Connection] | tuple[()] = ()
+            with node.lock:
+                if not queue or self._stopping:
+                    node.draining = False
+                    leftovers = list(queue)
+                    queue.clear()
+                    node.queued_fds = node.queued_bytes = 0
+                    unparked, node.parked = node.parked, []
+                    done = True
+                    node.unpin_if_idle()
+                else:
+                    caller, code, data, nfds, size = queue.popleft()
+                    node.queued_fds -= nfds
+                    node.queued_bytes -= size
+                    if node.parked:
+                        limits = get_limits()
+                        if (
+                            len(queue) <= limits.oneway_backlog // 2
+                            and node.queued_fds <= limits.oneway_backlog_fds // 2
+                            and node.queued_bytes <= limits.oneway_backlog_bytes // 2
+                        ):
+                            unparked, node.parked = node.parked, []
+                    done = False
+            for conn in unparked:
+                self._rearm(conn)  # parked connections are ours to hand back to epoll
+            if done:
+                for _, _, stale, _, _ in leftovers:
+                    stale.close()
+                return
+            self._served += 1
+            try:
+                with caller:
+                    _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
+            except BaseException:
+                logger.exception(
+                    "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
+                    code,
+                    node.label,
+                    caller.creds.pid,
+                )
+            finally:
+                data.close()
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _invoke(binder: Binder, code: int, data: Parcel, reply: Parcel, flags: int) -> int:
+    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+        if binder.on_transact(code, data, reply, flags):
+            return _wire.STATUS_OK
+        return _wire.STATUS_UNKNOWN_TRANSACTION
+    if code == PING_TRANSACTION:
+        return _wire.STATUS_OK
+    if code == INTERFACE_TRANSACTION:
+        reply.write_string(binder.descriptor)
+        return _wire.STATUS_OK
+    return _wire.STATUS_UNKNOWN_TRANSACTION
+
+
+def _error_parcel(node: _Node, code: int, conn: _Connection, exc: BaseException) -> Parcel:
+    logger.error(
+        "binder: on_transact(code=%d) of %s raised (caller pid %d, uid %d)",
+        code,
+        node.label,
+        conn.creds.pid,
+        conn.creds.uid,
+        exc_info=exc,
+    )
+    error = Parcel()
+    error.write_string(_describe(exc))
+    error.write_string(str(exc)[:_ERROR_TEXT_MAX])
+    return error
