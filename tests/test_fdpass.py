@@ -267,6 +267,23 @@ def test_received_region_keeps_its_name_after_close() -> None:
             got.fileno()
 
 
+def test_received_region_name_is_read_lazily_and_survives_the_sender_closing() -> None:
+    """The name is not read at receive time (it comes from /proc on first use), and it is
+    the region's own name even when the sender's copy is gone by then."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        shm = SharedMemory.create("lazy-name", 4096)
+        fdpass.send(a, [shm])
+        shm.close()  # the sender's only copy goes before the receiver looks at the name
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        assert got._name_pending  # nothing read yet: the hand-off path made no readlink
+        with got:
+            assert got.name == "lazy-name"
+            assert not got._name_pending
+            assert got.size == 4096
+
+
 def test_stream_peer_cannot_park_descriptors_beyond_maxfds() -> None:
     """Descriptors hung on every byte of a long frame are refused at the first excess one."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
