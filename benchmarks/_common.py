@@ -18,6 +18,12 @@ rewrites its own section of the README, between ``<!-- bench:KEY:start -->`` and
 ``publish(key, title, headers, rows, notes=(), *, readme=True)``
     Print ``rows`` as an aligned table under ``title``, then (if ``readme``) write them as a
     markdown table, the machine line and ``notes`` into the README section ``key``.
+``busy_machine(processes=None)``
+    Context manager: one CPU-bound process per core (or ``processes``) runs beside the block,
+    started before it and killed and reaped after it, for the "busy machine" variants.
+``pin(cpu)``
+    ``os.sched_setaffinity(0, {cpu})``: place the calling process on one CPU (placement of
+    ping-pong peers: same core or different cores).
 ``write_readme_section(key, body)``
     The README rewrite on its own: replace what is between the section's markers with
     ``body``. Touches nothing outside the markers; raises ``LookupError`` if they are missing.
@@ -40,22 +46,27 @@ misses a target (its table says MISSED) and non-zero only when it could not meas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import fcntl
 import os
 import platform
 import statistics
-from collections.abc import Iterable, Sequence
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
     "README",
+    "busy_machine",
     "format_bytes",
     "format_ns",
     "format_ratio",
     "machine_description",
     "median",
     "parse_args",
+    "pin",
     "publish",
     "verdict",
     "write_readme_section",
@@ -77,6 +88,33 @@ def parse_args(description: str) -> argparse.Namespace:
         "--no-readme", action="store_true", help="print the table only; leave README.md alone"
     )
     return parser.parse_args()
+
+
+#: What each busy process runs: a tight loop that never sleeps, at normal priority.
+_SPIN = "while True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_machine(processes: int | None = None) -> Iterator[int]:
+    """Run one CPU-bound process per core (``os.cpu_count()`` unless ``processes``) beside
+    the block; yields how many. They are killed and reaped when the block ends, also on an
+    exception, so a benchmark never leaves a spinner behind."""
+    count = processes if processes is not None else (os.cpu_count() or 1)
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            spinners.append(subprocess.Popen([sys.executable, "-c", _SPIN]))
+        yield count
+    finally:
+        for proc in spinners:
+            proc.kill()
+        for proc in spinners:
+            proc.wait(timeout=30)
+
+
+def pin(cpu: int) -> None:
+    """Place the calling process on CPU ``cpu`` only (``os.sched_setaffinity``)."""
+    os.sched_setaffinity(0, {cpu})
 
 
 def median(values: Iterable[float]) -> float:

@@ -33,10 +33,18 @@ from collections.abc import Callable
 from multiprocessing import shared_memory
 
 import ashmem
-from _common import format_ns, format_ratio, median, parse_args, publish, verdict
+from _common import (
+    busy_machine,
+    format_ns,
+    format_ratio,
+    median,
+    parse_args,
+    publish,
+    verdict,
+)
 
 SIZE = 4096
-TARGET_VS_RAW = 1.5
+TARGET_VS_RAW = 1.3
 NAME = "bench-lifecycle"
 
 
@@ -100,11 +108,8 @@ def per_cycle_ns(cycle: Callable[[], None], number: int) -> float:
     return (time.perf_counter_ns() - t0) / number
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    rounds = 5 if args.quick else 21
-    number = 300 if args.quick else 2000
-
+def measure(rounds: int, number: int) -> dict[str, float]:
+    """Median per-cycle ns of every peer over ``rounds`` interleaved rounds."""
     names = list(PEERS)
     results: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
@@ -118,35 +123,78 @@ def main() -> None:
     finally:
         if gc_was_enabled:
             gc.enable()
+    return {name: median(times) for name, times in results.items()}
 
-    raw_ns = median(results[names[0]])
-    mp_ns = median(results["multiprocessing.shared_memory"])
-    headers = ["peer", "median per cycle", "/ raw", "/ multiprocessing", "target"]
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    rounds = 5 if args.quick else 21
+    number = 300 if args.quick else 2000
+
+    quiet = measure(rounds, number)
+    with busy_machine() as spinners:
+        busy = measure(rounds, number)
+
+    names = list(PEERS)
+    raw, same_work, mp = names[0], "raw + size seals + fallocate", "multiprocessing.shared_memory"
+    headers = [
+        "peer",
+        "quiet: median per cycle",
+        "/ raw",
+        "/ same work bare",
+        "/ multiprocessing",
+        "busy: median per cycle",
+        "/ raw (busy)",
+        "target",
+    ]
     rows = []
     missed = False
     for name in names:
-        t = median(results[name])
+        t, b = quiet[name], busy[name]
         target = "-"
         if name.startswith("ashmem"):
-            ok_raw, ok_mp = t <= TARGET_VS_RAW * raw_ns, t < mp_ns
-            target = f"≤ 1.5x raw: {verdict(ok_raw)}; < multiprocessing: {verdict(ok_mp)}"
+            ok_quiet = t <= TARGET_VS_RAW * quiet[raw]
+            ok_busy = b <= TARGET_VS_RAW * busy[raw]
+            ok_mp = t < quiet[mp]
+            target = (
+                f"≤ {TARGET_VS_RAW}x raw quiet: {verdict(ok_quiet)}; busy: {verdict(ok_busy)}; "
+                f"< multiprocessing: {verdict(ok_mp)}"
+            )
             if name == "ashmem defaults":
-                missed |= not (ok_raw and ok_mp)
+                missed |= not (ok_quiet and ok_busy and ok_mp)
         label = f"ashmem defaults ({defaults()})" if name == "ashmem defaults" else name
-        ratios = [format_ratio(t / raw_ns), format_ratio(t / mp_ns)]
-        rows.append([label, format_ns(t), *ratios, target])
+        rows.append(
+            [
+                label,
+                format_ns(t),
+                format_ratio(t / quiet[raw]),
+                format_ratio(t / quiet[same_work]),
+                format_ratio(t / quiet[mp]),
+                format_ns(b),
+                format_ratio(b / busy[raw]),
+                target,
+            ]
+        )
     notes = [
         f"One cycle: create a 4 KiB region, map it read-write, unmap, close. Median over {rounds} "
-        f"interleaved rounds of {number} cycles each (garbage collector off). The / columns: "
-        "this row's time over the raw sequence's and multiprocessing's (lower is better). "
-        "The targets apply to the ashmem defaults row. `reserve=True` fallocates the page, "
-        "which neither peer does; the row "
+        f"interleaved rounds of {number} cycles each (garbage collector off), measured twice "
+        f"in the same run: quiet, then busy (one CPU-bound process per core, {spinners} in "
+        "all, started and stopped by the benchmark). The / columns: this row's time over the "
+        "raw sequence's, the same work in bare syscalls, and multiprocessing's, under the same "
+        "load (lower is better). The targets apply to the ashmem defaults row. "
+        "`reserve=True` fallocates the page, which neither peer does; the row "
         '"raw + size seals + fallocate" is that same work in bare syscalls, without ashmem. '
         "Run: `python benchmarks/bench_lifecycle.py`"
-        + (" (`--quick`: smoke run, not for the README)." if args.quick else "."),
+        + (" (`--quick`: short run, rough numbers)." if args.quick else "."),
     ]
     if missed:
-        notes.append("MISSED: the default ashmem row misses a target.")
+        notes.append(
+            "MISSED: the default ashmem row misses a target. The floor that bounds it is the "
+            '"raw + size seals + fallocate" row, the region\'s guarantees (size seals, '
+            "reservation) in bare syscalls and without the creator pin: "
+            f"{format_ratio(quiet[same_work] / quiet[raw])} raw quiet, "
+            f"{format_ratio(busy[same_work] / busy[raw])} busy."
+        )
     publish(
         "lifecycle",
         "Lifecycle: create + map + close a 4 KiB region",
