@@ -158,28 +158,40 @@ def send(
         raise ValueError(f"data of {len(payload)} bytes is too large; put it in a region")
     stream = _socket_type(sock) == _SOCK_STREAM
     data_step = _MAX_DATA if stream else _DGRAM_DATA
+    nfds, ndata = len(fds), len(payload)
+    if nfds <= MAX_FDS_PER_FRAME and ndata <= data_step:
+        # The common message fits one frame: no slicing, no loop.
+        head = _HEADER.pack(_MAGIC, 0, 0, nfds, ndata) + kinds
+        _send_frame(sock, head, payload, fds, stream)
+        return
     fd_at = data_at = 0
     while True:
         chunk = fds[fd_at : fd_at + MAX_FDS_PER_FRAME]
         body = payload[data_at : data_at + data_step]
         fd_at += len(chunk)
         data_at += len(body)
-        last = fd_at >= len(fds) and data_at >= len(payload)
+        last = fd_at >= nfds and data_at >= ndata
         head = _HEADER.pack(_MAGIC, 0 if last else _MORE, 0, len(chunk), len(body))
         head += kinds[fd_at - len(chunk) : fd_at]
-        anc = rights(chunk)
-        try:
-            sent = sock.sendmsg([head, body], anc)
-            total = len(head) + len(body)
-            if sent < total and stream:
-                # The descriptors went with the first byte; the rest is plain data.
-                sock.sendall(b"".join((head, body))[sent:])
-            elif sent < total:
-                raise MessageError(f"socket sent {sent} of {total} bytes of a frame")
-        except OSError as exc:
-            raise _sys.translate(exc, "send descriptors") from exc
+        _send_frame(sock, head, body, chunk, stream)
         if last:
             return
+
+
+def _send_frame(
+    sock: socket.socket, head: bytes, body: memoryview, fds: list[int], stream: bool
+) -> None:
+    """Send one frame, its descriptors attached to its first byte. Borrows ``fds``."""
+    try:
+        sent = sock.sendmsg([head, body], rights(fds))
+        total = len(head) + len(body)
+        if sent < total and stream:
+            # The descriptors went with the first byte; the rest is plain data.
+            sock.sendall(b"".join((head, body))[sent:])
+        elif sent < total:
+            raise MessageError(f"socket sent {sent} of {total} bytes of a frame")
+    except OSError as exc:
+        raise _sys.translate(exc, "send descriptors") from exc
 
 
 # socket.socket.type wraps the kind in an IntEnum on every access; the C getter does not.
