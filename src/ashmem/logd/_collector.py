@@ -509,9 +509,12 @@ class CollectorServer:
         self._sample_rate()
         for conn in list(self._conns.values()):
             # A client that hung up but still runs keeps writing into its ring and will come
-            # back (register again): keep draining the ring until its process is gone.
+            # back (register again): keep draining the ring until its process is gone. Ask
+            # whether it exited *before* reading how far it published: read the other way
+            # round, a client that writes more and dies between the two reads would have
+            # its last records released undrained.
             if conn.gone and (
-                conn.drain is None or (conn.drain.published() <= conn.drain.tail and conn.exited())
+                conn.drain is None or (conn.exited() and conn.drain.published() <= conn.drain.tail)
             ):
                 self._release(conn)
         return wrote
