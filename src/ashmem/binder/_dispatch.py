@@ -91,16 +91,7 @@ class Dispatch(Gate):
         error = Parcel()
         error.write_string(_BUSY_NAME)
         error.write_string(f"{node.label if node else 'the service'} is busy: {why}")
-        try:
-            _wire.send_message(
-                conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
-            )
-        except OSError:
-            self._drop(conn)
-            return False
-        finally:
-            error.close()
-        return True
+        return self._send_exception(conn, seq, error)
 
     def _serve(self, conn: _Connection) -> None:
         """Read and handle messages on ``conn``, which this thread owns until it re-arms or
@@ -300,7 +291,11 @@ class Dispatch(Gate):
     def _reply_error(
         self, conn: _Connection, node: _Node, code: int, seq: int, exc: BaseException
     ) -> bool:
-        error = _error_parcel(node, code, conn, exc)
+        return self._send_exception(conn, seq, _error_parcel(node, code, conn, exc))
+
+    def _send_exception(self, conn: _Connection, seq: int, error: Parcel) -> bool:
+        """Send ``error`` as the EXCEPTION answer to call ``seq`` and close it. False (and the
+        connection dropped) if it could not be sent."""
         try:
             _wire.send_message(
                 conn.sock, _wire.EXCEPTION, 0, 0, seq, error._outgoing(), _SEND_NOWAIT
