@@ -466,6 +466,69 @@ def test_tail_follow_prints_new_records_as_they_come(collector: ashmem.logd.Coll
         tail.wait(10)
 
 
+def test_hung_up_client_that_writes_then_dies_during_the_release_check_loses_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client hangs up but keeps running; the collector keeps its ring. Between the
+    collector's "has it exited?" and "is everything drained?" the client writes more and
+    dies: those records must still be collected, not released with the ring."""
+    d = str(tmp_path / "logs")
+    os.makedirs(d)
+    sock_path = str(tmp_path / "s.sock")
+    listener = _collector.bind_listener(sock_path)
+    server = _collector.CollectorServer(d, listener, _collector.Settings(interval=0.005))
+    code = (
+        "import sys, ashmem.logd\n"
+        "from ashmem.logd import _client\n"
+        "log = ashmem.logd.get_logger('hangup')\n"
+        "[log.info('a %d', i) for i in range(10)]\n"
+        "ashmem.logd.flush(timeout=30)\n"
+        "c = _client._client\n"
+        "c.sock.close(); c.sock = None; c.next_check_ns = 1 << 62  # gone, never back\n"
+        "print('hung up', flush=True); sys.stdin.readline()\n"
+        "[log.info('b %d', i) for i in range(10)]\n"
+        "import os; os._exit(0)  # no flush, no goodbye\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, ASHMEM_LOGD=sock_path),
+    )
+    real_exited = _collector._Conn.exited
+    phases: list[str] = []
+
+    def exited(conn: Any) -> bool:
+        # The collector asks while the client is alive and hung up: let it write and die
+        # right now, in the middle of the collector's release check.
+        if conn.pid == child.pid and not phases:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+            assert child.wait(60) == 0
+            phases.append("wrote and died inside the check")
+        return bool(real_exited(conn))
+
+    monkeypatch.setattr(_collector._Conn, "exited", exited)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"hung up\n"
+        deadline = time.monotonic() + 60
+        while not phases:
+            assert time.monotonic() < deadline, "the collector never checked the hung-up client"
+            time.sleep(0.01)
+    finally:
+        server.stop()
+        thread.join(30)
+        listener.close()
+        child.kill()
+        child.wait()
+    assert not thread.is_alive()
+    mine = [e.record.message for e in ashmem.logd.read(d) if e.record.logger == "hangup"]
+    assert mine == [f"a {i}" for i in range(10)] + [f"b {i}" for i in range(10)]
+
+
 def test_reregistering_on_the_same_collector_reads_each_record_once(
     collector: ashmem.logd.Collector,
 ) -> None:
