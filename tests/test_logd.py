@@ -118,7 +118,8 @@ def test_sigkill_producers_at_random_points_loses_nothing_returned(tmp_path: Any
     acks = mmap.mmap(-1, trials * 8)
     # A small ring: wraps, pads and blocking on a full ring all happen during the kills.
     # block_timeout: a loaded machine must not turn a slow drain into counted drops here.
-    with ashmem.logd.start(directory, ring_size=16384, interval=0.002, block_timeout=120):
+    collector = ashmem.logd.start(directory, ring_size=16384, interval=0.002, block_timeout=120)
+    try:
         ctx = __import__("multiprocessing").get_context("fork")
         pids: dict[int, int] = {}
         for first in range(0, trials, batch):
@@ -138,6 +139,10 @@ def test_sigkill_producers_at_random_points_loses_nothing_returned(tmp_path: Any
                 p.join(10)
                 assert p.exitcode == -signal.SIGKILL, f"producer {slot} exited {p.exitcode}"
                 pids[p.pid] = slot
+    finally:
+        # 0: it drained every ring before exiting (not killed after stop's timeout).
+        stopped = collector.stop()
+    assert stopped == 0
     damage = [i for i, _ in _segment.read_directory(directory) if isinstance(i, _segment.Damage)]
     assert damage == []
     # Grouped by the producer's logger name, not by pid: pids wrap at 32768 here, and a
@@ -154,7 +159,8 @@ def test_sigkill_producers_at_random_points_loses_nothing_returned(tmp_path: Any
         wrong = next((i for i, m in enumerate(messages[:acked]) if m != f"r{i}"), None)
         assert len(messages) >= acked and wrong is None, (
             f"producer {slot} (pid {pid}): {acked} returned, {len(messages)} collected, "
-            f"first wrong at {wrong}"
+            f"first wrong at {wrong}; notices of its pid: "
+            f"{[e.record.message for e in by_slot.get('ashmem.logd', []) if e.pid == pid]}"
         )
         assert len(messages) <= acked + 1, f"producer {slot}: {len(messages)} > {acked}+1"
         assert messages == [f"r{i}" for i in range(len(messages))]
