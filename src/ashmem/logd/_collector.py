@@ -392,7 +392,8 @@ class CollectorServer:
                 == (conn.uid, conn.pid, conn.drain.ring_id)
             ):
                 old = other.drain
-                old._mm = conn.mm  # same memory, the new connection's mapping
+                old.rebind(conn.mm)  # same memory, the new connection's mapping
+                conn.drain.release()
                 conn.drain = old
                 conn.records = other.records
                 other.drain = None
@@ -435,6 +436,8 @@ class CollectorServer:
         if conn.pidfd >= 0:
             os.close(conn.pidfd)
             conn.pidfd = -1
+        if conn.drain is not None:
+            conn.drain.release()  # its header view, or the mapping would refuse to close
         if conn.mm is not None:
             with contextlib.suppress(Exception):
                 conn.mm.close()
@@ -658,7 +661,10 @@ def recover_file_ring(directory: str, path: str, settings: Settings) -> int:
                 return 0
             uid, pid = os.geteuid(), drain.pid_hint
             drain.last_seq = last_seqs(directory).get((uid, pid, drain.ring_id), 0)
-            records = drain.take()
+            try:
+                records = drain.take()
+            finally:
+                drain.release()  # before the mapping closes
             # Records that stay unreadable are what the killed producer was writing.
             if records:
                 recipient = None
