@@ -92,6 +92,7 @@ def _producer_until_killed(acks: mmap.mmap, slot: int, threads: int) -> None:
     handler_log.setLevel(logging.INFO)
     lock = threading.Lock()
     counter = [0]
+    returned = memoryview(acks).cast("Q")  # one 8-byte store per count, unlike pack_into
 
     def loop() -> None:
         while True:
@@ -102,7 +103,7 @@ def _producer_until_killed(acks: mmap.mmap, slot: int, threads: int) -> None:
                 else:
                     handler_log.info("r%d", i)
                 counter[0] = i + 1
-                struct.pack_into("<Q", acks, slot * 8, i + 1)
+                returned[slot] = i + 1
 
     for _ in range(threads - 1):
         threading.Thread(target=loop, daemon=True).start()
