@@ -3,6 +3,7 @@ producers and of the collector, fork during a logging call, dictConfig, disk ful
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -382,6 +383,70 @@ def test_disk_full_keeps_records_in_the_ring_and_says_so(
     assert server.disk_errors > 0
     assert "No space left on device" in capfd.readouterr().err
     assert [e.record.message for e in ashmem.logd.read(d)][-20:] == [f"kept {i}" for i in range(20)]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Any) -> Iterator[str]:
+    """A 192 KiB tmpfs, where the machine lets us mount one (root, no seccomp veto)."""
+    mountpoint = str(tmp_path / "tiny")
+    os.makedirs(mountpoint)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=192k,mode=0700", "tmpfs", mountpoint]
+    try:
+        done = subprocess.run(mount, capture_output=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", mountpoint], timeout=30)
+
+
+def test_real_disk_full_on_a_tiny_tmpfs(tiny_tmpfs: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """A real ENOSPC: the collector says so and keeps running, the producer drops (counted,
+    with notices in order), no segment is damaged, and once there is room every record
+    written after it is collected."""
+    d = os.path.join(tiny_tmpfs, "logs")
+    collector = ashmem.logd.start(d, interval=0.005, on_full="drop", ring_size=65536)
+    try:
+        log = ashmem.logd.get_logger("tiny")
+        total, err = 0, ""
+        # Batches, each flushed, until the disk is full: then a flush cannot complete.
+        while "No space left on device" not in err:
+            assert total < 20000, "the tmpfs never filled"
+            for _ in range(100):  # random text: zstd cannot squeeze it under the limit
+                log.info("r%d %s", total, os.urandom(96).hex())
+                total += 1
+            with contextlib.suppress(TimeoutError):
+                ashmem.logd.flush(timeout=5)
+            err += capfd.readouterr().err
+        for _ in range(2000):  # more than the ring holds: these overflow it and drop
+            log.info("r%d %s", total, os.urandom(96).hex())
+            total += 1
+        assert collector.process.poll() is None  # still running
+        remount = ["mount", "-o", "remount,size=16m", tiny_tmpfs]
+        assert subprocess.run(remount, timeout=30).returncode == 0
+        for i in range(100):
+            log.info("after %d", i)
+        ashmem.logd.flush(timeout=60)
+    finally:
+        stopped = collector.stop()
+    assert stopped == 0
+    assert [i for i, _ in _segment.read_directory(d) if isinstance(i, _segment.Damage)] == []
+    mine = [e.record for e in ashmem.logd.read(d) if e.pid == os.getpid()]
+    dropped = [r for r in mine if r.kind == 3]
+    kept = [int(r.message.split()[0][1:]) for r in mine if r.logger == "tiny" and r.kind == 1
+            and r.message.startswith("r")]  # fmt: skip
+    assert dropped, "the tmpfs never filled: make the records bigger"
+    assert (
+        kept == sorted(set(kept))
+        and len(kept) + sum(int(r.message.split()[0]) for r in dropped) == total
+    )
+    assert [r.message for r in mine if r.message.startswith("after")] == [
+        f"after {i}" for i in range(100)
+    ]
+    assert [r.seq for r in mine] == list(range(mine[0].seq, mine[0].seq + len(mine)))
 
 
 def test_status_and_hostile_clients(collector: ashmem.logd.Collector) -> None:
