@@ -433,6 +433,7 @@ def test_real_disk_full_on_a_tiny_tmpfs(tiny_tmpfs: str, capfd: pytest.CaptureFi
         assert collector.process.poll() is None  # still running
         remount = ["mount", "-o", "remount,size=16m", tiny_tmpfs]
         assert subprocess.run(remount, timeout=30).returncode == 0
+        ashmem.logd.flush(timeout=60)  # the ring is drained: the next records fit
         for i in range(100):
             log.info("after %d", i)
         ashmem.logd.flush(timeout=60)
