@@ -37,6 +37,7 @@ POPULATE_AUTO_MIN = 1 << 20
 # Python 3.13+: no hidden dup of the region fd per mapping (older mmap always keeps one).
 _MMAP_EXTRA: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _mmap_new = mmap.mmap.__new__
+_mmap_close = mmap.mmap.close
 _new_object = object.__new__
 _release_pins = _pins.release  # what region.release_pins does, without its extra frame
 _PROT_RW = PROT_READ | PROT_WRITE
@@ -113,7 +114,7 @@ class Mapping(mmap.mmap):
     def close(self) -> None:
         """Unmap. Idempotent. Raises ``BusyError`` while exported buffers are alive."""
         try:
-            super().close()
+            _mmap_close(self)
         except BufferError as exc:
             raise BusyError(
                 f"cannot unmap {_sys.describe(self._region)}: memoryviews or arrays made from "
@@ -323,20 +324,19 @@ class SharedMemory(Closing):
         if size is None:
             hint = f" (did you mean create(size={name})?)" if isinstance(name, int) else ""
             raise TypeError(f"SharedMemory.create() needs a size in bytes{hint}")
-        if not isinstance(reserve, bool):
+        if reserve is not True and reserve is not False:
             raise TypeError(f"reserve must be a bool, not {type(reserve).__name__}")
-        _check_populate(populate)
-        fd = region.create_region(name, size)
-        label = region.kernel_name(name)
-        try:
-            if reserve:
-                region.reserve_region(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
+        if populate is not None and populate is not True and populate is not False:
+            _check_populate(populate)
+        fd, label = region._create(name, size, reserve)
         if populate is None and not reserve:
             populate = False  # lazy end to end: nothing touched until the program touches it
-        return cls._new(fd, label, size, populate)
+        shm = _new_object(cls)
+        shm._fd = fd
+        shm._name = label
+        shm._size = size
+        shm._populate = populate
+        return shm
 
     @classmethod
     def from_fd(cls, fd: int) -> SharedMemory:
@@ -625,7 +625,8 @@ class SharedMemory(Closing):
         os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        if self._fd >= 0:
+            self.close()
 
     def __reduce__(self) -> Any:
         # Plain pickle has nowhere to put a descriptor (a DupFd parked in multiprocessing's
