@@ -363,3 +363,102 @@ def test_timeouts_between_and_inside_messages() -> None:
         with pytest.raises(TimeoutError, match="cannot send descriptors"):
             while True:
                 fdpass.send(a, [], bytes(1 << 16))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"one frame", bytearray(b"mutable"), memoryview(array.array("i", [1, 2, 3]))],
+    ids=["empty", "bytes", "bytearray", "int-view"],
+)
+@pytest.mark.parametrize("form", ["bare", "list", "tuple", "iterator"])
+def test_one_region_in_every_form_and_payload(
+    pair: tuple[socket.socket, socket.socket], form: str, data: object
+) -> None:
+    """The one-region message takes a shorter path; every item and payload form still
+    arrives as sent: the region (its name, size, bytes) and the payload's bytes."""
+    a, b = pair
+    with SharedMemory.create("one", 8192) as shm, shm.map_read_write() as m:
+        m[-1] = 9
+        items = {"bare": shm, "list": [shm], "tuple": (shm,), "iterator": iter([shm])}[form]
+        fdpass.send(a, items, data)  # type: ignore[arg-type]
+        got_data, got = fdpass.recv(b, 1)
+        assert got_data == bytes(memoryview(data).cast("B"))  # type: ignore[arg-type]
+        (region,) = got
+        assert isinstance(region, SharedMemory)
+        with region, region.map_read_only() as view:
+            assert (region.name, region.size, view[-1]) == ("one", 8192, 9)
+
+
+def test_one_raw_fd_and_a_memory_file(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        fdpass.send(a, r)
+        _, (fd,) = fdpass.recv(b, 1)
+        assert isinstance(fd, int) and fd != r
+        os.write(w, b"x")
+        assert os.read(fd, 1) == b"x"
+        os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)
+    with ashmem.MemoryFile("mf", 4096) as mf:
+        fdpass.send(a, [mf])
+        _, (region,) = fdpass.recv(b, 1)
+        assert isinstance(region, SharedMemory)
+        with region:
+            assert (region.name, region.size) == ("mf", 4096)
+
+
+@pytest.mark.parametrize(
+    "seals", [None, 0, fcntl.F_SEAL_GROW], ids=["unsealable", "no-seals", "grow-only"]
+)
+def test_a_memfd_whose_size_is_not_sealed_is_not_a_region(
+    pair: tuple[socket.socket, socket.socket], seals: int | None
+) -> None:
+    """The single-descriptor path still checks what makes a region: a memfd that a peer
+    could shrink under our mapping (no F_SEAL_SHRINK) is refused and closed."""
+    a, b = pair
+    flags = os.MFD_CLOEXEC if seals is None else os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    fd = os.memfd_create("fake", flags)
+    os.ftruncate(fd, 4096)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    before = open_fd_count()
+    try:
+        _send_raw(a, _raw_frame(1, b"\x01", b""), [fd])
+        with pytest.raises(ashmem.MessageError, match="not one"):
+            fdpass.recv(b, 1)
+        assert open_fd_count() == before
+    finally:
+        os.close(fd)
+
+
+def test_sending_a_closed_region_sends_nothing(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    closed = SharedMemory.create("gone", 4096)
+    closed.close()
+    with pytest.raises(ashmem.ClosedError, match="'gone' is closed"):
+        fdpass.send(a, [closed], b"never")
+    fdpass.send(a, [], b"next")
+    assert fdpass.recv(b, 0) == (b"next", [])
+
+
+def test_received_region_name_after_sender_and_receiver_closed() -> None:
+    """Both copies closed, the name nobody asked for before: the receiver's closed object
+    still tells it (read at close, while its fd still existed), and so do its errors."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        shm = SharedMemory.create("both-closed", 4096)
+        fdpass.send(a, shm)
+        shm.close()
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        m = got.map_read_only()
+        assert m.region_name is None  # mapping did not read the name either
+        got.close()
+        assert got.name == "both-closed"
+        assert m[0] == 0  # the mapping outlives both descriptors
+        m.close()
+        with pytest.raises(ashmem.ClosedError, match="'both-closed' is closed"):
+            got.map_read_only()

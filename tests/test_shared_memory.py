@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gc
 import glob
+import io
 import mmap
 import os
 import pathlib
@@ -555,3 +556,55 @@ def test_pool_tasks_and_queues_carry_regions(mp_context: object) -> None:
             assert got.name == "queued" and m[0] == 99
     finally:
         Children.join(proc)
+
+
+def test_mapping_size_len_and_resize_are_the_same_on_every_python() -> None:
+    """``size()`` is the region's size and ``len()`` the window's, whether or not mmap kept
+    a descriptor of its own (3.13+ maps with ``trackfd=False``); resizing stays refused."""
+    with SharedMemory.create("sizes", 3 * PAGE) as shm:
+        for m in (shm.map_read_only(), shm.map_read_write(), shm.map(PROT_READ, PAGE, PAGE)):
+            with m:
+                assert m.size() == 3 * PAGE
+                assert len(m) == (PAGE if m.offset else 3 * PAGE)
+                with pytest.raises(PermissionError, match="sizes are sealed"):
+                    m.resize(PAGE)
+                assert len(m) == (PAGE if m.offset else 3 * PAGE)
+            with pytest.raises(ValueError):
+                m.size()
+            with pytest.raises(ValueError):
+                len(m)
+
+
+def test_mapping_made_directly_without_its_region_size() -> None:
+    """``Mapping(fd, ...)`` (as a lower layer may make one) without ``region_size``: before
+    3.13 mmap's own descriptor answers ``size()``; from 3.13 there is none, and it says so."""
+    with (
+        SharedMemory.create("direct", 2 * PAGE) as shm,
+        ashmem.Mapping(shm.fileno(), PAGE, PROT_READ) as m,
+    ):
+        if sys.version_info >= (3, 13):
+            with pytest.raises(io.UnsupportedOperation, match=r"SharedMemory\.size"):
+                m.size()
+        else:
+            assert m.size() == 2 * PAGE
+        assert len(m) == PAGE
+
+
+def test_mappings_hold_no_descriptor_from_313_and_close_cleanly() -> None:
+    """From 3.13 a Mapping keeps no duplicate of the region fd (``trackfd=False``): mapping
+    opens no descriptor, the mapping works after every fd of the region is closed, and
+    closing it releases the memory's last reference without an fd to close. Before 3.13
+    mmap keeps one duplicate per mapping, closed with the mapping."""
+    before = open_fd_count()
+    shm = SharedMemory.create("no-dup", PAGE)
+    maps = [shm.map_read_write(), shm.map_read_only()]
+    per_mapping = 0 if sys.version_info >= (3, 13) else 1
+    assert open_fd_count() == before + 1 + 2 * per_mapping
+    shm.close()
+    maps[0][0:3] = b"abc"
+    assert maps[1][0:3] == b"abc"
+    for m in maps:
+        m.close()
+        assert m.closed
+        m.close()  # idempotent
+    assert open_fd_count() == before

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _sys, region
+from . import _pins, _sys, region
 from ._closing import Closing
 from ._errors import BusyError, ClosedError, ProtectionError
 from .region import PROT_READ, PROT_WRITE
@@ -36,6 +36,11 @@ _MAP_SHARED = mmap.MAP_SHARED
 POPULATE_AUTO_MIN = 1 << 20
 # Python 3.13+: no hidden dup of the region fd per mapping (older mmap always keeps one).
 _MMAP_EXTRA: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+_mmap_new = mmap.mmap.__new__
+_mmap_close = mmap.mmap.close
+_new_object = object.__new__
+_release_pins = _pins.release  # what region.release_pins does, without its extra frame
+_PROT_RW = PROT_READ | PROT_WRITE
 
 
 class Mapping(mmap.mmap):
@@ -53,16 +58,27 @@ class Mapping(mmap.mmap):
     b'hello'
     """
 
-    # Slots, not a __dict__: a Mapping is made and dropped on every hand-off. __new__ sets
-    # all three before anyone can see the object (if mmap fails there is no object).
-    __slots__ = ("_offset", "_readonly", "_region")
+    # Slots, not a __dict__: a Mapping is made and dropped on every hand-off. __new__ (or
+    # SharedMemory._map_whole) sets all four before anyone can see the object (if mmap fails
+    # there is no object).
+    __slots__ = ("_offset", "_readonly", "_region", "_region_size")
     _region: str | None
     _readonly: bool
     _offset: int
+    _region_size: int | None
 
     def __new__(
-        cls, fd: int, length: int, prot: int, offset: int = 0, name: str | None = None
+        cls,
+        fd: int,
+        length: int,
+        prot: int,
+        offset: int = 0,
+        name: str | None = None,
+        region_size: int | None = None,
     ) -> Mapping:
+        """Map ``length`` bytes of the region behind ``fd`` (borrowed: neither kept nor
+        closed; on Python < 3.13 mmap keeps a duplicate of its own) at ``offset``.
+        ``region_size``, when the caller knows it, is what ``size()`` answers."""
         try:
             # Positional arguments: mmap parses keywords noticeably slower.
             self = super().__new__(cls, fd, length, _MAP_SHARED, prot, 0, offset, **_MMAP_EXTRA)
@@ -75,6 +91,7 @@ class Mapping(mmap.mmap):
         self._region = name
         self._readonly = not prot & PROT_WRITE
         self._offset = offset
+        self._region_size = region_size
         return self
 
     @property
@@ -97,7 +114,7 @@ class Mapping(mmap.mmap):
     def close(self) -> None:
         """Unmap. Idempotent. Raises ``BusyError`` while exported buffers are alive."""
         try:
-            super().close()
+            _mmap_close(self)
         except BufferError as exc:
             raise BusyError(
                 f"cannot unmap {_sys.describe(self._region)}: memoryviews or arrays made from "
@@ -116,6 +133,22 @@ class Mapping(mmap.mmap):
         raise TypeError(
             "a Mapping cannot be pickled; send its SharedMemory and map it on the other side"
         )
+
+    def size(self) -> int:
+        """Size in bytes of the region this maps (not of this window: that is ``len()``),
+        as ``mmap.size()`` gives a file's. The same on every Python: 3.13+ maps without the
+        descriptor ``mmap.size()`` would ``fstat``, so the size comes from the region.
+        ``ValueError`` after ``close()``, as for any mmap."""
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+        if self._region_size is not None:
+            return self._region_size
+        if _MMAP_EXTRA:  # made with Mapping(...) and no region_size, on 3.13+: no fd to ask
+            raise io.UnsupportedOperation(
+                "this Mapping was made without its region's size and keeps no descriptor to "
+                "ask; use SharedMemory.size"
+            )
+        return super().size()
 
     def resize(self, newsize: int) -> None:
         """Refused: region sizes are sealed."""
@@ -291,20 +324,19 @@ class SharedMemory(Closing):
         if size is None:
             hint = f" (did you mean create(size={name})?)" if isinstance(name, int) else ""
             raise TypeError(f"SharedMemory.create() needs a size in bytes{hint}")
-        if not isinstance(reserve, bool):
+        if reserve is not True and reserve is not False:
             raise TypeError(f"reserve must be a bool, not {type(reserve).__name__}")
-        _check_populate(populate)
-        fd = region.create_region(name, size)
-        label = region.kernel_name(name)
-        try:
-            if reserve:
-                region.reserve_region(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
+        if populate is not None and populate is not True and populate is not False:
+            _check_populate(populate)
+        fd, label = region._create(name, size, reserve)
         if populate is None and not reserve:
             populate = False  # lazy end to end: nothing touched until the program touches it
-        return cls._new(fd, label, size, populate)
+        shm = _new_object(cls)
+        shm._fd = fd
+        shm._name = label
+        shm._size = size
+        shm._populate = populate
+        return shm
 
     @classmethod
     def from_fd(cls, fd: int) -> SharedMemory:
@@ -325,8 +357,10 @@ class SharedMemory(Closing):
         """Wrap an fd already checked with ``region.region_size``. Never raises, so the caller
         cannot be left unsure who owns ``fd``. The name is read from ``/proc`` only when
         first needed (or at ``close()``), keeping that lookup off the hand-off path."""
-        shm = cls._new(fd, None, size)
-        shm._name_pending = True
+        shm = _new_object(cls)
+        shm._fd = fd
+        shm._size = size
+        shm._name_pending = True  # _name stays the class default, None, until then
         return shm
 
     @classmethod
@@ -515,9 +549,9 @@ class SharedMemory(Closing):
             )
         skip = offset % PAGE_SIZE
         if not skip:
-            mapping = Mapping(fd, length, prot, offset, self._name)
+            mapping = Mapping(fd, length, prot, offset, self._name, self._size)
         elif _UNALIGNED_OK:
-            mapping = _Window(fd, skip + length, prot, offset - skip, self._name)
+            mapping = _Window(fd, skip + length, prot, offset - skip, self._name, self._size)
             mapping._offset, mapping._skip, mapping._length = offset, skip, length
         else:
             raise ValueError(
@@ -534,11 +568,40 @@ class SharedMemory(Closing):
 
     def map_read_write(self, *, populate: bool | None = None) -> Mapping:
         """Map the whole region read-write."""
-        return self.map(PROT_READ | PROT_WRITE, populate=populate)
+        mapping = self._map_whole(_PROT_RW, populate)
+        want = self._populate if populate is None else populate
+        if want is None:  # create()'s default: prefault where faults would cost more
+            want = self._size >= POPULATE_AUTO_MIN
+        if want:
+            _populate(mapping)
+        return mapping
 
     def map_read_only(self, *, populate: bool | None = None) -> Mapping:
         """Map the whole region read-only."""
-        return self.map(PROT_READ, populate=populate)
+        mapping = self._map_whole(PROT_READ, populate)
+        if populate or (populate is None and self._populate):
+            _populate(mapping)
+        return mapping
+
+    def _map_whole(self, prot: int, populate: object) -> Mapping:
+        """``map(prot)`` of the whole region, with only the checks that can fail for it:
+        the two whole-region maps are on every hand-off and every lifecycle, so they skip
+        the window arithmetic and call mmap directly."""
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        if populate is not None and populate is not True and populate is not False:
+            _check_populate(populate)
+        try:
+            mapping = _mmap_new(Mapping, fd, self._size, _MAP_SHARED, prot, 0, 0, **_MMAP_EXTRA)
+        except OSError as exc:
+            doing = "map read-write" if prot & PROT_WRITE else "map read-only"
+            raise _sys.translate(exc, doing, self.name) from exc
+        mapping._region = self._name
+        mapping._readonly = prot == PROT_READ
+        mapping._offset = 0
+        mapping._region_size = self._size
+        return mapping
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -552,15 +615,18 @@ class SharedMemory(Closing):
 
     def close(self) -> None:
         """Close the fd. Idempotent. Mappings made from this object stay valid."""
-        if self._name_pending and self._fd >= 0:
+        fd = self._fd
+        if fd < 0:
+            return
+        if self._name_pending:
             self.name  # noqa: B018 - resolve the debug name while the fd still exists
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            region.release_pins(fd)  # this process's pins end with its last fd
-            os.close(fd)
+        self._fd = -1
+        _release_pins(fd)  # this process's pins end with its last fd
+        os.close(fd)
 
     def __del__(self) -> None:
-        self.close()
+        if self._fd >= 0:
+            self.close()
 
     def __reduce__(self) -> Any:
         # Plain pickle has nowhere to put a descriptor (a DupFd parked in multiprocessing's

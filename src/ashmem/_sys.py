@@ -99,7 +99,8 @@ F_WRLCK = fcntl.F_WRLCK
 F_UNLCK = fcntl.F_UNLCK
 # struct flock { short l_type, l_whence; off_t l_start, l_len; pid_t l_pid; } with native
 # alignment: 32 bytes on every 64-bit Linux ABI. l_pid must be 0 for the OFD commands.
-_FLOCK = struct.Struct("hhqqi4x")
+# FLOCK also serves region's creator pin, packed inline on every create.
+_FLOCK = FLOCK = struct.Struct("hhqqi4x")
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

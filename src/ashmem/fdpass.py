@@ -75,6 +75,12 @@ _SOCK_STREAM = int(socket.SOCK_STREAM)
 _MAX_DATA = 0xFFFFFFFF
 _DGRAM_DATA = 64 * 1024  # payload per frame on datagram sockets
 _DGRAM_FRAME = _HEADER.size + MAX_FDS_PER_FRAME + _DGRAM_DATA
+_HEAD_SIZE = _HEADER.size
+# One descriptor as SCM_RIGHTS carries it (a C int): the single-region message, which is
+# most of them, is packed and parsed without building an array.
+_FD = struct.Struct("i")
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 Item = SharedMemory | MemoryFile | int
 
@@ -144,52 +150,83 @@ def send(
     Honors the socket's timeout. A timeout or error after part of a message went out
     leaves the connection out of step: close it.
     """
-    _check_socket(sock)
+    # Hot path (one hand-off = one call): exact-type tests first, the general checks only
+    # when they fail; every check of the general path still runs for anything unusual.
+    if not isinstance(sock, _socket.socket) or _socket_family(sock) != _AF_UNIX:
+        _check_socket(sock)
     fds: list[int] = []
     kinds = bytearray()
-    for item in _items(items):
-        fd, kind = _fd_of(item)
-        fds.append(fd)
-        kinds.append(kind)
-    if isinstance(data, str):
-        raise TypeError("data must be bytes-like, not str; encode it first")
-    payload = memoryview(data).cast("B")
+    for item in items if type(items) is list or type(items) is tuple else _items(items):
+        if type(item) is SharedMemory:
+            fd = item._fd
+            if fd < 0:
+                item.fileno()  # raises ClosedError naming the region
+            fds.append(fd)
+            kinds.append(_KIND_REGION)
+        else:
+            fd, kind = _fd_of(item)
+            fds.append(fd)
+            kinds.append(kind)
+    if type(data) is bytes:
+        payload: bytes | memoryview = data
+    else:
+        if isinstance(data, str):
+            raise TypeError("data must be bytes-like, not str; encode it first")
+        payload = memoryview(data).cast("B")
+    nfds, ndata = len(fds), len(payload)
+    if ndata > _DGRAM_DATA or nfds > MAX_FDS_PER_FRAME:
+        _send_frames(sock, fds, kinds, payload)
+        return
+    # The common message fits one frame on any socket: no slicing, no loop.
+    head = _HEADER.pack(_MAGIC, 0, 0, nfds, ndata) + kinds
+    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, _FD.pack(fds[0]))] if nfds == 1 else rights(fds)
+    try:
+        sent = sock.sendmsg((head, payload) if ndata else (head,), ancdata)
+    except OSError as exc:
+        raise _sys.translate(exc, "send descriptors") from exc
+    if sent != len(head) + ndata:
+        _send_rest(sock, head, payload, sent)
+
+
+def _send_frames(
+    sock: socket.socket, fds: list[int], kinds: bytearray, payload: bytes | memoryview
+) -> None:
+    """Send a message that needs more than one frame (or a large one-frame message on a
+    stream). Borrows ``fds``."""
     if len(payload) > _MAX_DATA:
         raise ValueError(f"data of {len(payload)} bytes is too large; put it in a region")
     stream = _socket_type(sock) == _SOCK_STREAM
     data_step = _MAX_DATA if stream else _DGRAM_DATA
     nfds, ndata = len(fds), len(payload)
-    if nfds <= MAX_FDS_PER_FRAME and ndata <= data_step:
-        # The common message fits one frame: no slicing, no loop.
-        head = _HEADER.pack(_MAGIC, 0, 0, nfds, ndata) + kinds
-        _send_frame(sock, head, payload, fds, stream)
-        return
+    view = memoryview(payload)
     fd_at = data_at = 0
     while True:
         chunk = fds[fd_at : fd_at + MAX_FDS_PER_FRAME]
-        body = payload[data_at : data_at + data_step]
+        body = view[data_at : data_at + data_step]
         fd_at += len(chunk)
         data_at += len(body)
         last = fd_at >= nfds and data_at >= ndata
         head = _HEADER.pack(_MAGIC, 0 if last else _MORE, 0, len(chunk), len(body))
         head += kinds[fd_at - len(chunk) : fd_at]
-        _send_frame(sock, head, body, chunk, stream)
+        try:
+            sent = sock.sendmsg([head, body], rights(chunk))
+        except OSError as exc:
+            raise _sys.translate(exc, "send descriptors") from exc
+        if sent != len(head) + len(body):
+            _send_rest(sock, head, body, sent)
         if last:
             return
 
 
-def _send_frame(
-    sock: socket.socket, head: bytes, body: memoryview, fds: list[int], stream: bool
-) -> None:
-    """Send one frame, its descriptors attached to its first byte. Borrows ``fds``."""
+def _send_rest(sock: socket.socket, head: bytes, body: bytes | memoryview, sent: int) -> None:
+    """``sendmsg`` took only ``sent`` bytes of a frame: on a stream, send the rest (the
+    descriptors went with the first byte, the rest is plain data); on a datagram socket
+    the frame is broken."""
+    total = len(head) + len(body)
+    if _socket_type(sock) != _SOCK_STREAM:
+        raise MessageError(f"socket sent {sent} of {total} bytes of a frame")
     try:
-        sent = sock.sendmsg([head, body], rights(fds))
-        total = len(head) + len(body)
-        if sent < total and stream:
-            # The descriptors went with the first byte; the rest is plain data.
-            sock.sendall(b"".join((head, body))[sent:])
-        elif sent < total:
-            raise MessageError(f"socket sent {sent} of {total} bytes of a frame")
+        sock.sendall(b"".join((head, body))[sent:])
     except OSError as exc:
         raise _sys.translate(exc, "send descriptors") from exc
 
@@ -264,9 +301,9 @@ def _recv_frame(
     """One frame: (flags, kinds, data). Descriptors go to ``fds``. ``first``: the frame
     starts a message. ``maxfds``/``maxdata``: what the rest of the message may still bring."""
     before = len(fds)
-    fd_limit = before + min(MAX_FDS_PER_FRAME, maxfds)
     if _socket_type(sock) == _SOCK_STREAM:
-        head = _recv_chunk(sock, _HEADER.size, fds, fd_limit, at_message_start=first)
+        fd_limit = before + min(MAX_FDS_PER_FRAME, maxfds)
+        head = _recv_chunk(sock, _HEAD_SIZE, fds, fd_limit, at_message_start=first)
         magic, flags, _, nfds, data_len = _HEADER.unpack(head)
         _check_header(magic, nfds, data_len, maxdata)
         # Descriptors travel with a frame's first byte, so none may come with the rest.
@@ -275,34 +312,46 @@ def _recv_frame(
             if nfds + data_len
             else b""
         )
-    else:
-        try:
-            data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
-        except (TimeoutError, BlockingIOError) as exc:
-            if first:
-                raise
-            raise MessageError(_OUT_OF_STEP) from exc
-        take_fds(ancdata, fds)
-        if not data:
-            if first:
-                raise EOFError("peer closed the connection")  # or sent an empty datagram
-            raise MessageError("connection closed in the middle of a message")
+        if len(fds) - before != nfds:
+            raise MessageError(f"frame declares {nfds} descriptors but carried {len(fds) - before}")
+        return flags, rest[:nfds], rest[nfds:]
+    try:
+        data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+    except (TimeoutError, BlockingIOError) as exc:
+        if first:
+            raise
+        raise MessageError(_OUT_OF_STEP) from exc
+    if ancdata:
+        # Take every descriptor first, whatever else is wrong, so that the caller closes
+        # them all. One SCM_RIGHTS message of one fd (the usual hand-off) without an array.
+        if len(ancdata) == 1:
+            level, kind, cdata = ancdata[0]
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(cdata) == _FD.size:
+                fds.append(_FD.unpack(cdata)[0])
+            else:
+                take_fds(ancdata, fds)
+        else:
+            take_fds(ancdata, fds)
+    if not data:
+        if first:
+            raise EOFError("peer closed the connection")  # or sent an empty datagram
+        raise MessageError("connection closed in the middle of a message")
+    if rflags & (_MSG_CTRUNC | _MSG_TRUNC):
         if rflags & _MSG_CTRUNC:
             raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
-        if rflags & _MSG_TRUNC:
-            raise MessageError(f"datagram larger than a frame may be ({_DGRAM_FRAME} bytes)")
-        if len(data) < _HEADER.size:
-            raise MessageError(f"frame of {len(data)} bytes is shorter than its header")
-        magic, flags, _, nfds, data_len = _HEADER.unpack_from(data)
-        _check_header(magic, nfds, data_len, maxdata)
-        if len(data) != _HEADER.size + nfds + data_len:
-            raise MessageError(
-                f"frame declares {_HEADER.size + nfds + data_len} bytes but has {len(data)}"
-            )
-        rest = data[_HEADER.size :]
+        raise MessageError(f"datagram larger than a frame may be ({_DGRAM_FRAME} bytes)")
+    size = len(data)
+    if size < _HEAD_SIZE:
+        raise MessageError(f"frame of {size} bytes is shorter than its header")
+    magic, flags, _, nfds, data_len = _HEADER.unpack_from(data)
+    if magic != _MAGIC or nfds > MAX_FDS_PER_FRAME or data_len > maxdata:
+        _check_header(magic, nfds, data_len, maxdata)  # raises, saying which
+    if size != _HEAD_SIZE + nfds + data_len:
+        raise MessageError(f"frame declares {_HEAD_SIZE + nfds + data_len} bytes but has {size}")
     if len(fds) - before != nfds:
         raise MessageError(f"frame declares {nfds} descriptors but carried {len(fds) - before}")
-    return flags, rest[:nfds], rest[nfds:]
+    body = data[_HEAD_SIZE + nfds :] if data_len else b""
+    return flags, data[_HEAD_SIZE : _HEAD_SIZE + nfds], body
 
 
 def recv(
@@ -321,36 +370,44 @@ def recv(
     timeout in the middle of a message raises ``MessageError``: part of it was consumed,
     so the connection is out of step and must be closed.
     """
-    _check_socket(sock)
-    if not isinstance(maxfds, int) or isinstance(maxfds, bool):
+    if not isinstance(sock, _socket.socket) or _socket_family(sock) != _AF_UNIX:
+        _check_socket(sock)
+    if type(maxfds) is not int and (not isinstance(maxfds, int) or isinstance(maxfds, bool)):
         raise TypeError(f"maxfds must be an int, not {type(maxfds).__name__}")
     if maxfds < 0:
         raise ValueError(f"maxfds must be >= 0, got {maxfds}")
-    if maxdata is not None and maxdata < 0:
+    if maxdata is None:
+        data_left = _MAX_DATA
+    elif maxdata < 0:
         raise ValueError(f"maxdata must be >= 0, got {maxdata}")
-    data_left = _MAX_DATA if maxdata is None else maxdata
+    else:
+        data_left = maxdata
     fds: list[int] = []
-    kinds = bytearray()
-    parts: list[bytes] = []
     try:
-        while True:
-            flags, frame_kinds, frame_data = _recv_frame(
-                sock, fds, not parts, maxfds - len(fds), data_left
-            )
-            kinds += frame_kinds
-            parts.append(frame_data)
-            data_left -= len(frame_data)
-            if len(fds) > maxfds:
-                raise MessageError(f"peer sent more than {maxfds} descriptors")
-            if not flags & _MORE:
-                break
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        flags, kinds, data = _recv_frame(sock, fds, True, maxfds, data_left)
+        if len(fds) > maxfds:
+            raise MessageError(f"peer sent more than {maxfds} descriptors")
+        if flags & _MORE:
+            kinds, data = _recv_more(sock, fds, kinds, data, maxfds, data_left)
+        if not fds:
+            return data, []
         # Check every descriptor before wrapping any, so that on failure all of them are
         # still plain fds that we own and can close.
+        if len(fds) == 1:  # the usual hand-off: no lists to build
+            fd = fds[0]
+            kind = kinds[0]
+            if kind == _KIND_REGION:
+                size = region._region_size(fd)
+                if size is None:
+                    raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
+                return data, [SharedMemory._adopt(fd, size)]
+            if kind == _KIND_FD:
+                return data, [fd]
+            raise MessageError(f"unknown descriptor kind {kind}")
         sizes: list[int | None] = []
         for fd, kind in zip(fds, kinds, strict=True):
             if kind == _KIND_REGION:
-                size = region.region_size(fd)
+                size = region._region_size(fd)
                 if size is None:
                     raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
                 sizes.append(size)
@@ -366,3 +423,22 @@ def recv(
         for fd, size in zip(fds, sizes, strict=True)
     ]
     return data, items
+
+
+def _recv_more(
+    sock: socket.socket, fds: list[int], kinds: bytes, data: bytes, maxfds: int, maxdata: int
+) -> tuple[bytes, bytes]:
+    """The frames after a first one that said MORE: (all kinds, all data). Descriptors go
+    to ``fds``, which the caller closes on any error."""
+    all_kinds = bytearray(kinds)
+    parts = [data]
+    data_left = maxdata - len(data)
+    flags = _MORE
+    while flags & _MORE:
+        flags, frame_kinds, frame_data = _recv_frame(sock, fds, False, maxfds - len(fds), data_left)
+        all_kinds += frame_kinds
+        parts.append(frame_data)
+        data_left -= len(frame_data)
+        if len(fds) > maxfds:
+            raise MessageError(f"peer sent more than {maxfds} descriptors")
+    return bytes(all_kinds), b"".join(parts)

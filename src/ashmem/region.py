@@ -260,10 +260,27 @@ def create_region(name: str | None, size: int) -> int:
     1048576
     >>> import os; os.close(fd)
     """
+    return _create(name, size)[0]
+
+
+def _label(name: str | None) -> str:
+    """``kernel_name(name)``, without encoding a short ASCII name twice."""
+    if name is None:
+        return "none"
+    if type(name) is str and len(name) <= NAME_MAX and name.isascii() and "\0" not in name:
+        return name  # one byte per character: nothing to cut
+    return _encode_name(name).decode("utf-8", "surrogateescape")
+
+
+def _create(name: str | None, size: int, reserve: bool = False) -> tuple[int, str]:
+    """``create_region``, then ``reserve_region`` if ``reserve``, in one call: ``(fd,
+    kernel name)``. The caller owns the fd; no fd is left open on any failure. What
+    ``SharedMemory.create`` runs, so its checks are inlined where they cannot fail."""
     global _memfd_flags
-    raw = _encode_name(name)
-    label = raw.decode("utf-8", "surrogateescape")
-    size = _check_size(size, label)
+    label = _label(name)
+    stamp, limit, _ = _limit_cache
+    if type(size) is not int or not 0 < size <= limit or time.monotonic() - stamp > _LIMIT_TTL:
+        size = _check_size(size, label)  # raises, or refreshes the cached memory limit
     try:
         fd = os.memfd_create(label, _memfd_flags)
     except OSError as exc:
@@ -278,15 +295,34 @@ def create_region(name: str | None, size: int) -> int:
     try:
         os.ftruncate(fd, size)
         fcntl.fcntl(fd, _sys.F_ADD_SEALS, _SIZE_SEALS)
-        # The creator's pin (see ashmem._pins): a read lock on this new description.
-        _sys.ofd_lock(fd, _sys.F_RDLCK, 0, -(-size // _pins.PAGE) * _pins.PAGE, wait=False)
+        # The creator's pin (see ashmem._pins): a read lock on this new description. Nobody
+        # else can hold a lock on an inode that was created a moment ago, so it cannot be
+        # refused for a conflict; any error is a real one.
+        pin = _sys.FLOCK.pack(_F_RDLCK, os.SEEK_SET, 0, -(-size // _PAGE) * _PAGE, 0)
+        fcntl.fcntl(fd, _sys.F_OFD_SETLK, pin)
     except OSError as exc:
         os.close(fd)
         raise _sys.translate(exc, f"size to {size} bytes", label) from exc
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    if reserve:
+        try:
+            if size > RESERVE_CHUNK:
+                reserve_region(fd, size)  # in chunks, so that Ctrl-C can stop it
+            else:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    raise _sys.translate(exc, f"reserve {size} bytes", label) from exc
+        except BaseException:
+            os.close(fd)  # frees every page it took
+            raise
+    return fd, label
+
+
+_F_RDLCK = _sys.F_RDLCK
+_PAGE = _pins.PAGE
 
 
 #: ``reserve_region`` allocates this much per ``fallocate`` call, so that a signal handler
@@ -401,12 +437,21 @@ def region_size(fd: int) -> int | None:
     """
     if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
         return None
+    return _region_size(fd)
+
+
+_S_IFMT = 0o170000  # stat.S_IFMT's mask, as a constant: one call less per received region
+
+
+def _region_size(fd: int) -> int | None:
+    """``region_size`` for an fd number known to be an int >= 0 (one the kernel just gave
+    us): the same two syscalls and checks, without the argument checks. Borrows ``fd``."""
     try:
         st = os.fstat(fd)
         seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
     except (OSError, OverflowError):  # OverflowError: a number no fd can have
         return None
-    if not stat.S_ISREG(st.st_mode) or seals & _SIZE_SEALS != _SIZE_SEALS:
+    if st.st_mode & _S_IFMT != stat.S_IFREG or seals & _SIZE_SEALS != _SIZE_SEALS:
         return None
     return st.st_size
 
