@@ -48,6 +48,10 @@ _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+_F_ONEWAY = _wire.F_ONEWAY
+#: One-way calls the deliverer takes from its own connection between two looks at the
+#: binder's queue (which other connections fill): bounds how long they wait for it.
+ONEWAY_BATCH = 64
 
 
 class Dispatch(Gate):
@@ -100,15 +104,24 @@ class Dispatch(Gate):
         recvmsg = sock.recvmsg
         flags = _RECV_NOWAIT
         while True:
-            try:
-                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
-            except BlockingIOError:  # nothing (more) to read, or the linger expired
-                self._rearm(conn)
-                return
-            except OSError:
-                self._drop(conn)
-                return
-            fds = _take_fds(anc) if anc else _NO_FDS
+            unread = conn.unread
+            if unread is None:
+                try:
+                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+                except BlockingIOError:  # nothing (more) to read, or the linger expired
+                    self._rearm(conn)
+                    return
+                except OSError:
+                    self._drop(conn)
+                    return
+                fds = _take_fds(anc) if anc else _NO_FDS
+            else:
+                # What the one-way batch read and left to the full path (see _own_oneways).
+                conn.unread = None
+                if isinstance(unread, OSError):
+                    self._drop(conn)
+                    return
+                msg, fds, mflags = unread
             if not msg:
                 _wire.discard_fds(fds)
                 self._drop(conn, eof=not fds)
@@ -166,6 +179,8 @@ class Dispatch(Gate):
                     conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
                 )
                 return
+            if conn.unread is not None:
+                continue  # a message the one-way batch left: handle it before anything else
             # Linger on this connection only while someone else watches the others.
             if self._idle > 0 and not self._stopping:
                 flags = _wire.RECV_FLAGS
@@ -341,15 +356,24 @@ class Dispatch(Gate):
         # reads and delivers a busy sender's calls, no epoll round trip between them.
         # Others reading other connections append to the queue meanwhile, and we deliver
         # theirs too, in the order they were appended.
-        self._drain(node)
+        self._drain(node, conn)
         return False
 
-    def _drain(self, node: _Node) -> None:
+    def _drain(self, node: _Node, conn: _Connection | None) -> None:
+        """Deliver ``node``'s queue; whenever it is empty, deliver what ``conn`` (which this
+        thread owns) has already queued in the socket, in batches (``_own_oneways``), until
+        it has nothing more, then finish when the queue is empty too."""
         queue = node.queue
         while True:
             unparked: list[_Connection] | tuple[()] = ()
             with node.lock:
-                if not queue or self._stopping:
+                if not queue and conn is not None and not self._stopping:
+                    # Still the deliverer (draining stays True): read our sender's next
+                    # calls, outside the lock; others keep appending to the queue.
+                    done = False
+                    own = True
+                elif not queue or self._stopping:
+                    own = False
                     node.draining = False
                     leftovers = list(queue)
                     queue.clear()
@@ -358,6 +382,7 @@ class Dispatch(Gate):
                     done = True
                     node.unpin_if_idle()
                 else:
+                    own = False
                     caller, code, data, nfds, size = queue.popleft()
                     node.queued_fds -= nfds
                     node.queued_bytes -= size
@@ -370,12 +395,17 @@ class Dispatch(Gate):
                         ):
                             unparked, node.parked = node.parked, []
                     done = False
-            for conn in unparked:
-                self._rearm(conn)  # parked connections are ours to hand back to epoll
+            for parked in unparked:
+                self._rearm(parked)  # parked connections are ours to hand back to epoll
             if done:
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
                 return
+            if own:
+                assert conn is not None
+                if not self._own_oneways(node, conn):
+                    conn = None  # it has nothing more for the batch: finish with the queue
+                continue
             self._served += 1
             try:
                 with caller:
@@ -389,6 +419,58 @@ class Dispatch(Gate):
                 )
             finally:
                 data.close()
+
+    def _own_oneways(self, node: _Node, conn: _Connection) -> bool:
+        """Receive and deliver, one by one, up to ``ONEWAY_BATCH`` one-way calls already
+        waiting in ``conn`` (never waiting for one): each read right after the previous one
+        ran, so the sender's order is kept and nothing is held but the call being run.
+        Only the plainest calls are taken here (no descriptors, not spilled, a well-formed
+        TRANSACTION with FLAG_ONEWAY); the first message that is anything else, or the
+        receive's error, is left in ``conn.unread`` for ``_serve`` to handle with every
+        check of the full path. True if the whole batch was delivered (more may wait)."""
+        try:
+            binder = node.binder
+        except LookupError:
+            return False
+        recvmsg = conn.sock.recvmsg
+        on_transact = binder.on_transact
+        # One identity for the whole batch (every call in it comes from this connection);
+        # clear_calling_identity restores it on its way out, also when on_transact raises.
+        with conn.oneway_caller:
+            for _ in range(ONEWAY_BATCH):
+                try:
+                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_NOWAIT)
+                except BlockingIOError:
+                    return False
+                except OSError as exc:
+                    conn.unread = exc
+                    return False
+                try:
+                    kind, flags, code, _ = _wire.check(msg, mflags, 0)
+                except MessageError:  # malformed: the full path says why and refuses it
+                    kind = 0
+                if kind != _TRANSACTION or flags != _F_ONEWAY or anc or self._stopping:
+                    # Its descriptors are taken now, so that whoever ends the connection
+                    # closes them (``_drop``) if it is never handled.
+                    conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
+                    return False
+                data = Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                self._served += 1
+                try:
+                    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                        on_transact(code, data, Parcel(), FLAG_ONEWAY)
+                    else:
+                        _invoke(binder, code, data, Parcel(), FLAG_ONEWAY)
+                except BaseException:
+                    logger.exception(
+                        "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
+                        code,
+                        node.label,
+                        conn.creds.pid,
+                    )
+                finally:
+                    data.close()
+        return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -962,7 +962,8 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        self._release()
+        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
+            self._release()
         self.__dict__.clear()
 
     def __del__(self) -> None:

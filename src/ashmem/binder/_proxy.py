@@ -74,6 +74,7 @@ _T = TypeVar("_T")
 _NO_FDS: list[int] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+_ONEWAY_PREFIX = _wire.pack(_wire.TRANSACTION, _wire.F_ONEWAY, 0, 0, 0)[:8]
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _RECV_FLAGS = _wire.RECV_FLAGS
@@ -349,7 +350,10 @@ class Proxy(Closing):
         if flags:
             if flags & ~FLAG_ONEWAY:
                 raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
-            oneway = _wire.EMPTY if data is None else data._outgoing()
+            if data is None:  # the bare header: nothing to spill, close or grant
+                self._send_oneway(code, _wire.EMPTY, timeout)
+                return True
+            oneway = data._outgoing()
             try:
                 self._send_oneway(code, oneway, timeout)
             finally:
@@ -486,15 +490,18 @@ class Proxy(Closing):
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                _wire.send_message(
-                    sock,
-                    _wire.TRANSACTION,
-                    _wire.F_ONEWAY,
-                    code,
-                    channel.seq,
-                    outgoing,
-                    _wire.SEND_FLAGS,
-                )
+                if outgoing is _wire.EMPTY:
+                    sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, channel.seq), _SEND_FLAGS)
+                else:
+                    _wire.send_message(
+                        sock,
+                        _wire.TRANSACTION,
+                        _wire.F_ONEWAY,
+                        code,
+                        channel.seq,
+                        outgoing,
+                        _wire.SEND_FLAGS,
+                    )
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:
