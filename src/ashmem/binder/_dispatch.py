@@ -48,7 +48,9 @@ _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
-_F_ONEWAY = _wire.F_ONEWAY
+_ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
+_CODE = _wire.CODE.unpack_from
+_TRUNCATED = _wire.TRUNCATED
 #: One-way calls the deliverer takes from its own connection between two looks at the
 #: binder's queue (which other connections fill): bounds how long they wait for it.
 ONEWAY_BATCH = 64
@@ -445,15 +447,20 @@ class Dispatch(Gate):
                 except OSError as exc:
                     conn.unread = exc
                     return False
-                try:
-                    kind, flags, code, _ = _wire.check(msg, mflags, 0)
-                except MessageError:  # malformed: the full path says why and refuses it
-                    kind = 0
-                if kind != _TRANSACTION or flags != _F_ONEWAY or anc or self._stopping:
+                # ``check`` for this one shape (see _wire.ONEWAY_PREFIX). Anything else,
+                # well-formed or not, goes to the full path, which says why it refuses it.
+                if (
+                    msg[:8] != _ONEWAY_PREFIX
+                    or len(msg) < _HEADER_SIZE
+                    or anc
+                    or mflags & _TRUNCATED
+                    or self._stopping
+                ):
                     # Its descriptors are taken now, so that whoever ends the connection
                     # closes them (``_drop``) if it is never handled.
                     conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
                     return False
+                code = _CODE(msg, 8)[0]
                 data = Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS)
                 self._served += 1
                 try:

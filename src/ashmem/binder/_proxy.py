@@ -74,7 +74,7 @@ _T = TypeVar("_T")
 _NO_FDS: list[int] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
-_ONEWAY_PREFIX = _wire.pack(_wire.TRANSACTION, _wire.F_ONEWAY, 0, 0, 0)[:8]
+_ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _RECV_FLAGS = _wire.RECV_FLAGS
