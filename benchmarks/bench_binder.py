@@ -183,7 +183,10 @@ def raw_server(sock: socket.socket, with_fd: bool) -> None:
 
 def seqpacket_server(sock: socket.socket) -> None:
     while True:
-        data, _, _, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
+        data, anc, _, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
+        if anc:  # the placement table's region round trip sends one
+            for fd in _wire.take_fds(anc):
+                os.close(fd)
         if not data:
             return
         sock.send(data)
@@ -468,7 +471,13 @@ def timed_calls(call: Callable[[], object], count: int, server_pid: int) -> tupl
 
 
 def placement_table(
-    service: Any, proxy: Proxy, rounds: int, calls: int, oneway_count: int, quick: bool
+    service: Any,
+    proxy: Proxy,
+    region: ashmem.SharedMemory,
+    rounds: int,
+    calls: int,
+    oneway_count: int,
+    quick: bool,
 ) -> tuple[list[list[str]], list[str]]:
     """Binder against its floors with the caller and the server pinned to the same core and
     to different cores, quiet and busy (see the module docstring)."""
@@ -500,6 +509,22 @@ def placement_table(
     def empty_call() -> None:
         proxy.transact(EMPTY)
 
+    fd = [region.fileno()]
+
+    def region_call() -> None:
+        with Parcel() as data:
+            data.write_shared_memory(region)
+            proxy.transact(REGION, data)
+
+    def seqpacket_fd_call() -> None:
+        socket.send_fds(echo_a, [MESSAGE], fd)
+        echo_a.recvmsg(*recv_args)
+
+    trips = {
+        "round trip, empty": (empty_call, seqpacket_call),
+        "round trip, a region fd": (region_call, seqpacket_fd_call),
+    }
+
     rows: list[list[str]] = []
     try:
         for load in ("quiet", "busy"):
@@ -508,39 +533,46 @@ def placement_table(
                     pin(mine)
                     for pid in (service.pid, echo.pid, counter.pid):
                         pin_process(pid, {theirs})
-                    timed_calls(empty_call, calls // 4, service.pid)  # warm up, settle
-                    timed_calls(seqpacket_call, calls // 4, echo.pid)
-                    trip: dict[str, list[tuple[float, ...]]] = {"binder": [], "floor": []}
+                    for ours_call, floor_call in trips.values():  # warm up, settle
+                        timed_calls(ours_call, calls // 4, service.pid)
+                        timed_calls(floor_call, calls // 4, echo.pid)
+                    trip: dict[tuple[str, str], list[tuple[float, ...]]] = {}
                     rate: dict[str, list[float]] = {"binder": [], "floor": []}
                     for r in range(rounds):
                         order = ("binder", "floor") if r % 2 else ("floor", "binder")
-                        for peer in order:
-                            if peer == "binder":
-                                trip[peer].append(timed_calls(empty_call, calls, service.pid))
-                            else:
-                                trip[peer].append(timed_calls(seqpacket_call, calls, echo.pid))
+                        for what, (ours_call, floor_call) in trips.items():
+                            for peer in order:
+                                call, pid = (
+                                    (ours_call, service.pid)
+                                    if peer == "binder"
+                                    else (floor_call, echo.pid)
+                                )
+                                sample = timed_calls(call, calls, pid)
+                                trip.setdefault((what, peer), []).append(sample)
                         for peer in order:
                             if peer == "binder":
                                 rate[peer].append(oneway_rate(proxy, service.name, 1, oneway_count))
                             else:
                                 rate[peer].append(raw_oneway())
-                    ours = [median(s[i] for s in trip["binder"]) for i in range(3)]
-                    floor = [median(s[i] for s in trip["floor"]) for i in range(3)]
                     goal = ROUND_TRIP_QUIET if load == "quiet" else ROUND_TRIP_BUSY
-                    ratio = ours[0] / floor[0]
-                    rows.append(
-                        [
-                            placement,
-                            load,
-                            "round trip, empty",
-                            format_ns(ours[0]),
-                            format_ns(floor[0]),
-                            format_ratio(ratio),
-                            f"<= {goal}x: {verdict(ratio <= goal)}",
-                            f"{format_ns(ours[1])} + {format_ns(ours[2])}",
-                            f"{format_ns(floor[1])} + {format_ns(floor[2])}",
-                        ]
-                    )
+                    for what in trips:
+                        ours = [median(s[i] for s in trip[(what, "binder")]) for i in range(3)]
+                        floor = [median(s[i] for s in trip[(what, "floor")]) for i in range(3)]
+                        ratio = ours[0] / floor[0]
+                        rows.append(
+                            [
+                                placement,
+                                load,
+                                what,
+                                format_ns(ours[0]),
+                                format_ns(floor[0]),
+                                format_ratio(ratio),
+                                f"<= {goal}x: {verdict(ratio <= goal)}",
+                                f"{format_ns(ours[1])} + {format_ns(ours[2])}",
+                                f"{format_ns(floor[1])} + {format_ns(floor[2])}",
+                                format_ratio((ours[1] + ours[2]) / (floor[1] + floor[2])),
+                            ]
+                        )
                     ours_rate, floor_rate = median(rate["binder"]), median(rate["floor"])
                     share = ours_rate / floor_rate
                     rows.append(
@@ -554,9 +586,11 @@ def placement_table(
                             f">= {ONEWAY_SHARE}x: {verdict(share >= ONEWAY_SHARE)}",
                             "",
                             "",
+                            "",
                         ]
                     )
-                    print("  ".join(rows[-2][:7]), "|", rows[-1][5], flush=True)
+                    for row in rows[-3:]:
+                        print("  ".join(row[:7]), flush=True)
     finally:
         os.sched_setaffinity(0, everywhere)
         for pid in (service.pid, echo.pid, counter.pid):
@@ -574,11 +608,14 @@ def placement_table(
         "figure against its floor measured under the same placement and load, interleaved "
         f"round by round: median of {rounds} rounds of {calls} round trips and of "
         f"{oneway_count} one-way calls. Round-trip floor: raw SOCK_SEQPACKET `send` + "
-        "`recvmsg` (room for 64 descriptors) to a forked echo loop; one-way floor: raw "
+        "`recvmsg` (room for 64 descriptors) to a forked echo loop, with a region fd: "
+        "`socket.send_fds` of the same 4 KiB region's fd, which the loop closes (binder: "
+        "a new Parcel, `write_shared_memory`, `transact`, `close`); one-way floor: raw "
         "SOCK_SEQPACKET `send` to a forked loop that counts. Ratio: time over the floor's "
         "for round trips, rate over the floor's for one-way. CPU columns: the caller's "
-        "thread + the whole serving process, per round trip (medians of the same rounds)."
-        + (" `--quick`: short run, rough numbers." if quick else ""),
+        "thread + the whole serving process, per round trip (medians of the same rounds); "
+        "CPU ratio: binder's sum over the floor's, which moves less with other load than "
+        "the wall-clock ratio." + (" `--quick`: short run, rough numbers." if quick else ""),
         "Measured on a shared 2-core VM while other developers' jobs ran: absolute times "
         "move between runs; compare the same-run ratios.",
     ]
@@ -600,6 +637,7 @@ PLACEMENT_HEADERS = [
     "target",
     "binder CPU, caller + service",
     "floor CPU, caller + server",
+    "CPU ratio",
 ]
 
 
@@ -648,7 +686,7 @@ def main() -> int:
 
     def placement() -> None:
         placed, placed_notes = placement_table(
-            service, proxy, rounds, calls // 3, oneway_count // 2, args.quick
+            service, proxy, region, rounds, calls // 3, oneway_count, args.quick
         )
         publish(
             "binder-placement",
