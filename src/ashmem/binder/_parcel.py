@@ -273,7 +273,8 @@ class Parcel(Closing):
             # writable buffer.
             data = self._data
             buf = bytearray(data[self._start : self._end]) if data is not None else bytearray()
-            self._release_mapping()
+            if data.__class__ is not bytes:
+                self._release_mapping()
             self._chunks, self._buf, self._size = [], buf, len(buf)
             self._pos -= self._start
             self._start = 0
@@ -953,7 +954,8 @@ class Parcel(Closing):
                 _wire.discard_fds(fds)
             else:
                 _wire.close_fds(fds)
-        self._release_mapping()
+        if self._data.__class__ is not bytes:
+            self._release_mapping()
 
     def close(self) -> None:
         """Close every descriptor the Parcel owns and empty it (Android's ``recycle``).
