@@ -954,7 +954,8 @@ class Parcel(Closing):
                 _wire.discard_fds(fds)
             else:
                 _wire.close_fds(fds)
-        if self._data.__class__ is not bytes:
+        data = self._data
+        if data is not None and data.__class__ is not bytes:  # else no mapping to release
             self._release_mapping()
 
     def close(self) -> None:
