@@ -49,6 +49,8 @@ _take_fds = _wire.take_fds
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
+_CALL_PREFIX = _wire.CALL_PREFIX
+_CODE_SEQ = _wire.CODE_SEQ.unpack_from
 _CODE = _wire.CODE.unpack_from
 _TRUNCATED = _wire.TRUNCATED
 #: One-way calls the deliverer takes from its own connection between two looks at the
@@ -133,32 +135,43 @@ class Dispatch(Gate):
                 _wire.discard_fds(fds)
                 self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
-            try:
-                kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
-            except _wire.OwnDescriptorsExhausted as exc:
-                # We ran out, not the peer: the message lost descriptors, so it cannot run.
-                _wire.discard_fds(fds)
-                if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
-                    if msg[4] & _wire.F_ONEWAY:
-                        self._log.warning(
-                            "lost",
-                            "binder: lost a one-way call from pid %d: %s",
-                            conn.creds.pid,
-                            exc,
-                        )
-                    elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+            if (
+                msg[:8] == _CALL_PREFIX
+                and not fds
+                and len(msg) >= _HEADER_SIZE
+                and not mflags & _TRUNCATED
+            ):
+                # A plain two-way call: what ``check`` would look at for this one shape
+                # (see _wire.CALL_PREFIX), without the call; anything else is checked.
+                kind, mflags = _TRANSACTION, 0
+                code, seq = _CODE_SEQ(msg, 8)
+            else:
+                try:
+                    kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
+                except _wire.OwnDescriptorsExhausted as exc:
+                    # We ran out, not the peer: the message lost descriptors, so it cannot run.
+                    _wire.discard_fds(fds)
+                    if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
+                        if msg[4] & _wire.F_ONEWAY:
+                            self._log.warning(
+                                "lost",
+                                "binder: lost a one-way call from pid %d: %s",
+                                conn.creds.pid,
+                                exc,
+                            )
+                        elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+                            return
+                        self._rearm(conn)
                         return
-                    self._rearm(conn)
+                    self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
                     return
-                self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
-                return
-            except MessageError as exc:
-                _wire.discard_fds(fds)
-                version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
-                reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
-                logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
-                self._refuse(conn, reason, str(exc))
-                return
+                except MessageError as exc:
+                    _wire.discard_fds(fds)
+                    version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
+                    reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
+                    logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+                    self._refuse(conn, reason, str(exc))
+                    return
             if kind == _wire.TRANSACTION and conn.greeted:
                 if mflags & _wire.F_ONEWAY:
                     if self._oneway(conn, code, mflags, msg, fds):

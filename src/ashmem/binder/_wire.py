@@ -153,7 +153,12 @@ SPILL_NAME = "ashmem.binder.parcel"
 #: HEADER_SIZE long, was not truncated and carried no descriptors passes ``check`` with
 #: nothing more to look at; its code is ``CODE.unpack_from(msg, 8)``.
 ONEWAY_PREFIX = HEADER.pack(MAGIC, VERSION, TRANSACTION, F_ONEWAY, 0, 0, 0, 0)[:8]
+#: The same for a plain two-way TRANSACTION and a plain REPLY (flags 0, no descriptors):
+#: ``CODE_SEQ.unpack_from(msg, 8)`` is then the code (the status) and the seq.
+CALL_PREFIX = HEADER.pack(MAGIC, VERSION, TRANSACTION, 0, 0, 0, 0, 0)[:8]
+REPLY_PREFIX = HEADER.pack(MAGIC, VERSION, REPLY, 0, 0, 0, 0, 0)[:8]
 CODE = struct.Struct("<I")
+CODE_SEQ = struct.Struct("<II")
 TRUNCATED = _TRUNCATED
 
 _HOST_ADDRESS = re.compile(rb"\0ashmem-binder-[0-9]{1,10}-[0-9a-f]{16}")
