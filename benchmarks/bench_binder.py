@@ -1076,6 +1076,12 @@ def main() -> int:
         "Every server is its own process. Run `python benchmarks/bench_binder.py`; the "
         "module docstring says exactly what each peer does."
     )
+    notes.append(
+        "Measured on a shared 2-core VM while other developers' jobs ran, with client and "
+        "servers left to the scheduler: the wall-clock rows move by tens of percent between "
+        "runs (a call's cost depends on whether its two processes shared a core); the "
+        "same-run ratios, the CPU rows and the placement table below are steadier."
+    )
     ours, floor, transport = empty["binder"], empty["raw"], empty["seqpacket"]
     if ours / floor > 1.3:
         notes.append(

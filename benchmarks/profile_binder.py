@@ -8,7 +8,10 @@ Not a benchmark with a README table (``run_all.py`` runs only ``bench_*.py``); i
    one-way call, a round trip carrying one region fd.
 2. User and system CPU time and context switches per empty round trip, binder against the
    raw SOCK_SEQPACKET echo of ``bench_binder.py``, everything pinned to one core, from
-   ``/proc/PID/task/TID/stat`` (utime, stime, in clock ticks) and ``.../status``.
+   ``/proc/PID/task/TID/stat`` (utime, stime, in clock ticks) and ``.../status``; and the
+   CPU per empty one-way call of the sending thread and of the receiving process, binder
+   against a bare ``send`` loop to ``bench_binder.py``'s counting loop, on the same core
+   (for binder the sending thread includes the final two-way call that waits for the count).
 3. The client's Python alone: ``Proxy.transact`` of an empty call against a stand-in socket
    whose ``send`` and ``recvmsg`` return at once (a correct REPLY header), against the two
    stand-in calls alone.
@@ -98,6 +101,8 @@ def call_counts(n: int) -> None:
             counting = False
             sys.setprofile(None)
             for thread, counter in sorted(counts.items()):
+                if counter["python"] < n // 100:
+                    continue  # a pool thread that only woke up in passing
                 side = "client" if thread == "MainThread" else "service"
                 print(
                     f"{what}: {side} ({thread}): {counter['python'] / n:.2f} Python functions "
@@ -168,6 +173,53 @@ def cpu_split(n: int) -> None:
             f"{m[3]:.2f} + {m[4]:.2f} switches; server user {m[5] * us:.2f} us, system "
             f"{m[6] * us:.2f} us, {m[7]:.2f} + {m[8]:.2f} switches (voluntary + not)"
         )
+    # One-way: the sender's thread CPU per call and the receiver's (whole process), same core.
+    count_a, count_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    counter = bench.FORK.Process(target=bench.counting_server, args=(count_b, n), daemon=True)
+    counter.start()
+    assert counter.pid is not None
+    bench.pin_process(counter.pid, {cpu})
+    sender = get_service(service.name)
+    sender.transact(bench.EMPTY)
+
+    def binder_oneways() -> None:
+        for _ in range(n):
+            sender.transact(bench.ONEWAY, None, None, FLAG_ONEWAY)
+        with Parcel() as data, Parcel() as reply:  # wait until the service ran them all
+            data.write_long(n)
+            assert proxy.transact(bench.COUNT, data, reply, timeout=120)
+
+    def raw_oneways() -> None:
+        for _ in range(n):
+            count_a.send(bench.MESSAGE)
+        count_a.recv(64)
+
+    oneway: dict[str, list[tuple[float, float]]] = {"binder": [], "raw": []}
+    for _ in range(3):
+        for name, run, pid in (
+            ("binder", binder_oneways, service.pid),
+            ("raw", raw_oneways, counter.pid),
+        ):
+            mine, theirs_before = time.thread_time_ns(), bench.task_cpu_ns(pid)
+            run()
+            oneway[name].append(
+                (
+                    (time.thread_time_ns() - mine) / n,
+                    (bench.task_cpu_ns(pid) - theirs_before) / n,
+                )
+            )
+    for name, samples in oneway.items():
+        sent = bench.median(sample[0] for sample in samples)
+        got = bench.median(sample[1] for sample in samples)
+        print(
+            f"{name}, one core, per one-way call (median of 3 x {n}): sender's thread "
+            f"{sent / 1e3:.2f} us CPU, receiver {got / 1e3:.2f} us CPU"
+        )
+    sender.close()
+    counter.kill()
+    counter.join(5)
+    count_a.close()
+    count_b.close()
     os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     echo.kill()
     echo.join(5)
