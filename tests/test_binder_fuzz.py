@@ -445,3 +445,83 @@ def test_property_fuzzed_messages_never_hurt_the_service(
     attack()
     assert examples >= 4500
     settle(target, before)
+
+
+# -- the one-way batch: what it does not take goes through every check ------------------------
+
+HOLD, RECORD = 7, 8
+
+
+class Recorder(Binder):
+    """HOLD blocks until ``release``; every call is recorded as (int read, has fds)."""
+
+    def __init__(self) -> None:
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[tuple[int, bool]] = []
+
+    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
+        self.seen.append((data.read_int(), data.has_file_descriptors()))
+        if code == HOLD:
+            self.held.set()
+            self.release.wait(20)
+        elif code == BOOM:
+            raise RuntimeError("boom")
+        return code in (HOLD, RECORD, BOOM)
+
+
+def test_a_oneway_batch_leaves_other_messages_to_the_full_checks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the service runs one one-way call, the same connection queues plain one-way
+    calls (taken in a batch), one carrying a descriptor, one that raises, a two-way call and
+    garbage: all run in order, the two-way call is answered, the garbage refused, and the
+    descriptor that came through the batch's hand-over is closed by the service."""
+    caplog.set_level(logging.CRITICAL, logger="ashmem.binder")  # BOOM is expected (restored)
+    recorder = Recorder()
+    name = f"test.batch.{os.getpid()}"
+    read_end, write_end = os.pipe()
+    oneway = _wire.F_ONEWAY
+
+    def call(kind: int, flags: int, code: int, value: int, fds: list[int], seq: int = 0) -> None:
+        with Parcel() as data:
+            data.write_int(value)
+            parts = data._outgoing().parts
+        sock.sendmsg(
+            [header(kind, flags, len(fds), code, seq), *parts], _wire.rights(fds) if fds else []
+        )
+
+    try:
+        with binder.add_service(name, recorder):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.settimeout(scaled(10))
+            with sock:
+                sock.connect(os.path.join(binder.service_directory(), name))
+                sock.send(header(_wire.HELLO))
+                assert sock.recv(_wire.MAX_MESSAGE)[3] == _wire.WELCOME
+                call(_wire.TRANSACTION, oneway, HOLD, 0, [])
+                assert recorder.held.wait(scaled(10))
+                call(_wire.TRANSACTION, oneway, RECORD, 1, [])
+                call(_wire.TRANSACTION, oneway, BOOM, 2, [])
+                call(_wire.TRANSACTION, oneway, RECORD, 3, [])
+                call(_wire.TRANSACTION, oneway, RECORD, 4, [read_end])
+                call(_wire.TRANSACTION, oneway, RECORD, 5, [])
+                call(_wire.TRANSACTION, 0, RECORD, 6, [], seq=77)
+                sock.send(b"AB\x01" + b"\xff" * 13)  # an unknown kind
+                os.close(read_end)
+                read_end = -1
+                recorder.release.set()
+                answers = list(responses(sock))
+        with_fd = [value == 4 for value in range(7)]
+        assert recorder.seen == list(zip(range(7), with_fd, strict=True))
+        assert [(kind, code, seq) for kind, code, seq, _ in answers] == [
+            (_wire.REPLY, _wire.STATUS_OK, 77),
+            (_wire.REFUSED, _wire.REFUSED_PROTOCOL, 0),
+        ]
+        # The service closed its copy of the pipe's read end: writing finds no reader.
+        with pytest.raises(BrokenPipeError):
+            os.write(write_end, b"x")
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)

@@ -48,6 +48,14 @@ _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+_ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
+_CALL_PREFIX = _wire.CALL_PREFIX
+_CODE_SEQ = _wire.CODE_SEQ.unpack_from
+_CODE = _wire.CODE.unpack_from
+_TRUNCATED = _wire.TRUNCATED
+#: One-way calls the deliverer takes from its own connection between two looks at the
+#: binder's queue (which other connections fill): bounds how long they wait for it.
+ONEWAY_BATCH = 64
 
 
 class Dispatch(Gate):
@@ -100,15 +108,24 @@ class Dispatch(Gate):
         recvmsg = sock.recvmsg
         flags = _RECV_NOWAIT
         while True:
-            try:
-                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
-            except BlockingIOError:  # nothing (more) to read, or the linger expired
-                self._rearm(conn)
-                return
-            except OSError:
-                self._drop(conn)
-                return
-            fds = _take_fds(anc) if anc else _NO_FDS
+            unread = conn.unread
+            if unread is None:
+                try:
+                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+                except BlockingIOError:  # nothing (more) to read, or the linger expired
+                    self._rearm(conn)
+                    return
+                except OSError:
+                    self._drop(conn)
+                    return
+                fds = _take_fds(anc) if anc else _NO_FDS
+            else:
+                # What the one-way batch read and left to the full path (see _own_oneways).
+                conn.unread = None
+                if isinstance(unread, OSError):
+                    self._drop(conn)
+                    return
+                msg, fds, mflags = unread
             if not msg:
                 _wire.discard_fds(fds)
                 self._drop(conn, eof=not fds)
@@ -118,32 +135,43 @@ class Dispatch(Gate):
                 _wire.discard_fds(fds)
                 self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
-            try:
-                kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
-            except _wire.OwnDescriptorsExhausted as exc:
-                # We ran out, not the peer: the message lost descriptors, so it cannot run.
-                _wire.discard_fds(fds)
-                if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
-                    if msg[4] & _wire.F_ONEWAY:
-                        self._log.warning(
-                            "lost",
-                            "binder: lost a one-way call from pid %d: %s",
-                            conn.creds.pid,
-                            exc,
-                        )
-                    elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+            if (
+                msg[:8] == _CALL_PREFIX
+                and not fds
+                and len(msg) >= _HEADER_SIZE
+                and not mflags & _TRUNCATED
+            ):
+                # A plain two-way call: what ``check`` would look at for this one shape
+                # (see _wire.CALL_PREFIX), without the call; anything else is checked.
+                kind, mflags = _TRANSACTION, 0
+                code, seq = _CODE_SEQ(msg, 8)
+            else:
+                try:
+                    kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
+                except _wire.OwnDescriptorsExhausted as exc:
+                    # We ran out, not the peer: the message lost descriptors, so it cannot run.
+                    _wire.discard_fds(fds)
+                    if conn.greeted and len(msg) >= _HEADER_SIZE and msg[3] == _TRANSACTION:
+                        if msg[4] & _wire.F_ONEWAY:
+                            self._log.warning(
+                                "lost",
+                                "binder: lost a one-way call from pid %d: %s",
+                                conn.creds.pid,
+                                exc,
+                            )
+                        elif not self._busy(conn, 0, _wire.HEADER.unpack_from(msg)[7], str(exc)):
+                            return
+                        self._rearm(conn)
                         return
-                    self._rearm(conn)
+                    self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
                     return
-                self._refuse(conn, _wire.REFUSED_BUSY, str(exc))
-                return
-            except MessageError as exc:
-                _wire.discard_fds(fds)
-                version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
-                reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
-                logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
-                self._refuse(conn, reason, str(exc))
-                return
+                except MessageError as exc:
+                    _wire.discard_fds(fds)
+                    version = len(msg) >= 3 and msg[:2] == _wire.MAGIC and msg[2] != _wire.VERSION
+                    reason = _wire.REFUSED_VERSION if version else _wire.REFUSED_PROTOCOL
+                    logger.debug("binder: dropping pid %d: %s", conn.creds.pid, exc)
+                    self._refuse(conn, reason, str(exc))
+                    return
             if kind == _wire.TRANSACTION and conn.greeted:
                 if mflags & _wire.F_ONEWAY:
                     if self._oneway(conn, code, mflags, msg, fds):
@@ -166,6 +194,8 @@ class Dispatch(Gate):
                     conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
                 )
                 return
+            if conn.unread is not None:
+                continue  # a message the one-way batch left: handle it before anything else
             # Linger on this connection only while someone else watches the others.
             if self._idle > 0 and not self._stopping:
                 flags = _wire.RECV_FLAGS
@@ -341,15 +371,24 @@ class Dispatch(Gate):
         # reads and delivers a busy sender's calls, no epoll round trip between them.
         # Others reading other connections append to the queue meanwhile, and we deliver
         # theirs too, in the order they were appended.
-        self._drain(node)
+        self._drain(node, conn)
         return False
 
-    def _drain(self, node: _Node) -> None:
+    def _drain(self, node: _Node, conn: _Connection | None) -> None:
+        """Deliver ``node``'s queue; whenever it is empty, deliver what ``conn`` (which this
+        thread owns) has already queued in the socket, in batches (``_own_oneways``), until
+        it has nothing more, then finish when the queue is empty too."""
         queue = node.queue
         while True:
             unparked: list[_Connection] | tuple[()] = ()
             with node.lock:
-                if not queue or self._stopping:
+                if not queue and conn is not None and not self._stopping:
+                    # Still the deliverer (draining stays True): read our sender's next
+                    # calls, outside the lock; others keep appending to the queue.
+                    done = False
+                    own = True
+                elif not queue or self._stopping:
+                    own = False
                     node.draining = False
                     leftovers = list(queue)
                     queue.clear()
@@ -358,6 +397,7 @@ class Dispatch(Gate):
                     done = True
                     node.unpin_if_idle()
                 else:
+                    own = False
                     caller, code, data, nfds, size = queue.popleft()
                     node.queued_fds -= nfds
                     node.queued_bytes -= size
@@ -370,12 +410,17 @@ class Dispatch(Gate):
                         ):
                             unparked, node.parked = node.parked, []
                     done = False
-            for conn in unparked:
-                self._rearm(conn)  # parked connections are ours to hand back to epoll
+            for parked in unparked:
+                self._rearm(parked)  # parked connections are ours to hand back to epoll
             if done:
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
                 return
+            if own:
+                assert conn is not None
+                if not self._own_oneways(node, conn):
+                    conn = None  # it has nothing more for the batch: finish with the queue
+                continue
             self._served += 1
             try:
                 with caller:
@@ -389,6 +434,63 @@ class Dispatch(Gate):
                 )
             finally:
                 data.close()
+
+    def _own_oneways(self, node: _Node, conn: _Connection) -> bool:
+        """Receive and deliver, one by one, up to ``ONEWAY_BATCH`` one-way calls already
+        waiting in ``conn`` (never waiting for one): each read right after the previous one
+        ran, so the sender's order is kept and nothing is held but the call being run.
+        Only the plainest calls are taken here (no descriptors, not spilled, a well-formed
+        TRANSACTION with FLAG_ONEWAY); the first message that is anything else, or the
+        receive's error, is left in ``conn.unread`` for ``_serve`` to handle with every
+        check of the full path. True if the whole batch was delivered (more may wait)."""
+        try:
+            binder = node.binder
+        except LookupError:
+            return False
+        recvmsg = conn.sock.recvmsg
+        on_transact = binder.on_transact
+        # One identity for the whole batch (every call in it comes from this connection);
+        # clear_calling_identity restores it on its way out, also when on_transact raises.
+        with conn.oneway_caller:
+            for _ in range(ONEWAY_BATCH):
+                try:
+                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_NOWAIT)
+                except BlockingIOError:
+                    return False
+                except OSError as exc:
+                    conn.unread = exc
+                    return False
+                # ``check`` for this one shape (see _wire.ONEWAY_PREFIX). Anything else,
+                # well-formed or not, goes to the full path, which says why it refuses it.
+                if (
+                    msg[:8] != _ONEWAY_PREFIX
+                    or len(msg) < _HEADER_SIZE
+                    or anc
+                    or mflags & _TRUNCATED
+                    or self._stopping
+                ):
+                    # Its descriptors are taken now, so that whoever ends the connection
+                    # closes them (``_drop``) if it is never handled.
+                    conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
+                    return False
+                code = _CODE(msg, 8)[0]
+                data = Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                self._served += 1
+                try:
+                    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                        on_transact(code, data, Parcel(), FLAG_ONEWAY)
+                    else:
+                        _invoke(binder, code, data, Parcel(), FLAG_ONEWAY)
+                except BaseException:
+                    logger.exception(
+                        "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
+                        code,
+                        node.label,
+                        conn.creds.pid,
+                    )
+                finally:
+                    data.close()
+        return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -273,7 +273,8 @@ class Parcel(Closing):
             # writable buffer.
             data = self._data
             buf = bytearray(data[self._start : self._end]) if data is not None else bytearray()
-            self._release_mapping()
+            if data.__class__ is not bytes:
+                self._release_mapping()
             self._chunks, self._buf, self._size = [], buf, len(buf)
             self._pos -= self._start
             self._start = 0
@@ -953,7 +954,9 @@ class Parcel(Closing):
                 _wire.discard_fds(fds)
             else:
                 _wire.close_fds(fds)
-        self._release_mapping()
+        data = self._data
+        if data is not None and data.__class__ is not bytes:  # else no mapping to release
+            self._release_mapping()
 
     def close(self) -> None:
         """Close every descriptor the Parcel owns and empty it (Android's ``recycle``).
@@ -962,7 +965,8 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        self._release()
+        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
+            self._release()
         self.__dict__.clear()
 
     def __del__(self) -> None:

@@ -24,8 +24,13 @@ Threads start on demand (one at first, another whenever no thread is left idle) 
 
 One-way calls: each served binder has a FIFO. The thread that reads a one-way message
 appends it *before* it reads the next one from that connection, so arrival order is queue
-order; the first thread to find the binder idle delivers the queue one message at a time
-until it is empty, then goes on reading its connection.
+order; the first thread to find the binder idle delivers the queue one message at a time.
+Whenever the queue is empty it takes the calls its own connection has already queued in the
+socket (``MSG_DONTWAIT``, at most ``ONEWAY_BATCH`` between two looks at the queue) and runs
+each as soon as it is read, with one lock and one identity for the batch instead of a queue
+round per call: the plainest calls only (no descriptors, not spilled); the first message that
+is anything else is handed to the full path, with all its checks, before the next is read.
+When neither has anything left, it stops delivering and goes on reading its connection.
 A queue over its limits (``oneway_backlog`` messages, ``oneway_backlog_fds`` descriptors,
 ``oneway_backlog_bytes`` bytes, see ``_limits``) *parks* the connection that overfilled it:
 nobody reads it (its sender's socket buffer fills and its sends block) until the thread
@@ -484,6 +489,9 @@ class _ProcessState(Dispatch):
         queued and nothing more can be (the peer's end is shut), so it is closed here."""
         if self._handlers.get(conn.fd) is not conn:
             return  # dropped already
+        unread, conn.unread = conn.unread, None
+        if unread is not None and not isinstance(unread, OSError) and unread[1]:
+            _wire.discard_fds(unread[1])
         self._unregister(conn)
         node = conn.node
         if node is not None:

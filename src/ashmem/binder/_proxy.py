@@ -74,12 +74,17 @@ _T = TypeVar("_T")
 _NO_FDS: list[int] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+_ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _RECV_FLAGS = _wire.RECV_FLAGS
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _HEADER_SIZE = _wire.HEADER_SIZE
+_REPLY_PREFIX = _wire.REPLY_PREFIX
+_CODE_SEQ = _wire.CODE_SEQ.unpack_from
+_TRUNCATED = _wire.TRUNCATED
+_STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
 _DEATH_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN)
 
@@ -349,7 +354,10 @@ class Proxy(Closing):
         if flags:
             if flags & ~FLAG_ONEWAY:
                 raise ValueError(f"unknown transact flags {flags:#x}; only FLAG_ONEWAY exists")
-            oneway = _wire.EMPTY if data is None else data._outgoing()
+            if data is None:  # the bare header: nothing to spill, close or grant
+                self._send_oneway(code, _wire.EMPTY, timeout)
+                return True
+            oneway = data._outgoing()
             try:
                 self._send_oneway(code, oneway, timeout)
             finally:
@@ -392,6 +400,21 @@ class Proxy(Closing):
         finally:
             if outgoing.spill_fd >= 0:
                 outgoing.close()
+        if (
+            msg[:8] == _REPLY_PREFIX
+            and not anc
+            and len(msg) >= _HEADER_SIZE
+            and not mflags & _TRUNCATED
+        ):
+            # The common answer, a plain REPLY: what ``check`` and ``_finish`` would look at
+            # (see _wire.REPLY_PREFIX), without the calls; a wrong seq goes on to _finish.
+            status: int
+            status, rseq = _CODE_SEQ(msg, 8)
+            if rseq == seq:
+                self._give(channel)
+                if reply is not None:
+                    reply._adopt(Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS))
+                return status == _STATUS_OK
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
@@ -486,15 +509,18 @@ class Proxy(Closing):
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                _wire.send_message(
-                    sock,
-                    _wire.TRANSACTION,
-                    _wire.F_ONEWAY,
-                    code,
-                    channel.seq,
-                    outgoing,
-                    _wire.SEND_FLAGS,
-                )
+                if outgoing is _wire.EMPTY:
+                    sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, channel.seq), _SEND_FLAGS)
+                else:
+                    _wire.send_message(
+                        sock,
+                        _wire.TRANSACTION,
+                        _wire.F_ONEWAY,
+                        code,
+                        channel.seq,
+                        outgoing,
+                        _wire.SEND_FLAGS,
+                    )
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:

@@ -148,6 +148,18 @@ _PEEK_NOWAIT = int(socket.MSG_PEEK) | DONTWAIT
 PREFIX = MAGIC + bytes((VERSION,))
 FAST = struct.Struct("<3sBBBHII")  # the header with magic and version as one field
 SPILL_NAME = "ashmem.binder.parcel"
+#: The first 8 header bytes of every plain one-way call: TRANSACTION, flags exactly ONEWAY
+#: (not spilled), no descriptors, reserved 0. A datagram that starts with them, is at least
+#: HEADER_SIZE long, was not truncated and carried no descriptors passes ``check`` with
+#: nothing more to look at; its code is ``CODE.unpack_from(msg, 8)``.
+ONEWAY_PREFIX = HEADER.pack(MAGIC, VERSION, TRANSACTION, F_ONEWAY, 0, 0, 0, 0)[:8]
+#: The same for a plain two-way TRANSACTION and a plain REPLY (flags 0, no descriptors):
+#: ``CODE_SEQ.unpack_from(msg, 8)`` is then the code (the status) and the seq.
+CALL_PREFIX = HEADER.pack(MAGIC, VERSION, TRANSACTION, 0, 0, 0, 0, 0)[:8]
+REPLY_PREFIX = HEADER.pack(MAGIC, VERSION, REPLY, 0, 0, 0, 0, 0)[:8]
+CODE = struct.Struct("<I")
+CODE_SEQ = struct.Struct("<II")
+TRUNCATED = _TRUNCATED
 
 _HOST_ADDRESS = re.compile(rb"\0ashmem-binder-[0-9]{1,10}-[0-9a-f]{16}")
 _PEERCRED = struct.Struct("3i")
@@ -164,8 +176,10 @@ def pack(kind: int, flags: int, nfds: int, code: int, seq: int) -> bytes:
 def close_fds(fds: Iterable[int]) -> None:
     """Close every fd, ignoring the ones already closed."""
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - no suppress() object per descriptor on the call path
             os.close(fd)
+        except OSError:
+            pass
 
 
 _memfd_dev: int | None = None
