@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,9 +68,23 @@ def _alive(pid: int) -> bool:
     return not any(helper in command for helper in _RESIDENT_CHILDREN)
 
 
-# Modules where something left behind fails the module; elsewhere it is a warning for now
-# (the Queue feeder threads and a numpy test's server thread outlive their modules today).
-_STRICT_MODULES = ("tests.test_binder",)
+# Modules where something left behind fails the module; elsewhere it is a warning for now.
+_STRICT_MODULES = (
+    "tests.test_binder",
+    "tests.test_numpy",
+    "tests.test_queue",
+    "tests.test_transports",
+)
+
+
+def _resident(thread: Any) -> bool:
+    """Threads that live as long as the process by design: ours by name, and CPython's
+    resource sharer (it serves descriptors pickled with ``DupFd`` for spawn and forkserver
+    children, started by whichever test first sends one)."""
+    if thread.name.startswith(_RESIDENT_THREADS):
+        return True
+    sharer = sys.modules.get("multiprocessing.resource_sharer")
+    return sharer is not None and thread is getattr(sharer._resource_sharer, "_thread", None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +103,7 @@ def _nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
         threads = [
             t
             for t in threading.enumerate()
-            if t not in threads_before and t.is_alive() and not t.name.startswith(_RESIDENT_THREADS)
+            if t not in threads_before and t.is_alive() and not _resident(t)
         ]
         children = [pid for pid in _own_children() - children_before if _alive(pid)]
         if not threads and not children:

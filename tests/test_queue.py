@@ -263,6 +263,9 @@ def test_several_consumers_share_one_queue(mp_context: Any, children: Children) 
         q.put(None)
     for proc in procs:
         children.join(proc)
+    for shared in (q, got):  # this process's feeder threads end here, not at exit
+        shared.close()
+        shared.join_thread()
 
 
 def _take_and_hang(q: Any, took: Any) -> None:

@@ -163,6 +163,9 @@ def test_ashmem_queue(mp_context: Any, children: Children) -> None:
     inbox.put(payload)
     back = answer.get(timeout=CHILD_TIMEOUT)
     _finish(children, proc, done)
+    for queue in (inbox, answer):  # this process's feeder threads end here, not at exit
+        queue.close()
+        queue.join_thread()
     _check_sender(payload, back)
     # Lifetime: once the child has exited and we drop everything, every region is freed.
     probes = _probes(payload) + _probes(back)
