@@ -125,6 +125,10 @@ _CRC_HEAD = struct.Struct("<II")
 _PEEK = struct.Struct("<IIQB")
 # seq, kind, levelno, time_ns, tid, then six string lengths
 _LOG_FIXED = struct.Struct("<QBHqIBHIHII")
+# _LOG_FIXED cut after the message length: write_plain packs these fields per record and
+# keeps the rest (process, exc and extra lengths) encoded in its stamp.
+_PLAIN_FIXED = struct.Struct("<QBHqIBHI")
+_PLAIN_REST = struct.Struct("<HII")
 _DROPPED_BODY = struct.Struct("<QBqQ")
 _PAD_BODY = struct.Struct("<QB")
 _NO_EXC = 0xFFFFFFFF
@@ -132,6 +136,8 @@ _MAX_FIELD = 0xFFFF
 _MAX_NAME = 1024  # bytes of a logger name kept
 
 RawRecord = bytes
+# (levelname, levelno as stored, len(levelname bytes), len(logger bytes), middle, end)
+_Stamp = tuple[str, int, int, int, bytes, bytes]
 
 
 def _round8(n: int) -> int:
@@ -177,7 +183,8 @@ class Producer:
     ``on_full`` is ``"block"`` (wait up to ``block_timeout`` seconds for the collector to
     make room, then drop) or ``"drop"``; drops are counted and a "N records dropped" record
     is written, in order, before the next record that fits. ``wake`` is called (at most once
-    per wait) to ask the collector to drain now.
+    per wait) to ask the collector to drain now. ``process`` is the process name that
+    ``write_plain`` stores.
     """
 
     def __init__(
@@ -189,6 +196,7 @@ class Producer:
         block_timeout: float = 5.0,
         wake: Callable[[], None] | None = None,
         pid: int = 0,
+        process: str = "MainProcess",
     ) -> None:
         if on_full not in ("block", "drop"):
             raise ValueError(f"on_full must be 'block' or 'drop', not {on_full!r}")
@@ -207,7 +215,15 @@ class Producer:
         self._limit = self.data_size  # head may grow up to here without reading the tail
         self.max_record = min(self.data_size // 2, 1 << 24)
         self._budget = self.max_record - 8 - _LOG_FIXED.size - 64 - 2 * 255 - _MAX_NAME
+        # write_plain's message limit, the one write_log applies with no exc and "{}" extra:
+        # past it, write_log truncates.
+        self._plain_budget = self._budget - 2
         self._names: dict[str, bytes] = {}
+        self.process = process
+        self._proc = process.encode("utf-8", "replace")[:255]
+        # write_plain's cache: logger -> levelno -> _Stamp (see there)
+        self._stamps: dict[str, dict[int, _Stamp]] = {}
+        self._stamp_count = 0
 
     def release(self) -> None:
         """Let go of the header view, so that the mapping can be closed."""
@@ -335,6 +351,67 @@ class Producer:
             self._words[_HEAD_WORD] = head  # one store, last: see "Memory ordering"
             return True
         return self._write_slow(body, seq, time_ns)
+
+    def write_plain(
+        self, levelno: int, levelname: str, logger: str, message: str, time_ns: int, tid: int
+    ) -> bool:
+        """``write_log(levelno, levelname, logger, message, self.process, None, "{}",
+        time_ns, tid)``, the same bytes in the ring, with less work per record: the bytes
+        that depend only on (logger, levelno, levelname) are encoded once and kept.
+        ``tid`` must fit in 32 bits (the client checks it once per thread).
+        """
+        try:
+            stamp = self._stamps[logger][levelno]
+        except KeyError:
+            stamp = None
+        if stamp is None or stamp[0] != levelname:  # new, or the level was renamed
+            stamp = self._stamp(levelno, levelname, logger)
+        _, level, n_lvl, n_name, middle, end = stamp
+        msg = message.encode("utf-8", "replace")
+        if len(msg) > self._plain_budget:
+            return self.write_log(
+                levelno, levelname, logger, message, self.process, None, "{}", time_ns, tid
+            )
+        seq = self.seq + 1
+        body = _PLAIN_FIXED.pack(seq, KIND_LOG, level, time_ns, tid, n_lvl, n_name, len(msg))
+        body = b"".join((body, middle, msg, end))
+        # From here on as in write_log.
+        length = 8 + len(body)
+        padded = (length + 7) & ~7
+        head = self.head
+        pos = head % self.data_size
+        if not self.dropped and padded <= self.data_size - pos and head + padded <= self._limit:
+            start = HEADER_SIZE + pos
+            mm = self._mm
+            _CRC_HEAD.pack_into(mm, start, length, zlib.crc32(body, length))  # type: ignore[arg-type]
+            mm[start + 8 : start + length] = body  # type: ignore[index]
+            self.head = head = head + padded
+            self.seq = seq
+            self._words[_HEAD_WORD] = head  # one store, last: see "Memory ordering"
+            return True
+        return self._write_slow(body, seq, time_ns)
+
+    def _stamp(self, levelno: int, levelname: str, logger: str) -> _Stamp:
+        """Encode what ``write_plain`` keeps for (logger, levelno): the levelname it was
+        made for, the levelno as stored, the two name lengths, the bytes between the fixed
+        fields and the message, and the bytes after the message (process, no exc, "{}")."""
+        if self._stamp_count >= 4096:  # bound what a program with endless loggers holds
+            self._stamps.clear()
+            self._stamp_count = 0
+        lvl = levelname.encode("utf-8", "replace")[:255]
+        name = logger.encode("utf-8", "replace")[:_MAX_NAME]
+        middle = _PLAIN_REST.pack(len(self._proc), _NO_EXC, 2) + lvl + name
+        stamp = (
+            levelname,
+            min(max(levelno, 0), _MAX_FIELD),
+            len(lvl),
+            len(name),
+            middle,
+            self._proc + b"{}",
+        )
+        self._stamps.setdefault(logger, {})[levelno] = stamp
+        self._stamp_count += 1
+        return stamp
 
     def _truncate(
         self, msg: bytes, exc_b: bytes, extra_b: bytes, names: int
