@@ -568,7 +568,14 @@ class Drain:
         if head < self.tail or head - self.tail > size or head % 8:
             return self._corrupted(head if head % 8 == 0 and head > self.tail else None)
         out: list[bytes] = []
+        # Per record this loop is most of the collector's work: locals, not attributes.
+        append = out.append
+        peek = _PEEK.unpack_from
+        crc32 = zlib.crc32
+        expect, last_seq = self.expect, self.last_seq
         taken = 0
+        valid = False  # a valid record seen: whatever was pending became visible
+        bad = False  # stopped at a record that is not (yet) valid
         pos_abs = self.tail
         while pos_abs < head and taken < limit:
             pos = pos_abs % size
@@ -577,33 +584,38 @@ class Drain:
                 pos_abs += left
                 continue
             start = HEADER_SIZE + pos
-            length, crc, seq, kind = _PEEK.unpack_from(mm, start)  # type: ignore[arg-type]
-            if length < 17 or _round8(length) > left or pos_abs + _round8(length) > head:
-                if self._invalid(head):
-                    return out + self._corrupted(head)
+            length = peek(mm, start)[0]  # type: ignore[arg-type]
+            padded = (length + 7) & ~7
+            if length < 17 or padded > left or pos_abs + padded > head:
+                bad = True
                 break
             raw = mm[start : start + length]  # type: ignore[index]
             # Checked on the copy we keep (the producer could be writing the ring now):
             # header fields, then the checksum over every byte of the copy.
-            ok = (
-                _PEEK.unpack_from(raw) == (length, crc, seq, kind)
-                and zlib.crc32(raw[8:], length) == crc
-                and (seq == self.expect if self.expect is not None else seq > 0)
-            )
-            if not ok:
-                if self._invalid(head):
-                    return out + self._corrupted(head)
+            copied, crc, seq, kind = peek(raw)
+            if (
+                copied != length
+                or crc32(raw[8:], length) != crc
+                or (seq != expect if expect is not None else seq <= 0)
+            ):
+                bad = True
                 break
-            self._pending_since = None
+            valid = True
             if kind == KIND_PAD:
                 pos_abs += left
                 continue
-            self.expect = seq + 1
-            pos_abs += _round8(length)
-            if seq > self.last_seq:
-                out.append(raw)
+            expect = seq + 1
+            pos_abs += padded
+            if seq > last_seq:
+                append(raw)
                 taken += length
-                self.last_seq = seq
+                last_seq = seq
+        if valid:
+            self._pending_since = None
+        self.expect, self.last_seq = expect, last_seq
+        if bad and self._invalid(head):
+            self.tail = pos_abs  # the records before the bad one are taken
+            return out + self._corrupted(head)
         self.tail = pos_abs
         return out
 
