@@ -435,7 +435,7 @@ def loss(kind: str, n: int, tmp: str) -> tuple[int, int]:
 
 def main() -> int:
     args = parse_args("ashmem.logd: producer cost, throughput, collector speed, loss")
-    n, rounds = (2000, 3) if args.quick else (20000, 7)
+    n, rounds = (2000, 3) if args.quick else (5000, 21)
     tmp = tempfile.mkdtemp(prefix="bench-logd-")
     load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
