@@ -129,6 +129,11 @@ _LOG_FIXED = struct.Struct("<QBHqIBHIHII")
 # keeps the rest (process, exc and extra lengths) encoded in its stamp.
 _PLAIN_FIXED = struct.Struct("<QBHqIBHI")
 _PLAIN_REST = struct.Struct("<HII")
+# write_plain's calls, looked up once (each attribute lookup is a few % of a record).
+_pack_plain = _PLAIN_FIXED.pack
+_pack_crc_head = _CRC_HEAD.pack_into
+_crc32 = zlib.crc32
+_join = b"".join
 _DROPPED_BODY = struct.Struct("<QBqQ")
 _PAD_BODY = struct.Struct("<QB")
 _NO_EXC = 0xFFFFFFFF
@@ -373,8 +378,10 @@ class Producer:
                 levelno, levelname, logger, message, self.process, None, "{}", time_ns, tid
             )
         seq = self.seq + 1
-        body = _PLAIN_FIXED.pack(seq, KIND_LOG, level, time_ns, tid, n_lvl, n_name, len(msg))
-        body = b"".join((body, middle, msg, end))
+        body = _join(
+            (_pack_plain(seq, KIND_LOG, level, time_ns, tid, n_lvl, n_name, len(msg)), middle,
+             msg, end)
+        )  # fmt: skip
         # From here on as in write_log.
         length = 8 + len(body)
         padded = (length + 7) & ~7
@@ -383,7 +390,7 @@ class Producer:
         if not self.dropped and padded <= self.data_size - pos and head + padded <= self._limit:
             start = HEADER_SIZE + pos
             mm = self._mm
-            _CRC_HEAD.pack_into(mm, start, length, zlib.crc32(body, length))  # type: ignore[arg-type]
+            _pack_crc_head(mm, start, length, _crc32(body, length))  # type: ignore[arg-type]
             mm[start + 8 : start + length] = body  # type: ignore[index]
             self.head = head = head + padded
             self.seq = seq
