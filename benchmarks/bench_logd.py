@@ -482,14 +482,19 @@ def main() -> int:
                 verdict(ok) if ok is not None else "",
             ]
         )
+
+    def side(value: float, limit: float) -> str:
+        return "above" if value > limit else "at or below"
+
     cost_note = (
-        f"Where the producer time goes (this run): Handler - NullHandler = "
-        f"{(handler - floor) / 1000:.2f} µs, of which the bare-store handler - NullHandler = "
-        f"{(bare_handler - floor) / 1000:.2f} µs is the least any pure-Python ring handler "
-        f"adds (getMessage and the store); the direct API costs {direct / 1000:.2f} µs "
-        f"against a bare inline store of {bare / 1000:.2f} µs, the rest being the call "
-        f"layers (Logger method, client, producer), the lock shared by threads and the "
-        f"wrap and full-ring checks."
+        f"Where the producer time goes (this run). Direct API: the bare inline store alone "
+        f"took {bare / 1000:.2f} µs, {side(bare, 1000)} the 1 µs target; ours took "
+        f"{direct / 1000:.2f} µs, {format_ratio(direct / bare)} of it, the difference being "
+        f"the call layers (Logger method, producer), the lock shared by threads, the "
+        f"per-logger cache lookup and the wrap and full-ring checks. Handler: one that does "
+        f"only getMessage and the bare store added {(bare_handler - floor) / 1000:.2f} µs to "
+        f"the NullHandler call, {side(bare_handler - floor, 1500)} the 1.5 µs the target "
+        f"allows; ours added {(handler - floor) / 1000:.2f} µs."
     )
     counts = [1, 2] if args.quick else [1, 2, 4, 8]
     per = 5000 if args.quick else 100000
@@ -530,12 +535,14 @@ def main() -> int:
              "0" if kind == "ashmem" else "", verdict(lost == 0) if kind == "ashmem" else ""]
         )  # fmt: skip
     notes = [
-        "Producer cost: median over rounds of the mean per call; ratio to the NullHandler "
-        "floor (the whole stdlib logging call with a handler that does nothing). Targets from "
-        "issue 9. The two 'floor:' rows bound what pure Python can do (see "
-        "benchmarks/bench_logd.py): a target below its bound is MISSED by any pure-Python "
-        "producer, ours included. The QueueHandler peer only hands a record to a feeder "
-        "thread; what that costs on SIGKILL is in the loss rows.",
+        "Producer cost: median over rounds of the mean per call; 'vs NullHandler' is the "
+        "ratio to the NullHandler floor (the whole stdlib logging call with a handler that "
+        "does nothing). Targets from "
+        "issue 9. The 'floor:' rows time the least pure Python can do for the same work, "
+        "in the same run (see benchmarks/bench_logd.py); where a floor is above a target, "
+        "no pure-Python producer or collector meets that target on this machine at this "
+        "load. The QueueHandler peer only hands a record to a feeder thread; what that "
+        "costs on SIGKILL is in the loss rows.",
         cost_note,
         "Throughput: producers log with the direct API into 4 MiB rings; one collector on "
         "this 2-core machine, so more producers share the cores with it.",
@@ -550,7 +557,7 @@ def main() -> int:
     publish(
         "logd",
         "Log collection (ashmem.logd)",
-        ["benchmark", "peer", "result", "vs floor", "target", "verdict"],
+        ["benchmark", "peer", "result", "vs NullHandler", "target", "verdict"],
         rows,
         notes,
         readme=not args.no_readme,
