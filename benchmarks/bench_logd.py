@@ -20,8 +20,9 @@ floor: bare record store, inline
     bound for the direct API (whose target is 1 µs); the records it writes are drained and
     decoded at the end to show that they are real.
 floor: logging + bare-store handler
-    The stdlib logger with a handler whose ``handle()`` is ``record.getMessage()`` plus the
-    same inline store: the bound for any pure-Python shared-memory ``logging`` handler.
+    The stdlib logger with a handler whose ``handle()`` is ``record.getMessage()``, a
+    lookup of the pre-encoded names (a record's logger and level are only known there) and
+    the same inline store: the bound for any pure-Python shared-memory ``logging`` handler.
     Minus the NullHandler row it is what such a handler must add to logging; compare that
     with the 1.5 µs the target allows.
 logging.FileHandler
@@ -170,8 +171,8 @@ def _bare_store_loop(ring: _BareRing, n: int, logger: str) -> float:
 
 
 class _BareStoreHandler(logging.Handler):
-    """The Handler's floor: ``handle()`` is ``getMessage()`` and the inline store, nothing
-    else (no filter, no lock, no wrap or full-ring check)."""
+    """The Handler's floor: ``handle()`` is ``getMessage()``, the names' lookup and the
+    inline store, nothing else (no filter, no lock, no wrap or full-ring check)."""
 
     def __init__(self, ring: _BareRing) -> None:
         super().__init__()
