@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import fdpass
 from .._shared_memory import Mapping, SharedMemory
@@ -541,11 +541,29 @@ class Logger:
         extra_s = json.dumps(extra, default=repr) if extra else "{}"
         _get().write(level, levelname, self.name, message, exc, extra_s, time_ns)
 
-    debug = _level_method(logging.DEBUG, "Log at DEBUG.")
-    info = _level_method(logging.INFO, "Log at INFO.")
-    warning = _level_method(logging.WARNING, "Log at WARNING.")
-    error = _level_method(logging.ERROR, "Log at ERROR.")
-    critical = _level_method(logging.CRITICAL, "Log at CRITICAL.")
+    if TYPE_CHECKING:  # the signatures _level_method's closures have, for type checkers
+
+        def debug(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at DEBUG."""
+
+        def info(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at INFO."""
+
+        def warning(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at WARNING."""
+
+        def error(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at ERROR."""
+
+        def critical(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at CRITICAL."""
+
+    else:
+        debug = _level_method(logging.DEBUG, "Log at DEBUG.")
+        info = _level_method(logging.INFO, "Log at INFO.")
+        warning = _level_method(logging.WARNING, "Log at WARNING.")
+        error = _level_method(logging.ERROR, "Log at ERROR.")
+        critical = _level_method(logging.CRITICAL, "Log at CRITICAL.")
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **extra: Any) -> None:
         """Log at ERROR with the exception being handled."""
