@@ -80,6 +80,56 @@ def test_half_visible_record_waits_then_is_accepted() -> None:
     assert [_ring.decode(r).message for r in drain.take()] == ["first"]
 
 
+def test_write_plain_stores_the_same_bytes_as_write_log() -> None:
+    """The cached fast path and the general path, record for record, wraps, pads, drops
+    and truncation included: the two rings must stay byte for byte the same."""
+    rng = random.Random(5)
+    mm_a, plain = _producer(8192, on_full="drop")
+    mm_b, full = _producer(8192, on_full="drop")
+    plain.process = full.process = "Worker-1"
+    plain._proc = b"Worker-1"
+    drain_a, drain_b = _ring.Drain(mm_a), _ring.Drain(mm_b)
+    loggers = ["app", "app.db", "\u00e9t\u00e9.\u4e2d", "x" * 2000, ""]
+    levels = [(20, "INFO"), (10, "DEBUG"), (20, "NOTE"), (-5, "NEG"), (70000, "L" * 300)]
+    for i in range(3000):
+        levelno, levelname = rng.choice(levels)
+        logger = rng.choice(loggers)
+        message = rng.choice([f"m{i}", "\ud800 lone surrogate", "z" * rng.randrange(0, 900)])
+        if rng.random() < 0.01:
+            message = "y" * 10_000  # past the ring's record budget: truncated
+        args = (levelno, levelname, logger, message)
+        a = plain.write_plain(*args, time_ns=i, tid=77)
+        b = full.write_log(*args, "Worker-1", None, "{}", i, 77)
+        assert a == b
+        assert mm_a[:] == mm_b[:], f"record {i} differs"
+        if rng.random() < 0.2:
+            assert drain_a.take() == drain_b.take()
+            drain_a.commit()
+            drain_b.commit()
+    assert plain.dropped_total == full.dropped_total > 0
+
+
+def test_write_plain_follows_a_renamed_level() -> None:
+    mm, p = _producer()
+    p.write_plain(20, "INFO", "app", "before", 1, 2)
+    p.write_plain(20, "NOTE", "app", "after", 1, 2)  # logging.addLevelName(20, "NOTE")
+    p.write_plain(20, "NOTE", "other", "other logger", 1, 2)
+    got = [_ring.decode(r) for r in _ring.Drain(mm).take()]
+    assert [(r.levelname, r.levelno, r.logger) for r in got] == [
+        ("INFO", 20, "app"),
+        ("NOTE", 20, "app"),
+        ("NOTE", 20, "other"),
+    ]
+
+
+def test_write_plain_cache_is_bounded() -> None:
+    _mm, p = _producer(1 << 16, on_full="drop")
+    for i in range(5000):
+        p.write_plain(20, "INFO", f"logger.{i}", "m", 1, 2)
+    assert 0 < p._stamp_count <= 4096
+    assert sum(len(levels) for levels in p._stamps.values()) == p._stamp_count
+
+
 def test_garbage_ring_never_crashes_the_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_ring.Drain, "GRACE", 0.0)
     rng = random.Random(9)

@@ -29,7 +29,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import fdpass
 from .._shared_memory import Mapping, SharedMemory
@@ -151,6 +152,7 @@ class _Client:
             block_timeout=float(settings.get("block_timeout", 5.0)),
             wake=self._wake,
             pid=self.pid,
+            process=self.process,
         )
 
     def _wake(self) -> None:
@@ -185,23 +187,43 @@ class _Client:
         extra: str,
         time_ns: int,
     ) -> bool:
-        # gettid(2) once per thread, not per record: system calls are what we avoid here.
         try:
             tid = _thread_ids.tid
         except AttributeError:
-            tid = _thread_ids.tid = threading.get_native_id()
+            tid = _thread_id()
         with self.lock:
             producer = self.producer
             if producer is None:
                 return False
             if time_ns >= self.next_check_ns:
-                self.next_check_ns = time_ns + _RECONNECT_NS
-                self._check()
-                if not self.ever_connected:
-                    producer.on_full = "drop"
+                self._tick(producer, time_ns)
             return producer.write_log(
                 levelno, levelname, name, message, self.process, exc, extra, time_ns, tid
             )
+
+    def write_plain(
+        self, levelno: int, levelname: str, name: str, message: str, time_ns: int
+    ) -> bool:
+        """``write`` of a record with no traceback and no extra: the common case, which
+        ``Producer.write_plain`` serves from bytes it encoded once per logger and level."""
+        try:
+            tid = _thread_ids.tid
+        except AttributeError:
+            tid = _thread_id()
+        with self.lock:
+            producer = self.producer
+            if producer is None:
+                return False
+            if time_ns >= self.next_check_ns:
+                self._tick(producer, time_ns)
+            return producer.write_plain(levelno, levelname, name, message, time_ns, tid)
+
+    def _tick(self, producer: Producer, time_ns: int) -> None:
+        """Once a second, from a write (lock held): check the connection."""
+        self.next_check_ns = time_ns + _RECONNECT_NS
+        self._check()
+        if not self.ever_connected:
+            producer.on_full = "drop"
 
     def flush(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -267,6 +289,16 @@ _client_lock = threading.Lock()
 
 _thread_ids = threading.local()
 _ring_file: str | None = None  # embedded mode: back this process's ring with this file
+
+
+def _thread_id() -> int:
+    """This thread's kernel tid, kept per thread: gettid(2) once per thread, not per
+    record (system calls are what the write path avoids)."""
+    tid = threading.get_native_id()
+    if not 0 <= tid <= 0xFFFFFFFF:  # the ring stores 32 bits
+        tid = 0
+    _thread_ids.tid = tid
+    return tid
 
 
 def _get() -> _Client:
@@ -373,6 +405,9 @@ class Handler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         """Filter, then emit without ``logging.Handler``'s lock: the ring has its own."""
+        if not self.filters:  # what filter() would answer, without the call
+            self.emit(record)
+            return True
         rv = self.filter(record)
         if rv:
             if isinstance(rv, logging.LogRecord):  # Python 3.12+: a filter may replace it
@@ -381,9 +416,31 @@ class Handler(logging.Handler):
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
-        time_ns = time.time_ns()
+        time_ns = _time_ns()
         try:
             message = record.getMessage()
+            if (
+                len(record.__dict__) <= _PLAIN_SIZE
+                and not record.exc_info
+                and not record.exc_text
+                and not record.stack_info
+            ):
+                # No extra, no traceback: the common case. _Client.write_plain inlined (a
+                # call layer is a tenth of the budget): tid, lock, once-a-second check.
+                client = _client or _new_client()
+                try:
+                    tid = _thread_ids.tid
+                except AttributeError:
+                    tid = _thread_id()
+                with client.lock:
+                    producer = client.producer
+                    if producer is not None:
+                        if time_ns >= client.next_check_ns:
+                            client._tick(producer, time_ns)
+                        producer.write_plain(
+                            record.levelno, record.levelname, record.name, message, time_ns, tid
+                        )
+                return
             exc = None
             if record.exc_info:
                 exc = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
@@ -406,11 +463,50 @@ class Handler(logging.Handler):
             self.handleError(record)
 
 
+_time_ns = time.time_ns
+# logging's own table of level names, which ``logging.addLevelName`` changes in place: the
+# direct API stores the name ``logging.getLevelName`` would give, without the call.
+_level_names = logging._levelToName
+
+
+def _level_method(level: int, doc: str) -> Callable[..., None]:
+    """``Logger.info`` and its siblings: ``Logger.log`` at a fixed level, with the plain
+    case (no ``exc_info``, no extra) written in the fewest steps."""
+
+    def method(
+        self: Logger, msg: object, *args: object, exc_info: Any = None, **extra: Any
+    ) -> None:
+        if level < self.level:
+            return
+        if exc_info or extra:
+            self.log(level, msg, *args, exc_info=exc_info, **extra)
+            return
+        time_ns = _time_ns()
+        message = str(msg) % args if args else str(msg)
+        levelname = _level_names.get(level) or logging.getLevelName(level)
+        # _Client.write_plain inlined, as in Handler.emit.
+        client = _client or _new_client()
+        try:
+            tid = _thread_ids.tid
+        except AttributeError:
+            tid = _thread_id()
+        with client.lock:
+            producer = client.producer
+            if producer is not None:
+                if time_ns >= client.next_check_ns:
+                    client._tick(producer, time_ns)
+                producer.write_plain(level, levelname, self.name, message, time_ns, tid)
+
+    method.__doc__ = doc
+    return method
+
+
 class Logger:
     """The direct API: like a ``logging.Logger`` that writes straight into the ring, with
     less overhead (no LogRecord, no handler chain). Made by ``get_logger(name)``.
 
-    Keyword arguments other than ``exc_info`` become the record's ``extra``.
+    Keyword arguments other than ``exc_info`` become the record's ``extra``. The level name
+    stored is the one ``logging.getLevelName`` gives (``logging.addLevelName`` applies).
 
     >>> log = get_logger("app.db")
     >>> log.info("connected to %s", "db1", shard=3)
@@ -428,8 +524,12 @@ class Logger:
         """Write one record at ``level`` (an int, as in ``logging``)."""
         if level < self.level:
             return
-        time_ns = time.time_ns()
+        time_ns = _time_ns()
         message = str(msg) % args if args else str(msg)
+        levelname = _level_names.get(level) or logging.getLevelName(level)
+        if not exc_info and not extra:
+            (_client or _new_client()).write_plain(level, levelname, self.name, message, time_ns)
+            return
         exc = None
         if exc_info:
             if exc_info is True:
@@ -439,35 +539,31 @@ class Logger:
             if exc_info[0] is not None:
                 exc = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
         extra_s = json.dumps(extra, default=repr) if extra else "{}"
-        _get().write(level, logging.getLevelName(level), self.name, message, exc, extra_s, time_ns)
+        _get().write(level, levelname, self.name, message, exc, extra_s, time_ns)
 
-    def debug(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
-        """Log at DEBUG."""
-        self.log(logging.DEBUG, msg, *args, exc_info=exc_info, **extra)
+    if TYPE_CHECKING:  # the signatures _level_method's closures have, for type checkers
 
-    def info(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
-        """Log at INFO."""
-        if self.level > logging.INFO:
-            return
-        time_ns = time.time_ns()
-        message = str(msg) % args if args else str(msg)
-        if exc_info:
-            self.log(logging.INFO, msg, *args, exc_info=exc_info, **extra)
-            return
-        extra_s = json.dumps(extra, default=repr) if extra else "{}"
-        _get().write(logging.INFO, "INFO", self.name, message, None, extra_s, time_ns)
+        def debug(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at DEBUG."""
 
-    def warning(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
-        """Log at WARNING."""
-        self.log(logging.WARNING, msg, *args, exc_info=exc_info, **extra)
+        def info(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at INFO."""
 
-    def error(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
-        """Log at ERROR."""
-        self.log(logging.ERROR, msg, *args, exc_info=exc_info, **extra)
+        def warning(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at WARNING."""
 
-    def critical(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
-        """Log at CRITICAL."""
-        self.log(logging.CRITICAL, msg, *args, exc_info=exc_info, **extra)
+        def error(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at ERROR."""
+
+        def critical(self, msg: object, *args: object, exc_info: Any = None, **extra: Any) -> None:
+            """Log at CRITICAL."""
+
+    else:
+        debug = _level_method(logging.DEBUG, "Log at DEBUG.")
+        info = _level_method(logging.INFO, "Log at INFO.")
+        warning = _level_method(logging.WARNING, "Log at WARNING.")
+        error = _level_method(logging.ERROR, "Log at ERROR.")
+        critical = _level_method(logging.CRITICAL, "Log at CRITICAL.")
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **extra: Any) -> None:
         """Log at ERROR with the exception being handled."""
