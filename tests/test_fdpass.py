@@ -462,3 +462,70 @@ def test_received_region_name_after_sender_and_receiver_closed() -> None:
         m.close()
         with pytest.raises(ashmem.ClosedError, match="'both-closed' is closed"):
             got.map_read_only()
+
+
+def test_received_region_size_is_read_lazily_and_right_every_way(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The receive path reads no size (one F_GET_SEALS is its whole check); whichever comes
+    first, a whole-region map (mmap's own fstat), a window, dup(), size, len() or close(),
+    the size is the region's, also after the sender closed its copy."""
+    a, b = pair
+    size = 3 * 4096 + 904  # not a whole number of pages: mmap must not round it
+    shm = SharedMemory.create("lazy-size", size)
+    with shm.map_read_write() as m:
+        m[-1] = 7
+    for _ in range(5):
+        fdpass.send(a, shm)
+    shm.close()
+    received = []
+    for _ in range(5):
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        assert got._size_pending  # nothing read at receive time
+        received.append(got)
+    mapped, windowed, duped, asked, closed = received
+    with mapped.map_read_only() as m:
+        assert (len(m), m.size(), m[-1]) == (size, size, 7)
+    assert not mapped._size_pending
+    assert (mapped.size, len(mapped)) == (size, size)
+    with windowed.map(ashmem.PROT_READ, offset=4096) as w:
+        assert (len(w), w[-1]) == (size - 4096, 7)
+    with duped.dup() as copy:
+        assert (copy.size, duped.size) == (size, size)
+    assert (asked.size, len(asked)) == (size, size)
+    closed.close()  # never mapped, size never asked: a closed region still tells it
+    assert (closed.size, len(closed)) == (size, size)
+    assert f"size={size} closed" in repr(closed)
+    for got in received:
+        got.close()
+
+
+@pytest.mark.parametrize("what", ["pipe", "regular file", "socket"])
+def test_a_descriptor_that_is_not_a_memfd_is_not_a_region(
+    pair: tuple[socket.socket, socket.socket], what: str, tmp_path: object
+) -> None:
+    """Without an fstat on the receive path, F_GET_SEALS alone must refuse every
+    descriptor that is not a sealable memfd (it fails on files that cannot carry seals)."""
+    a, b = pair
+    closers: list[int] = []
+    if what == "pipe":
+        fd, w = os.pipe()
+        closers.append(w)
+    elif what == "regular file":
+        fd = os.open(os.path.join(str(tmp_path), "f"), os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, 4096)
+    else:
+        s1, s2 = socket.socketpair()
+        fd = s1.detach()
+        closers.append(s2.detach())
+    closers.append(fd)
+    before = open_fd_count()
+    try:
+        _send_raw(a, _raw_frame(1, b"\x01", b""), [fd])
+        with pytest.raises(ashmem.MessageError, match="not one"):
+            fdpass.recv(b, 1)
+        assert open_fd_count() == before
+    finally:
+        for c in closers:
+            os.close(c)

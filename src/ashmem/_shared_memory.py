@@ -265,6 +265,10 @@ class SharedMemory(Closing):
     _name: str | None = None
     _name_pending: bool = False
     _size: int = 0
+    # True for a received region whose size nobody needed yet (``_adopt_sealed``): ``_size``
+    # is then not yet read. Every reader of ``_size`` goes through ``_known_size()`` or, for
+    # the whole-region maps, lets ``mmap`` read it (it ``fstat``s the fd anyway).
+    _size_pending: bool = False
     _populate: bool | None = False
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -364,6 +368,30 @@ class SharedMemory(Closing):
         return shm
 
     @classmethod
+    def _adopt_sealed(cls, fd: int) -> SharedMemory:
+        """Wrap an fd already checked with ``region._sealed_region``, size not yet read: the
+        received-region path, where ``map_read_only()`` lets ``mmap``'s own ``fstat`` find the
+        size and ``size``/``len()``/``close()`` read it only if nothing mapped the region
+        first. The size is sealed, so reading it later gives what reading it now would.
+        Never raises, like ``_adopt``."""
+        shm = _new_object(cls)
+        shm._fd = fd
+        shm._size_pending = True
+        shm._name_pending = True
+        return shm
+
+    def _known_size(self) -> int:
+        """``_size``, read from the fd first if it is still pending."""
+        if self._size_pending:
+            self._size_pending = False
+            try:
+                self._size = os.fstat(self._fd).st_size
+            except OSError as exc:  # our own open fd: only if someone closed it under us
+                self._size_pending = True
+                raise _sys.translate(exc, "read the size", self.name) from exc
+        return self._size
+
+    @classmethod
     def from_pid(cls, pid: int, fd: int) -> SharedMemory:
         """Copy fd number ``fd`` out of process ``pid`` (``pidfd_getfd``, Linux 5.6).
 
@@ -415,11 +443,11 @@ class SharedMemory(Closing):
     @property
     def size(self) -> int:
         """Size in bytes; fixed for the region's lifetime."""
-        return self._size
+        return self._known_size() if self._size_pending else self._size
 
     def __len__(self) -> int:
         """``len(shm)`` is its size in bytes."""
-        return self._size
+        return self._known_size() if self._size_pending else self._size
 
     @property
     def closed(self) -> bool:
@@ -533,6 +561,7 @@ class SharedMemory(Closing):
             )
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
+        self._known_size()
         if length is None:
             length = self._size - offset
             if length <= 0:
@@ -571,7 +600,7 @@ class SharedMemory(Closing):
         mapping = self._map_whole(_PROT_RW, populate)
         want = self._populate if populate is None else populate
         if want is None:  # create()'s default: prefault where faults would cost more
-            want = self._size >= POPULATE_AUTO_MIN
+            want = self._known_size() >= POPULATE_AUTO_MIN
         if want:
             _populate(mapping)
         return mapping
@@ -592,15 +621,21 @@ class SharedMemory(Closing):
             raise self._closed_error()
         if populate is not None and populate is not True and populate is not False:
             _check_populate(populate)
+        # A received region's size is still pending: length 0 maps the whole file, and mmap
+        # reads its size with the fstat it makes anyway (one fstat per received region).
+        length = 0 if self._size_pending else self._size
         try:
-            mapping = _mmap_new(Mapping, fd, self._size, _MAP_SHARED, prot, 0, 0, **_MMAP_EXTRA)
+            mapping = _mmap_new(Mapping, fd, length, _MAP_SHARED, prot, 0, 0, **_MMAP_EXTRA)
         except OSError as exc:
             doing = "map read-write" if prot & PROT_WRITE else "map read-only"
             raise _sys.translate(exc, doing, self.name) from exc
+        if not length:
+            self._size = length = len(mapping)
+            self._size_pending = False
         mapping._region = self._name
         mapping._readonly = prot == PROT_READ
         mapping._offset = 0
-        mapping._region_size = self._size
+        mapping._region_size = length
         return mapping
 
     # -- lifetime -------------------------------------------------------------------------
@@ -611,7 +646,7 @@ class SharedMemory(Closing):
             fd = os.dup(self.fileno())
         except OSError as exc:
             raise _sys.translate(exc, "duplicate the fd", self.name) from exc
-        return SharedMemory._new(fd, self.name, self._size, self._populate)
+        return SharedMemory._new(fd, self.name, self._known_size(), self._populate)
 
     def close(self) -> None:
         """Close the fd. Idempotent. Mappings made from this object stay valid."""
@@ -620,6 +655,9 @@ class SharedMemory(Closing):
             return
         if self._name_pending:
             self.name  # noqa: B018 - resolve the debug name while the fd still exists
+        if self._size_pending:  # never mapped: a closed region still tells its size
+            with contextlib.suppress(OSError):
+                self._known_size()
         self._fd = -1
         _release_pins(fd)  # this process's pins end with its last fd
         os.close(fd)
@@ -636,7 +674,7 @@ class SharedMemory(Closing):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<ashmem.SharedMemory {self.name!r} size={self._size} {state}>"
+        return f"<ashmem.SharedMemory {self.name!r} size={self.size} {state}>"
 
 
 def _check_int(value: object, what: str) -> None:

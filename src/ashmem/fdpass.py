@@ -397,10 +397,11 @@ def recv(
             fd = fds[0]
             kind = kinds[0]
             if kind == _KIND_REGION:
-                size = region._region_size(fd)
-                if size is None:
+                # One F_GET_SEALS: a memfd with its size sealed. Its size is read by the
+                # first map (mmap's own fstat) or the first size/len(), never twice.
+                if not region._sealed_region(fd):
                     raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
-                return data, [SharedMemory._adopt(fd, size)]
+                return data, [SharedMemory._adopt_sealed(fd)]
             if kind == _KIND_FD:
                 return data, [fd]
             raise MessageError(f"unknown descriptor kind {kind}")

@@ -456,6 +456,20 @@ def _region_size(fd: int) -> int | None:
     return st.st_size
 
 
+def _sealed_region(fd: int) -> bool:
+    """Whether ``fd`` (an int >= 0 the kernel just gave us) is a region, in one syscall:
+    ``F_GET_SEALS`` fails (``EINVAL``) on anything but shmem and hugetlbfs files, which are
+    regular files, and only a memfd made with ``MFD_ALLOW_SEALING`` can carry
+    ``F_SEAL_GROW | F_SEAL_SHRINK`` (see ``region_size``). So this is ``_region_size`` without
+    its ``fstat``: the size is left to whoever needs it first (``mmap`` reads it anyway to
+    map the whole file). Borrows ``fd``."""
+    try:
+        seals = fcntl.fcntl(fd, _sys.F_GET_SEALS)
+    except (OSError, OverflowError):
+        return False
+    return seals & _SIZE_SEALS == _SIZE_SEALS
+
+
 def check_region(fd: int) -> int:
     """The size of the region behind ``fd``, or an exception that says what ``fd`` is
     instead: ``TypeError`` if it is not an int, ``OSError(EBADF)`` if it is not an open
