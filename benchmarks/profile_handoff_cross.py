@@ -29,8 +29,10 @@ instrumented
     switches over the window. The producer records how long its send call took.
 
 ``--cold`` also measures, in one process, the consumer's receive + map and the producer's
-send with and without a 1 ms sleep before each operation: what the same Python costs when
-the caches are cold, as they are after the benchmark's pause.
+send back to back, after a 1 ms sleep (the CPU idles, as in the benchmark's pause) and after
+a 1 ms busy spin: what the same work costs when it starts cold; then single kernel calls of
+the receive path (``recvmsg`` with fdpass's buffers and with ``recv_fds``', ``F_GET_SEALS``,
+``fstat``) back to back and right after a 1 ms sleep.
 
     python benchmarks/profile_handoff_cross.py [--rounds 7] [--per-round 40] [--cold]
 """
@@ -339,6 +341,67 @@ def cold(loops: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def cold_pieces(loops: int) -> dict[str, dict[str, float]]:
+    """Single kernel calls of the receive path, back to back and each right after a 1 ms
+    sleep: ``recvmsg`` into fdpass's buffers (a full frame, 64 KiB + 265 bytes, and room
+    for 253 fds) against ``recv_fds``' (16 bytes, one fd), ``F_GET_SEALS``, ``fstat``."""
+    import fcntl
+
+    from ashmem import _sys
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    shm = ashmem.SharedMemory.create("profile-pieces", SIZE)
+    fds, frame = [shm.fileno()], [_FRAME]
+    big = (fdpass._DGRAM_FRAME, fdpass._CMSG_SPACE, fdpass._MSG_CMSG_CLOEXEC)
+    small = (16, socket.CMSG_SPACE(4), fdpass._MSG_CMSG_CLOEXEC)
+    clock = time.perf_counter_ns
+    out: dict[str, dict[str, float]] = {}
+    gc.disable()
+    try:
+        for pause in ("none", "sleep"):
+            stamps: dict[str, list[int]] = {
+                k: []
+                for k in (
+                    "recvmsg, fdpass's buffers",
+                    "recvmsg, 16 B + 1 fd",
+                    "F_GET_SEALS",
+                    "fstat",
+                )
+            }
+            for i in range(loops):
+                for key, sizes in (
+                    (("recvmsg, fdpass's buffers", big), ("recvmsg, 16 B + 1 fd", small))
+                    if i % 2
+                    else (("recvmsg, 16 B + 1 fd", small), ("recvmsg, fdpass's buffers", big))
+                ):
+                    socket.send_fds(a, frame, fds)
+                    _pause(pause)
+                    t0 = clock()
+                    _, anc, _, _ = b.recvmsg(*sizes)
+                    stamps[key].append(clock() - t0)
+                    fd = struct.unpack("i", anc[0][2])[0]
+                    _pause(pause)
+                    t0 = clock()
+                    fcntl.fcntl(fd, _sys.F_GET_SEALS)
+                    t1 = clock()
+                    _pause(pause)
+                    t2 = clock()
+                    os.fstat(fd)
+                    t3 = clock()
+                    stamps["F_GET_SEALS"].append(t1 - t0)
+                    stamps["fstat"].append(t3 - t2)
+                    os.close(fd)
+            out["back to back" if pause == "none" else "1 ms sleep first"] = {
+                k: median(v) for k, v in stamps.items()
+            }
+    finally:
+        gc.enable()
+        shm.close()
+        a.close()
+        b.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -377,6 +440,10 @@ def main() -> None:
                 f"(+{fsend - send:.2f}); receive + map: bare {recv:.2f} µs, ashmem {rmap:.2f} µs "
                 f"(+{rmap - recv:.2f})"
             )
+    if args.cold:
+        print(f"\none kernel call at a time, {args.cold_loops} each")
+        for label, row in cold_pieces(args.cold_loops).items():
+            print(f"{label:<18} " + ", ".join(f"{k} {v / 1000:.2f} µs" for k, v in row.items()))
     with open("/proc/loadavg", encoding="utf-8") as f:
         print("load average at end:", f.read().split()[:3])
 
