@@ -600,7 +600,7 @@ class SharedMemory(Closing):
         mapping = self._map_whole(_PROT_RW, populate)
         want = self._populate if populate is None else populate
         if want is None:  # create()'s default: prefault where faults would cost more
-            want = self._known_size() >= POPULATE_AUTO_MIN
+            want = self._size >= POPULATE_AUTO_MIN  # known: _map_whole read it if pending
         if want:
             _populate(mapping)
         return mapping
