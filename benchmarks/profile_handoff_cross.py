@@ -28,6 +28,10 @@ instrumented
     the thread's user / system time, minor faults and voluntary / involuntary context
     switches over the window. The producer records how long its send call took.
 
+A third placement, *unpinned*, leaves both processes on every CPU as bench_handoff's size
+table does; "same CPU" is the share of plain hand-offs whose consumer ran on the CPU the
+producer sent from.
+
 ``--cold`` also measures, in one process, the consumer's receive + map and the producer's
 send back to back, after a 1 ms sleep (the CPU idles, as in the benchmark's pause) and after
 a 1 ms busy spin: what the same work costs when it starts cold; then single kernel calls of
@@ -40,6 +44,7 @@ the receive path (``recvmsg`` with fdpass's buffers and with ``recv_fds``', ``F_
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import mmap
 import multiprocessing
@@ -69,6 +74,7 @@ _FRAME = struct.pack("<4sBBHI", b"ASF1", 0, 0, 1, 0) + b"\x01"
 _REPORT = struct.Struct("<qqqqqqqqB")
 _PROT_READ = mmap.PROT_READ
 _RUSAGE_THREAD = resource.RUSAGE_THREAD
+sched_getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu  # the CPU this thread is on
 
 
 # -- consumer -----------------------------------------------------------------------------
@@ -109,6 +115,7 @@ def _release(m: Any, owner: Any) -> None:
 
 def consumer(ctrl: socket.socket, sock: socket.socket) -> None:
     """Loop on commands from ``ctrl``: ``pin CPU``, ``VARIANT MODE COUNT``, ``stop``."""
+    everywhere = os.sched_getaffinity(0)
     poll = select.poll()
     poll.register(sock, select.POLLIN)
     getrusage, thread_time, clock = resource.getrusage, time.thread_time_ns, time.perf_counter_ns
@@ -118,7 +125,8 @@ def consumer(ctrl: socket.socket, sock: socket.socket) -> None:
         if not command or command == "stop":
             return
         if command.startswith("pin "):
-            os.sched_setaffinity(0, {int(command.split()[1])})
+            where = command.split()[1]
+            os.sched_setaffinity(0, everywhere if where == "all" else {int(where)})
             ctrl.send(b"pinned")
             continue
         variant, mode, count = command.split()
@@ -129,7 +137,8 @@ def consumer(ctrl: socket.socket, sock: socket.socket) -> None:
                 ok = (m[0], m[-1]) == (0, 255)
                 t1 = clock()
                 _release(m, owner)
-                ctrl.send(pack(0, t1, 0, 0, 0, 0, 0, 0, ok))
+                # plain: the CPU it ran on, in the work-CPU slot
+                ctrl.send(pack(0, t1, sched_getcpu(), 0, 0, 0, 0, 0, ok))
                 continue
             poll.poll()
             r0 = getrusage(_RUSAGE_THREAD)
@@ -187,6 +196,7 @@ def hand_off(
     out = []
     for _ in range(count):
         time.sleep(PAUSE_S)
+        mine = sched_getcpu()
         t0 = clock()
         send()
         ts = clock()
@@ -197,7 +207,10 @@ def hand_off(
             raise RuntimeError(f"{variant}: the consumer read the wrong bytes")
         wake = tw - t0 if tw else 0
         work = t1 - tw if tw else 0
-        out.append((t1 - t0, wake, work, cpu, user, system, minflt, nvcsw, nivcsw, ts - t0))
+        same = int(cpu == mine) if mode == "plain" else 0
+        if mode == "plain":
+            cpu = 0
+        out.append((t1 - t0, wake, work, cpu, user, system, minflt, nvcsw, nivcsw, ts - t0, same))
     return out
 
 
@@ -212,6 +225,7 @@ COLUMNS = (
     "vcsw",
     "ivcsw",
     "send call",
+    "same CPU",
 )
 _NS = {"latency", "wake", "work", "work CPU", "send call"}  # the other columns: µs or counts
 
@@ -233,11 +247,15 @@ def measure(rounds: int, per_round: int) -> dict[str, dict[str, dict[str, float]
         m[:] = bytes(range(256)) * (SIZE // 256)
     everywhere = os.sched_getaffinity(0)
     cpus = sorted(everywhere)
-    placements = {"same core": (cpus[0], cpus[0]), "different cores": (cpus[0], cpus[-1])}
+    placements: dict[str, tuple[int | str, int | str]] = {
+        "same core": (cpus[0], cpus[0]),
+        "different cores": (cpus[0], cpus[-1]),
+        "unpinned": ("all", "all"),  # as bench_handoff's size table: the scheduler places
+    }
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
         for placement, (mine, theirs) in placements.items():
-            os.sched_setaffinity(0, {mine})
+            os.sched_setaffinity(0, everywhere if mine == "all" else {int(mine)})
             ctrl.send(f"pin {theirs}".encode())
             if ctrl.recv(16) != b"pinned":
                 raise RuntimeError("the consumer did not confirm its placement")
@@ -257,8 +275,9 @@ def measure(rounds: int, per_round: int) -> dict[str, dict[str, dict[str, float]
                     row = table.setdefault(v, {})
                     if mode == "plain":
                         row["latency"] = median(r[0] for r in per[v])
+                        row["same CPU"] = sum(s[-1] for s in every[v]) / len(every[v])
                         continue
-                    for i, name in enumerate(COLUMNS[1:], start=1):
+                    for i, name in enumerate(COLUMNS[1:-1], start=1):
                         if name in _MEANS:  # rare or coarse: a median would hide them
                             row[name] = sum(s[i] for s in every[v]) / len(every[v])
                         else:
