@@ -529,3 +529,32 @@ def test_a_descriptor_that_is_not_a_memfd_is_not_a_region(
     finally:
         for c in closers:
             os.close(c)
+
+
+def test_regions_of_one_message_each_get_their_own_size(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The several-descriptor path adopts regions the same way: sizes read lazily, each the
+    right one; a non-region among them still fails the whole message, closing every fd."""
+    a, b = pair
+    small, large = SharedMemory.create("small", 4096), SharedMemory.create("large", 5 * 4096)
+    fdpass.send(a, [small, large])
+    small.close()
+    large.close()
+    _, items = fdpass.recv(b, maxfds=2)
+    got_small, got_large = items
+    assert isinstance(got_small, SharedMemory) and isinstance(got_large, SharedMemory)
+    assert got_small._size_pending and got_large._size_pending
+    with got_large.map_read_only() as m:
+        assert len(m) == 5 * 4096
+    assert (got_small.size, got_large.size) == (4096, 5 * 4096)
+    _close_items(items)
+    r, w = os.pipe()
+    with SharedMemory.create("real", 4096) as real:
+        before = open_fd_count()
+        _send_raw(a, _raw_frame(2, b"\x01\x01", b""), [real.fileno(), r])
+        with pytest.raises(ashmem.MessageError, match="not one"):
+            fdpass.recv(b, 2)
+        assert open_fd_count() == before
+    os.close(r)
+    os.close(w)

@@ -405,23 +405,18 @@ def recv(
             if kind == _KIND_FD:
                 return data, [fd]
             raise MessageError(f"unknown descriptor kind {kind}")
-        sizes: list[int | None] = []
         for fd, kind in zip(fds, kinds, strict=True):
             if kind == _KIND_REGION:
-                size = region._region_size(fd)
-                if size is None:
+                if not region._sealed_region(fd):
                     raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
-                sizes.append(size)
-            elif kind == _KIND_FD:
-                sizes.append(None)
-            else:
+            elif kind != _KIND_FD:
                 raise MessageError(f"unknown descriptor kind {kind}")
     except BaseException:
         _close_all(fds)
         raise
     items: list[SharedMemory | int] = [
-        fd if size is None else SharedMemory._adopt(fd, size)
-        for fd, size in zip(fds, sizes, strict=True)
+        SharedMemory._adopt_sealed(fd) if kind == _KIND_REGION else fd
+        for fd, kind in zip(fds, kinds, strict=True)
     ]
     return data, items
 
