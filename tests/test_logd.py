@@ -653,3 +653,41 @@ def test_rotate_daily_starts_a_new_segment_when_the_day_changes(tmp_path: Any) -
         for p in _segment.segment_paths(d)
     ]  # fmt: skip
     assert per_file == [["today", "tomorrow"], ["day after"]]
+
+
+def test_application_killed_collector_child_drains_exits_and_cleans_up(tmp_path: Any) -> None:
+    logs = str(tmp_path / "logs")
+    code = f"""
+import os, sys, ashmem.logd
+c = ashmem.logd.start({logs!r}, interval=0.005)
+log = ashmem.logd.get_logger("orphaned")
+for i in range(100):
+    log.info("r%d", i)
+print(c.pid, os.path.dirname(c.address), flush=True)
+sys.stdin.read()  # until the test kills us
+"""
+    app = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert app.stdout is not None
+        pid_s, private = app.stdout.readline().decode().split()
+        app.kill()  # no stop(), no flush(): the records are still in the application's ring
+        app.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while os.path.exists(f"/proc/{pid_s}") and time.monotonic() < deadline:
+            with open(f"/proc/{pid_s}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # exited; its reaper has not waited yet
+            time.sleep(0.02)
+        else:
+            assert not os.path.exists(f"/proc/{pid_s}"), "collector child did not exit"
+    finally:
+        with contextlib.suppress(OSError):
+            app.kill()
+        if app.stdin is not None:
+            app.stdin.close()
+        app.wait(timeout=60)
+    messages = [e.record.message for e in ashmem.logd.read(logs) if e.record.logger == "orphaned"]
+    assert messages == [f"r{i}" for i in range(100)]
+    assert not os.path.exists(private)

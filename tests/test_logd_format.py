@@ -3,6 +3,7 @@ damaged files, encryption, de-duplication after a collector restart."""
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import pathlib
@@ -59,6 +60,30 @@ def test_block_mode_gives_up_after_its_timeout_and_counts() -> None:
     while _log(p, "fill"):
         pass
     assert p.dropped == 1
+
+
+def test_block_mode_waits_once_per_stall_not_once_per_record() -> None:
+    # A collector that is gone or stuck must not cost every later log call a whole
+    # block_timeout: after one wait times out, records that do not fit are dropped at
+    # once (counted) until the collector frees room; then writes block again.
+    wakes: list[int] = []
+    mm, p = _producer(on_full="block", block_timeout=0.01, wake=lambda: wakes.append(1))
+    drain = _ring.Drain(mm)
+    while _log(p, "fill"):
+        pass
+    assert len(wakes) == 1  # the one wait that timed out
+    for _ in range(50):
+        assert not _log(p, "lost")
+    assert len(wakes) == 1 and p.dropped == 51
+    drain.take()
+    drain.commit()  # the collector is back and made room
+    assert _log(p, "after")
+    records = [_ring.decode(r) for r in drain.take()]
+    assert [r.message for r in records] == ["51 records dropped (ring full)", "after"]
+    drain.commit()
+    while _log(p, "fill again"):
+        pass
+    assert len(wakes) == 2  # full again: it waited again before dropping
 
 
 def test_oversized_record_is_truncated_not_lost() -> None:
@@ -233,9 +258,25 @@ def test_live_writer_tail_is_not_damage(tmp_path: object) -> None:
 def test_garbage_file_is_all_damage(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "seg-garbage.alog")
     with open(path, "wb") as f:
-        f.write(os.urandom(5000))
-    (item,) = list(_segment.read_segment(path))
-    assert isinstance(item, _segment.Damage) and item.reason == "bad file header"
+        f.write(b"\0" * 4 + os.urandom(4996))  # no file magic, whatever urandom gives
+    items = list(_segment.read_segment(path))
+    damages = [i for i in items if isinstance(i, _segment.Damage)]
+    assert damages == items
+    assert (damages[0].start, damages[0].end, damages[0].reason) == (0, 72, "bad file header")
+    # Every byte is reported: the header, then the rest up to the end of the file.
+    assert damages[-1].end == 5000
+    assert all(a.end == b.start for a, b in itertools.pairwise(damages))
+
+
+def test_damaged_file_header_keeps_the_blocks_after_it(tmp_path: object) -> None:
+    path = _write_segment(str(tmp_path), 3)
+    data = bytearray(pathlib.Path(path).read_bytes())
+    data[10] ^= 0xFF  # the header's creation time: its checksum no longer matches
+    pathlib.Path(path).write_bytes(data)
+    items = list(_segment.read_segment(path))
+    damages = [i for i in items if isinstance(i, _segment.Damage)]
+    assert [(d.start, d.end, d.reason) for d in damages] == [(0, 72, "bad file header")]
+    assert _messages(items) == [f"b{b}r{i}" for b in range(3) for i in range(20)]
 
 
 def test_encrypted_round_trip_and_key_errors(tmp_path: object) -> None:

@@ -266,6 +266,10 @@ def start(directory: str | os.PathLike[str], **options: Any) -> Collector:
     if settings.encrypt_to is not None:
         settings.encrypt_to = os.path.abspath(os.fspath(settings.encrypt_to))
     settings.check()
+    if settings.encrypt_to is not None:
+        from ._crypto import load_public
+
+        load_public(settings.encrypt_to)  # KeyFileError here, not in the collector's stderr
     if embedded:
         return EmbeddedCollector(os.fspath(directory), settings)
     return Collector(os.fspath(directory), settings)

@@ -18,6 +18,7 @@ a full ring drops (counted) instead of blocking: a program with no collector mus
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import json
 import logging
@@ -186,7 +187,11 @@ class _Client:
         exc: str | None,
         extra: str,
         time_ns: int,
+        process: str | None = None,
     ) -> bool:
+        """Write one record. ``process``: the process name to store (a LogRecord's
+        ``processName``; None there, as with ``logging.logProcesses = False``, stores "");
+        left out, this process's name as of the last check."""
         try:
             tid = _thread_ids.tid
         except AttributeError:
@@ -198,8 +203,9 @@ class _Client:
             if time_ns >= self.next_check_ns:
                 self._tick(producer, time_ns)
             return producer.write_log(
-                levelno, levelname, name, message, self.process, exc, extra, time_ns, tid
-            )
+                levelno, levelname, name, message,
+                self.process if process is None else process, exc, extra, time_ns, tid,
+            )  # fmt: skip
 
     def write_plain(
         self, levelno: int, levelname: str, name: str, message: str, time_ns: int
@@ -224,6 +230,10 @@ class _Client:
         self._check()
         if not self.ever_connected:
             producer.on_full = "drop"
+        # The direct API stores the process name as of the last check: a renamed
+        # multiprocessing.current_process() shows within a second.
+        self.process = _process_name()
+        producer.set_process(self.process)
 
     def flush(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -437,9 +447,16 @@ class Handler(logging.Handler):
                     if producer is not None:
                         if time_ns >= client.next_check_ns:
                             client._tick(producer, time_ns)
-                        producer.write_plain(
-                            record.levelno, record.levelname, record.name, message, time_ns, tid
-                        )
+                        if record.processName == producer.process:
+                            producer.write_plain(
+                                record.levelno, record.levelname, record.name, message,
+                                time_ns, tid,
+                            )  # fmt: skip
+                            return
+                _get().write(
+                    record.levelno, record.levelname, record.name, message, None, "{}",
+                    time_ns, record.processName or "",
+                )  # fmt: skip
                 return
             exc = None
             if record.exc_info:
@@ -456,6 +473,7 @@ class Handler(logging.Handler):
                 exc,
                 _extra(record.__dict__),
                 time_ns,
+                record.processName or "",
             )
         except RecursionError:
             raise
@@ -467,6 +485,23 @@ _time_ns = time.time_ns
 # logging's own table of level names, which ``logging.addLevelName`` changes in place: the
 # direct API stores the name ``logging.getLevelName`` would give, without the call.
 _level_names = logging._levelToName
+
+
+def _format_args(msg: object, args: tuple[object, ...]) -> str:
+    """The message when ``str(msg) % args`` raised: a single mapping argument formats
+    ``%(name)s`` fields, as in ``logging``; otherwise the record says what failed, so that
+    a bad format costs neither the record nor the caller an exception."""
+    if len(args) == 1 and isinstance(args[0], collections.abc.Mapping) and args[0]:
+        with contextlib.suppress(Exception):
+            return str(msg) % args[0]
+    try:
+        return str(msg) % args
+    except Exception as exc:
+        try:
+            shown = repr(args)
+        except Exception:
+            shown = f"{len(args)} arguments"
+        return f"{msg} (formatting with {shown} failed: {type(exc).__name__}: {exc})"
 
 
 def _level_method(level: int, doc: str) -> Callable[..., None]:
@@ -482,7 +517,13 @@ def _level_method(level: int, doc: str) -> Callable[..., None]:
             self.log(level, msg, *args, exc_info=exc_info, **extra)
             return
         time_ns = _time_ns()
-        message = str(msg) % args if args else str(msg)
+        if args:
+            try:
+                message = str(msg) % args
+            except Exception:
+                message = _format_args(msg, args)
+        else:
+            message = str(msg)
         levelname = _level_names.get(level) or logging.getLevelName(level)
         # _Client.write_plain inlined, as in Handler.emit.
         client = _client or _new_client()
@@ -525,7 +566,13 @@ class Logger:
         if level < self.level:
             return
         time_ns = _time_ns()
-        message = str(msg) % args if args else str(msg)
+        if args:
+            try:
+                message = str(msg) % args
+            except Exception:
+                message = _format_args(msg, args)
+        else:
+            message = str(msg)
         levelname = _level_names.get(level) or logging.getLevelName(level)
         if not exc_info and not extra:
             (_client or _new_client()).write_plain(level, levelname, self.name, message, time_ns)

@@ -186,10 +186,11 @@ class Producer:
     ``ring_id`` is written into a fresh header, unless ``resume`` is true: then the header
     already there is kept and writing continues after its ``head`` with ``next_seq``.
     ``on_full`` is ``"block"`` (wait up to ``block_timeout`` seconds for the collector to
-    make room, then drop) or ``"drop"``; drops are counted and a "N records dropped" record
-    is written, in order, before the next record that fits. ``wake`` is called (at most once
-    per wait) to ask the collector to drain now. ``process`` is the process name that
-    ``write_plain`` stores.
+    make room, then drop; after a wait has timed out, records that do not fit are dropped
+    without waiting until the collector frees room again) or ``"drop"``; drops are counted
+    and a "N records dropped" record is written, in order, before the next record that
+    fits. ``wake`` is called (at most once per wait) to ask the collector to drain now.
+    ``process`` is the process name that ``write_plain`` stores.
     """
 
     def __init__(
@@ -224,6 +225,7 @@ class Producer:
         # past it, write_log truncates.
         self._plain_budget = self._budget - 2
         self._names: dict[str, bytes] = {}
+        self._stalled = False  # a block wait timed out and no room has appeared since
         self.process = process
         self._proc = process.encode("utf-8", "replace")[:255]
         # write_plain's cache: logger -> levelno -> _Stamp (see there)
@@ -233,6 +235,14 @@ class Producer:
     def release(self) -> None:
         """Let go of the header view, so that the mapping can be closed."""
         self._words.release()
+
+    def set_process(self, process: str) -> None:
+        """The process name that ``write_plain`` stores from now on."""
+        if process != self.process:
+            self.process = process
+            self._proc = process.encode("utf-8", "replace")[:255]
+            self._stamps.clear()
+            self._stamp_count = 0
 
     def _free(self) -> int:
         tail = self._words[_TAIL_WORD]
@@ -262,8 +272,9 @@ class Producer:
 
     def _wait(self, need: int) -> bool:
         if self._free() >= need:
+            self._stalled = False
             return True
-        if self.on_full == "drop":
+        if self.on_full == "drop" or self._stalled:
             return False
         deadline = time.monotonic() + self.block_timeout
         if self.wake is not None:
@@ -274,6 +285,10 @@ class Producer:
             if self._free() >= need:
                 return True
             if time.monotonic() >= deadline:
+                # The collector made no room in a whole block_timeout: it is gone or
+                # stuck. Until it frees some, further records are dropped (counted) at
+                # once instead of each waiting block_timeout again.
+                self._stalled = True
                 return False
             pause = min(pause * 2, 0.01)
 

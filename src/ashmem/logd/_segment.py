@@ -235,7 +235,9 @@ class Entry:
         """The ``--json`` object: exactly the keys the CLI documents."""
         r = self.record
         try:
-            extra = json.loads(r.extra) if r.extra else {}
+            # NaN and the infinities (which json.dumps writes and strict parsers refuse)
+            # come out as the strings "NaN", "Infinity" and "-Infinity".
+            extra = json.loads(r.extra, parse_constant=str) if r.extra else {}
             if not isinstance(extra, dict):
                 extra = {"extra": extra}
         except ValueError:
@@ -397,11 +399,13 @@ def read_segment(path: str, offset: int = 0, *, key: Any = None) -> Iterator[Blo
             yield Damage(path, 0, len(head), "file shorter than its header")
         return
     magic, flags, _created, eph_pub, key_id = _FILE_HEAD.unpack_from(head)
-    if magic != FILE_MAGIC or zlib.crc32(head[:64]) != struct.unpack_from("<I", head, 64)[0]:
-        yield Damage(path, 0, _FILE_HEAD_SIZE, "bad file header")
-        return
     opener = None
-    if flags & _FLAG_ENCRYPTED:
+    if magic != FILE_MAGIC or zlib.crc32(head[:64]) != struct.unpack_from("<I", head, 64)[0]:
+        # Blocks carry their own magic and checksum: read on as if the file were not
+        # encrypted (without the header's ephemeral key an encrypted block cannot be
+        # opened, and shows as damage), so that the intact blocks still come out.
+        yield Damage(path, 0, _FILE_HEAD_SIZE, "bad file header")
+    elif flags & _FLAG_ENCRYPTED:
         from ._crypto import Opener
         from ._errors import KeyFileError
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -96,10 +97,19 @@ def run(args: argparse.Namespace) -> int:
             for path in generate_keys(args.out):
                 print(path)
             return 0
-        return _read(args)
+        code = _read(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
     except _Usage as exc:
         print(f"ashmem: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``ashmem log cat DIR | head``): stop quietly, as cat does.
+        # Python would report the failed flush of stdout at exit: point stdout elsewhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except (ImportError, OSError, ValueError) as exc:
         # KeyFileError is a ValueError; ImportError names the extra to install.
         print(f"ashmem: {exc}", file=sys.stderr)
@@ -143,6 +153,11 @@ def _logd(args: argparse.Namespace) -> int:
         listener.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
+        if args.parent_fd is not None:
+            # Started by start(): the socket's private directory is ours to remove too,
+            # also when the parent was killed before it could.
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))
     return 0
 
 
