@@ -186,6 +186,27 @@ class Children:
 
 
 @pytest.fixture
+def collector(tmp_path: Any) -> Iterator[Any]:
+    """A log collector (``ashmem.logd.start``) in a child process, stopped after the test."""
+    import ashmem.logd
+
+    c = ashmem.logd.start(str(tmp_path / "logs"), interval=0.005)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def logd_rows(collector: Any, logger: str) -> list[dict[str, Any]]:
+    """Flush, then the ``--json`` objects of ``logger``'s records in ``collector``'s files."""
+    import ashmem.logd
+
+    ashmem.logd.flush(timeout=30)
+    rows = [e.to_json() for e in ashmem.logd.read(collector.directory)]
+    return [r for r in rows if r["logger"] == logger]
+
+
+@pytest.fixture
 def children() -> Iterator[Children]:
     kids = Children()
     yield kids

@@ -29,15 +29,6 @@ from .conftest import Children
 ASHMEM = [sys.executable, "-m", "ashmem"]
 
 
-@pytest.fixture
-def collector(tmp_path: Any) -> Iterator[ashmem.logd.Collector]:
-    c = ashmem.logd.start(str(tmp_path / "logs"), interval=0.005)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def _by_pid(directory: str) -> dict[int, list[Any]]:
     out: dict[int, list[Any]] = {}
     for e in ashmem.logd.read(directory):

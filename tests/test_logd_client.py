@@ -9,27 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import ashmem.logd
 
-
-@pytest.fixture
-def collector(tmp_path: Any) -> Iterator[ashmem.logd.Collector]:
-    c = ashmem.logd.start(str(tmp_path / "logs"), interval=0.005)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-def _rows(collector: ashmem.logd.Collector, logger: str) -> list[dict[str, Any]]:
-    ashmem.logd.flush(timeout=30)
-    rows = [e.to_json() for e in ashmem.logd.read(collector.directory)]
-    return [r for r in rows if r["logger"] == logger]
+from .conftest import logd_rows
 
 
 def _stdlib(name: str, handler: logging.Handler) -> logging.Logger:
@@ -60,7 +46,7 @@ def test_plain_and_general_paths_store_the_same_fields(
     std.info("n=%d", 1)  # plain
     std.info("n=%d", 1, stack_info=False, extra={})  # an empty extra: still plain
     std.info("n=%d", 1, extra={"k": None})  # general
-    rows = _rows(collector, "fast.direct")
+    rows = logd_rows(collector, "fast.direct")
     assert [_fields(r) for r in rows] == [
         ("INFO", 20, "n=1", None, {}),
         ("INFO", 20, "n=1", None, {}),
@@ -71,7 +57,7 @@ def test_plain_and_general_paths_store_the_same_fields(
         ("DEBUG", 10, "d", None, {}),
     ]
     assert len({(r["pid"], r["tid"], r["process"]) for r in rows}) == 1
-    std_rows = _rows(collector, "fast.std")
+    std_rows = logd_rows(collector, "fast.std")
     assert [_fields(r) for r in std_rows] == [
         ("INFO", 20, "n=1", None, {}),
         ("INFO", 20, "n=1", None, {}),
@@ -95,13 +81,13 @@ def test_level_names_follow_addlevelname(collector: ashmem.logd.Collector) -> No
     finally:
         logging.addLevelName(logging.INFO, "INFO")
     direct.info("restored")
-    assert [(r["level"], r["message"]) for r in _rows(collector, "rename.direct")] == [
+    assert [(r["level"], r["message"]) for r in logd_rows(collector, "rename.direct")] == [
         ("INFO", "before"),
         ("NOTE", "after"),
         ("NOTE", "after via log"),
         ("INFO", "restored"),
     ]
-    assert [(r["level"], r["message"]) for r in _rows(collector, "rename.std")] == [
+    assert [(r["level"], r["message"]) for r in logd_rows(collector, "rename.std")] == [
         ("INFO", "before"),
         ("NOTE", "after"),
     ]
@@ -114,7 +100,7 @@ def test_handler_filters_still_apply(collector: ashmem.logd.Collector) -> None:
     std.info("keep 1")
     std.info("drop 2")
     std.info("keep 3")
-    assert [r["message"] for r in _rows(collector, "filtered")] == ["keep 1", "keep 3"]
+    assert [r["message"] for r in logd_rows(collector, "filtered")] == ["keep 1", "keep 3"]
 
 
 def test_process_is_the_records_process_name(
@@ -138,13 +124,13 @@ def test_process_is_the_records_process_name(
     assert client is not None
     client.next_check_ns = 0  # the direct API reads the name at its once-a-second check
     direct.info("after")
-    assert [(r["message"], r["process"]) for r in _rows(collector, "procname.std")] == [
+    assert [(r["message"], r["process"]) for r in logd_rows(collector, "procname.std")] == [
         ("before", "MainProcess"),
         ("plain", "Renamed"),
         ("general", "Renamed"),
         ("no name", ""),
     ]
-    assert [(r["message"], r["process"]) for r in _rows(collector, "procname.direct")] == [
+    assert [(r["message"], r["process"]) for r in logd_rows(collector, "procname.direct")] == [
         ("before", "MainProcess"),
         ("after", "Renamed"),
     ]
@@ -156,7 +142,7 @@ def test_direct_api_bad_format_arguments_never_raise(collector: ashmem.logd.Coll
     direct.log(logging.INFO, "%s and %s", "one")
     direct.info("%(user)s logged in", {"user": "ann"})  # one mapping: as in logging
     direct.info("after")
-    messages = [r["message"] for r in _rows(collector, "badfmt")]
+    messages = [r["message"] for r in logd_rows(collector, "badfmt")]
     assert messages[0].startswith("%d items (formatting with ('abc',) failed: TypeError")
     assert messages[1].startswith("%s and %s (formatting with ('one',) failed: TypeError")
     assert messages[2:] == ["ann logged in", "after"]

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 import ashmem.logd
 
+from .conftest import logd_rows
+
 loguru = pytest.importorskip("loguru")
 structlog = pytest.importorskip("structlog")
-
-
-@pytest.fixture
-def collector(tmp_path: Any) -> Iterator[ashmem.logd.Collector]:
-    c = ashmem.logd.start(str(tmp_path / "logs"), interval=0.005)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-def _read(collector: ashmem.logd.Collector, logger: str) -> list[dict[str, Any]]:
-    ashmem.logd.flush(timeout=30)
-    rows = [e.to_json() for e in ashmem.logd.read(collector.directory)]
-    return [r for r in rows if r["logger"] == logger]
 
 
 def test_loguru_sink(collector: ashmem.logd.Collector) -> None:
@@ -40,7 +25,7 @@ def test_loguru_sink(collector: ashmem.logd.Collector) -> None:
         loguru.logger.debug("quiet")
     finally:
         loguru.logger.remove(sink)
-    rows = _read(collector, __name__)
+    rows = logd_rows(collector, __name__)
     assert [(r["level"], r["levelno"], r["message"]) for r in rows] == [
         ("INFO", 20, "hello 1"),
         ("ERROR", 40, "boom"),
@@ -67,7 +52,7 @@ def test_structlog_factory_with_an_event_dict(collector: ashmem.logd.Collector) 
         log.warning("slow", ms=1.5)
     finally:
         structlog.reset_defaults()
-    rows = _read(collector, "svc")
+    rows = logd_rows(collector, "svc")
     assert [(r["level"], r["message"]) for r in rows] == [
         ("INFO", "started"),
         ("ERROR", "lookup failed"),
@@ -88,6 +73,6 @@ def test_structlog_factory_with_a_rendered_string(collector: ashmem.logd.Collect
         structlog.get_logger().error("disk full", free=0)
     finally:
         structlog.reset_defaults()
-    [row] = _read(collector, "app")
+    [row] = logd_rows(collector, "app")
     assert row["level"] == "ERROR"
     assert json.loads(row["message"]) == {"event": "disk full", "free": 0}

@@ -191,7 +191,9 @@ class _Client:
     ) -> bool:
         """Write one record. ``process``: the process name to store (a LogRecord's
         ``processName``; None there, as with ``logging.logProcesses = False``, stores "");
-        left out, this process's name as of the last check."""
+        left out, this process's name as of the last check. A record with no traceback, no
+        extra and that name is the common case, which ``Producer.write_plain`` serves from
+        bytes it encoded once per logger and level."""
         try:
             tid = _thread_ids.tid
         except AttributeError:
@@ -202,27 +204,12 @@ class _Client:
                 return False
             if time_ns >= self.next_check_ns:
                 self._tick(producer, time_ns)
+            if exc is None and extra == "{}" and process is None:
+                return producer.write_plain(levelno, levelname, name, message, time_ns, tid)
             return producer.write_log(
                 levelno, levelname, name, message,
                 self.process if process is None else process, exc, extra, time_ns, tid,
             )  # fmt: skip
-
-    def write_plain(
-        self, levelno: int, levelname: str, name: str, message: str, time_ns: int
-    ) -> bool:
-        """``write`` of a record with no traceback and no extra: the common case, which
-        ``Producer.write_plain`` serves from bytes it encoded once per logger and level."""
-        try:
-            tid = _thread_ids.tid
-        except AttributeError:
-            tid = _thread_id()
-        with self.lock:
-            producer = self.producer
-            if producer is None:
-                return False
-            if time_ns >= self.next_check_ns:
-                self._tick(producer, time_ns)
-            return producer.write_plain(levelno, levelname, name, message, time_ns, tid)
 
     def _tick(self, producer: Producer, time_ns: int) -> None:
         """Once a second, from a write (lock held): check the connection."""
@@ -435,7 +422,7 @@ class Handler(logging.Handler):
                 and not record.exc_text
                 and not record.stack_info
             ):
-                # No extra, no traceback: the common case. _Client.write_plain inlined (a
+                # No extra, no traceback: the common case. _Client.write's plain case inlined (a
                 # call layer is a tenth of the budget): tid, lock, once-a-second check.
                 client = _client or _new_client()
                 try:
@@ -525,7 +512,7 @@ def _level_method(level: int, doc: str) -> Callable[..., None]:
         else:
             message = str(msg)
         levelname = _level_names.get(level) or logging.getLevelName(level)
-        # _Client.write_plain inlined, as in Handler.emit.
+        # _Client.write's plain case inlined, as in Handler.emit.
         client = _client or _new_client()
         try:
             tid = _thread_ids.tid
@@ -574,9 +561,6 @@ class Logger:
         else:
             message = str(msg)
         levelname = _level_names.get(level) or logging.getLevelName(level)
-        if not exc_info and not extra:
-            (_client or _new_client()).write_plain(level, levelname, self.name, message, time_ns)
-            return
         exc = None
         if exc_info:
             if exc_info is True:
