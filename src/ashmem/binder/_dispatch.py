@@ -23,6 +23,7 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Binder,
+    _identity,
 )
 from ._errors import BadParcel
 from ._gate import Gate, _Connection
@@ -46,6 +47,7 @@ _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
+_from_wire = Parcel._from_wire
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
@@ -140,11 +142,55 @@ class Dispatch(Gate):
                 and not fds
                 and len(msg) >= _HEADER_SIZE
                 and not mflags & _TRUNCATED
+                and conn.greeted
             ):
-                # A plain two-way call: what ``check`` would look at for this one shape
-                # (see _wire.CALL_PREFIX), without the call; anything else is checked.
-                kind, mflags = _TRANSACTION, 0
+                # run_plain: a plain two-way call (what ``check`` would look at for this one
+                # shape, see _wire.CALL_PREFIX: no descriptors, no spill) from a greeted
+                # peer, run here as ``_call`` would, without its helper calls: decode,
+                # on_transact, reply, all on this thread. Anything else takes the full path.
                 code, seq = _CODE_SEQ(msg, 8)
+                data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                reply = Parcel()
+                node = conn.node
+                assert node is not None
+                binder = node.pinned  # a greeted connection pins its node's binder
+                assert binder is not None
+                identity = _identity  # ``with conn:`` (Caller.__enter__/__exit__), inline
+                identity.caller = conn
+                identity.cleared = False
+                try:
+                    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                        status = 0 if binder.on_transact(code, data, reply, 0) else 1
+                    else:
+                        status = _invoke(binder, code, data, reply, 0)
+                except BaseException as exc:
+                    identity.caller = None
+                    identity.cleared = False
+                    self._served += 1
+                    data.close()
+                    reply.close()
+                    if not self._reply_error(conn, node, code, seq, exc):
+                        return
+                else:
+                    identity.caller = None
+                    identity.cleared = False
+                    self._served += 1
+                    if reply._wire_empty():
+                        try:
+                            sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
+                        except OSError:  # the caller went away, or does not read its replies
+                            self._drop(conn)
+                            return
+                    elif not self._reply(conn, node, code, seq, status, reply):
+                        return
+                # Hold nothing of this call while waiting for the next (descriptors written
+                # into ``data`` are closed with it, by its ``_OwnFds``).
+                data = reply = binder = None  # type: ignore[assignment]
+                if self._idle > 0 and not self._stopping:
+                    flags = _wire.RECV_FLAGS
+                    continue
+                self._rearm(conn)
+                return
             else:
                 try:
                     kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))

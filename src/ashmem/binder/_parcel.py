@@ -131,6 +131,40 @@ def _byte_view(value: Any, method: str) -> memoryview:
     return view
 
 
+class _OwnFds(list[int]):
+    """The descriptors a Parcel dup'd for itself (``write_file_descriptor``,
+    ``write_shared_memory``), in message order. Only a Parcel holding descriptors has one,
+    so only such a Parcel costs a finalizer: dropping it closes them (``release`` first
+    empties it, so they are never closed twice)."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        held = self[:]  # a plain list: emptied first, so __del__ cannot close them again
+        self.clear()
+        _wire.close_fds(held)
+
+    def __del__(self) -> None:
+        if self:
+            _wire.close_fds(self)
+
+
+class _PeerFds(list[int]):
+    """The descriptors that came with a received message: the peer's, closed with
+    ``_wire.discard_fds`` (never blocking this thread), on ``release`` or when dropped."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        held = self[:]
+        self.clear()
+        _wire.discard_fds(held)
+
+    def __del__(self) -> None:
+        if self:
+            _wire.discard_fds(self)
+
+
 class Parcel(Closing):
     """A container for a transaction's data: typed values, descriptors, regions and binders.
 
@@ -162,14 +196,14 @@ class Parcel(Closing):
     _buf: bytearray | None = None
     _chunks: list[Any] | None = None
     _size = 0
-    # The descriptors this Parcel owns, in message order; a list once it has any.
-    _fds: list[int] | tuple[()] = ()
+    # The descriptors this Parcel owns, in message order, once it has any: an ``_OwnFds``
+    # (dups we made, closed directly) or a ``_PeerFds`` (a peer's, closed with
+    # ``_wire.discard_fds``, never blocking this thread). They, not the Parcel, close them
+    # when dropped, so a Parcel without descriptors has no finalizer to run.
+    _fds: _OwnFds | _PeerFds | tuple[()] = ()
     # Local binders written here: a callback lives at least as long as the Parcel that
     # carries it (Android's transaction holds a strong reference too).
     _binders: list[Binder] | None = None
-    # True for a Parcel received from a peer: its descriptors are the peer's, closed with
-    # ``_wire.discard_fds`` (never blocking this thread); ours are closed directly.
-    _received = False
 
     # -- the boundary with the transport ---------------------------------------------------
     #
@@ -196,8 +230,7 @@ class Parcel(Closing):
         self._start = self._pos = start
         self._end = len(data)
         if fds:
-            self._fds = fds
-            self._received = True
+            self._fds = _PeerFds(fds)
         return self
 
     def _wire_empty(self) -> bool:
@@ -214,6 +247,37 @@ class Parcel(Closing):
         self.__dict__.clear()
         self.__dict__.update(other.__dict__)
         other.__dict__.clear()
+
+    def _adopt_bytes(self, data: bytes, start: int) -> None:
+        """Become a received Parcel over ``data[start:]`` with no descriptors, closing what
+        this one held: ``_adopt(_from_wire(data, start, []))`` in one call (a plain reply)."""
+        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
+            self._release()
+        self.__dict__.clear()
+        self._data = data
+        self._start = self._pos = start
+        self._end = len(data)
+
+    def _wire_plain(self) -> list[Any] | None:
+        """The buffers to send of a Parcel that travels as it is: no descriptors, no
+        binders, at most ``MAX_INLINE`` bytes. None for any other: use ``_outgoing``."""
+        if self._fds or self._binders:
+            return None
+        buf = self._buf
+        if buf is None:
+            data, start, end = self._data, self._start, self._end
+            if start == end:
+                return []
+            if end - start > _wire.MAX_INLINE:
+                return None
+            if start == 0 and end == len(data):
+                return [data]
+            return [memoryview(data)[start:end]]
+        if self._size > _wire.MAX_INLINE:
+            return None
+        if self._chunks:
+            return [*self._chunks, buf]
+        return [buf] if self._size else []
 
     # -- sizes and position ---------------------------------------------------------------
 
@@ -386,7 +450,7 @@ class Parcel(Closing):
             raise _sys.translate(exc, f"{method}: duplicate fd {fd}") from exc
         fds = self._fds
         if not fds:
-            fds = self._fds = []
+            fds = self._fds = _OwnFds()
         fds.append(dup)
         self._put(_TAG_U32.pack(tag, len(fds) - 1))
 
@@ -950,10 +1014,7 @@ class Parcel(Closing):
         fds = self._fds
         if fds:
             self._fds = ()
-            if self._received:
-                _wire.discard_fds(fds)
-            else:
-                _wire.close_fds(fds)
+            fds.release()
         data = self._data
         if data is not None and data.__class__ is not bytes:  # else no mapping to release
             self._release_mapping()
@@ -968,11 +1029,6 @@ class Parcel(Closing):
         if self._fds or self._data.__class__ is not bytes:  # else nothing to release
             self._release()
         self.__dict__.clear()
-
-    def __del__(self) -> None:
-        fds = self._fds
-        if fds:
-            _wire.discard_fds(fds) if self._received else _wire.close_fds(fds)
 
     def __reduce__(self) -> Any:
         raise TypeError("a Parcel cannot be pickled; send it with Proxy.transact")
