@@ -52,6 +52,10 @@ _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 _CALL_PREFIX = _wire.CALL_PREFIX
+# The first 8 header bytes of a plain two-way call (TRANSACTION, no flags, nothing reserved)
+# declaring n descriptors -> n: with ``len(msg) >= HEADER_SIZE``, no MSG_TRUNC/MSG_CTRUNC and
+# n descriptors received, exactly what ``_wire.check`` accepts for that shape.
+_PLAIN_CALLS = {_wire.pack(_wire.TRANSACTION, 0, n, 0, 0)[:8]: n for n in range(_wire.MAX_FDS + 1)}
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
 _CODE = _wire.CODE.unpack_from
 _TRUNCATED = _wire.TRUNCATED
@@ -138,18 +142,20 @@ class Dispatch(Gate):
                 self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
             if (
-                msg[:8] == _CALL_PREFIX
-                and not fds
+                _PLAIN_CALLS.get(msg[:8]) == len(fds)
                 and len(msg) >= _HEADER_SIZE
                 and not mflags & _TRUNCATED
                 and conn.greeted
+                and not (fds and self._short_of_fds_often(fds[0]))
             ):
                 # run_plain: a plain two-way call (what ``check`` would look at for this one
-                # shape, see _wire.CALL_PREFIX: no descriptors, no spill) from a greeted
-                # peer, run here as ``_call`` would, without its helper calls: decode,
-                # on_transact, reply, all on this thread. Anything else takes the full path.
+                # shape: not spilled, as many descriptors as it declares, see _PLAIN_CALLS)
+                # from a greeted peer, with room for what it brought, run here as ``_call``
+                # would, without its helper calls: decode, on_transact, reply, all on this
+                # thread. Anything else takes the full path (a call that finds us short of
+                # descriptors too: it probes again there and answers busy).
                 code, seq = _CODE_SEQ(msg, 8)
-                data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                data = _from_wire(msg, _HEADER_SIZE, fds)
                 reply = Parcel()
                 node = conn.node
                 assert node is not None
@@ -183,6 +189,8 @@ class Dispatch(Gate):
                             return
                     elif not self._reply(conn, node, code, seq, status, reply):
                         return
+                    if fds:
+                        data.close()  # what the peer sent: closed now, as ``_call`` does
                 # Hold nothing of this call while waiting for the next (descriptors written
                 # into ``data`` are closed with it, by its ``_OwnFds``).
                 data = reply = binder = None  # type: ignore[assignment]

@@ -36,6 +36,7 @@ as Android's; call ``set_data_position(0)`` to read back what you wrote.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -83,6 +84,7 @@ _FOUND = {
     _T_LIST: "a list",
 }
 
+_F_GET_SEALS = _sys.F_GET_SEALS
 _I32 = struct.Struct("<Bi")
 _I64 = struct.Struct("<Bq")
 _F32 = struct.Struct("<Bf")
@@ -142,7 +144,11 @@ class _OwnFds(list[int]):
     def release(self) -> None:
         held = self[:]  # a plain list: emptied first, so __del__ cannot close them again
         self.clear()
-        _wire.close_fds(held)
+        for fd in held:  # _wire.close_fds, inline
+            try:  # noqa: SIM105 - no suppress() object per descriptor on the call path
+                os.close(fd)
+            except OSError:
+                pass
 
     def __del__(self) -> None:
         if self:
@@ -158,7 +164,15 @@ class _PeerFds(list[int]):
     def release(self) -> None:
         held = self[:]
         self.clear()
-        _wire.discard_fds(held)
+        for fd in held:
+            # _wire.discard_fds's common case inline: a descriptor with seals is shmem,
+            # whose close never blocks; anything else goes to discard_fds.
+            try:
+                fcntl.fcntl(fd, _F_GET_SEALS)
+            except OSError:
+                _wire.discard_fds((fd,))
+            else:
+                os.close(fd)
 
     def __del__(self) -> None:
         if self:
@@ -258,26 +272,27 @@ class Parcel(Closing):
         self._start = self._pos = start
         self._end = len(data)
 
-    def _wire_plain(self) -> list[Any] | None:
-        """The buffers to send of a Parcel that travels as it is: no descriptors, no
-        binders, at most ``MAX_INLINE`` bytes. None for any other: use ``_outgoing``."""
-        if self._fds or self._binders:
+    def _wire_plain(self) -> tuple[list[Any], Sequence[int]] | None:
+        """``(buffers, descriptors)`` to send a Parcel that travels as it is in one message:
+        no binders, at most ``MAX_INLINE`` bytes; the descriptors are borrowed. None for
+        any other Parcel: use ``_outgoing``."""
+        if self._binders:
             return None
         buf = self._buf
         if buf is None:
             data, start, end = self._data, self._start, self._end
             if start == end:
-                return []
+                return [], self._fds
             if end - start > _wire.MAX_INLINE:
                 return None
             if start == 0 and end == len(data):
-                return [data]
-            return [memoryview(data)[start:end]]
+                return [data], self._fds
+            return [memoryview(data)[start:end]], self._fds
         if self._size > _wire.MAX_INLINE:
             return None
         if self._chunks:
-            return [*self._chunks, buf]
-        return [buf] if self._size else []
+            return [*self._chunks, buf], self._fds
+        return ([buf] if self._size else []), self._fds
 
     # -- sizes and position ---------------------------------------------------------------
 
@@ -452,7 +467,14 @@ class Parcel(Closing):
         if not fds:
             fds = self._fds = _OwnFds()
         fds.append(dup)
-        self._put(_TAG_U32.pack(tag, len(fds) - 1))
+        buf = self._buf  # _put, inline
+        if buf is None:
+            buf = self._writer()
+        else:
+            self._data = None
+        buf += _TAG_U32.pack(tag, len(fds) - 1)
+        self._size += 5
+        self._pos = self._size
 
     def write_file_descriptor(self, fd: int) -> None:
         """Append a descriptor. Dups ``fd``: the caller keeps ``fd`` open and owns it; the
@@ -1026,8 +1048,24 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
-            self._release()
+        fds = self._fds
+        if fds:
+            self._fds = ()
+            fds.release()
+        data = self._data
+        if data is not None and data.__class__ is not bytes:  # else no mapping to release
+            self._release_mapping()
+        self.__dict__.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        # ``close()``, without the call (a ``with Parcel()`` block on the call path).
+        fds = self._fds
+        if fds:
+            self._fds = ()
+            fds.release()
+        data = self._data
+        if data is not None and data.__class__ is not bytes:
+            self._release_mapping()
         self.__dict__.clear()
 
     def __reduce__(self) -> Any:

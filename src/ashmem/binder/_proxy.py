@@ -26,6 +26,7 @@ for a new connection's WELCOME), and a broken connection is always ``DeadObjectE
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
@@ -35,7 +36,7 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .._closing import Closing
@@ -75,6 +76,12 @@ _NO_FDS: list[int] = []  # shared, never mutated
 _NO_PARTS: list[Any] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+# A call carrying descriptors: the prefix up to the descriptor count, then count, reserved,
+# code and seq (``_wire.HEADER``).
+_FDS_HEADER = struct.Struct("<5sBHII").pack
+_CALL_PREFIX5 = _CALL_PREFIX[:5]
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
@@ -343,14 +350,16 @@ class Proxy(Closing):
         if flags or self._dead is not None or _identity.caller is not None:
             return self._transact(code, data, reply, flags, timeout)
         # A plain two-way call from outside any transaction, the common case: what
-        # ``_transact`` does for it, inline (no helper calls). Data with descriptors, binders
-        # or more than MAX_INLINE bytes takes ``_transact``.
+        # ``_transact`` does for it, inline (no helper calls). Data with binders or more
+        # than MAX_INLINE bytes takes ``_transact``.
         if data is None:
-            parts: list[Any] | None = _NO_PARTS
+            parts: list[Any] = _NO_PARTS
+            fds: Sequence[int] = ()
         else:
-            parts = data._wire_plain()
-            if parts is None:
+            plain = data._wire_plain()
+            if plain is None:
                 return self._transact(code, data, reply, flags, timeout)
+            parts, fds = plain
         try:
             channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
         except IndexError:
@@ -360,7 +369,15 @@ class Proxy(Closing):
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
-            if parts:
+            if fds:
+                # The descriptors are borrowed from ``data``: the kernel dups them into the
+                # message (``_wire.send_message`` with ``_rights.rights``, inline).
+                sock.sendmsg(
+                    [_FDS_HEADER(_CALL_PREFIX5, len(fds), 0, code, seq), *parts],
+                    [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())],
+                    _SEND_FLAGS,
+                )
+            elif parts:
                 sock.sendmsg([_CALL_HEADER(_CALL_PREFIX, code, seq), *parts], (), _SEND_FLAGS)
             else:
                 sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
