@@ -528,7 +528,10 @@ class Dispatch(Gate):
                     conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
                     return False
                 code = _CODE(msg, 8)[0]
-                data = Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                # No descriptors and bytes, not a mapping: nothing for ``close()`` to
+                # release; whatever on_transact may write into it goes when it is dropped
+                # (the next call rebinds ``data``), as the two-way run_plain path does.
+                data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
                 self._served += 1
                 try:
                     if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
@@ -542,8 +545,6 @@ class Dispatch(Gate):
                         node.label,
                         conn.creds.pid,
                     )
-                finally:
-                    data.close()
         return True
 
 

@@ -347,6 +347,27 @@ class Proxy(Closing):
             # Not the plain types: the full check raises the right error, or admits
             # subclasses (an IntEnum code, a Parcel subclass).
             _check_call(code, data, reply, flags, timeout)
+        if flags == FLAG_ONEWAY and data is None and timeout is None and self._dead is None:
+            # A one-way call without data on the open one-way channel: ``_send_oneway`` of
+            # the bare header, inline. (No channel yet: ``_transact`` connects it.)
+            with self._oneway_lock:
+                channel = self._oneway
+                if channel is not None:
+                    sock = channel.sock
+                    seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+                    try:
+                        sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, seq), _SEND_FLAGS)
+                    except BaseException as exc:
+                        self._oneway = None
+                        sock.close()
+                        error = self._failure(exc, code, timeout)
+                        if error is exc:
+                            raise
+                        raise error from exc
+                    if self._dead is not None or self._closed:
+                        self._oneway = None
+                        sock.close()
+                    return True
         if flags or self._dead is not None or _identity.caller is not None:
             return self._transact(code, data, reply, flags, timeout)
         # A plain two-way call from outside any transaction, the common case: what
