@@ -142,7 +142,7 @@ class Dispatch(Gate):
                 self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
             if (
-                _PLAIN_CALLS.get(msg[:8]) == len(fds)
+                (msg[:8] == _CALL_PREFIX if not fds else _PLAIN_CALLS.get(msg[:8]) == len(fds))
                 and len(msg) >= _HEADER_SIZE
                 and not mflags & _TRUNCATED
                 and conn.greeted
@@ -161,9 +161,11 @@ class Dispatch(Gate):
                 assert node is not None
                 binder = node.pinned  # a greeted connection pins its node's binder
                 assert binder is not None
-                identity = _identity  # ``with conn:`` (Caller.__enter__/__exit__), inline
+                # ``with conn:`` (Caller.__enter__/__exit__), inline. ``cleared`` is False
+                # here: every transaction on this thread ends by resetting it (below, and
+                # in Caller.__exit__), and clear_calling_identity restores what it found.
+                identity = _identity
                 identity.caller = conn
-                identity.cleared = False
                 try:
                     if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
                         status = 0 if binder.on_transact(code, data, reply, 0) else 1

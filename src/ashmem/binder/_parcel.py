@@ -85,6 +85,7 @@ _FOUND = {
 }
 
 _F_GET_SEALS = _sys.F_GET_SEALS
+_F_SPILLED = _wire.F_SPILLED
 _I32 = struct.Struct("<Bi")
 _I64 = struct.Struct("<Bq")
 _F32 = struct.Struct("<Bf")
@@ -201,8 +202,9 @@ class Parcel(Closing):
     # Read state (``_buf is None``): ``_data[_start:_end]`` are the bytes, ``_pos`` is an
     # absolute index into ``_data`` (bytes, or a read-only Mapping of a spilled payload).
     # Write state: finished chunks (large ``bytes`` kept by reference, and the buffers before
-    # them) then the tail ``_buf``; ``_size`` counts all of it; ``_data`` is a flattened copy
-    # made on the first read after a write (None when writes made it stale).
+    # them; a list once there are any) then the tail ``_buf``; ``_size`` counts all of it;
+    # ``_data`` is a flattened copy made on the first read after a write (None when writes
+    # made it stale).
     _data: Any = b""
     _start = 0
     _end = 0
@@ -231,7 +233,7 @@ class Parcel(Closing):
         ``F_SPILLED`` in ``flags``, the sealed region ``fds[0]`` (mapped read-only, its
         descriptor closed). Takes ownership of ``fds``: they belong to the Parcel, or are
         closed if it cannot be made (``BadParcel``, ``OSError``)."""
-        if flags & _wire.F_SPILLED:
+        if flags & _F_SPILLED:
             try:
                 mapping = _wire.open_spilled(fds[0])
             except BaseException:
@@ -239,7 +241,8 @@ class Parcel(Closing):
                 raise
             os.close(fds[0])
             data, start, fds = mapping, 0, fds[1:]
-        self = cls.__new__(cls)
+        # ``Parcel()`` (no __init__) is the cheaper call; a subclass may have an __init__.
+        self = Parcel() if cls is Parcel else cls.__new__(cls)
         self._data = data
         self._start = self._pos = start
         self._end = len(data)
@@ -350,13 +353,14 @@ class Parcel(Closing):
         if buf is None:
             # Read state (a received Parcel, or an empty one): copy its bytes into a
             # writable buffer.
-            data = self._data
-            buf = bytearray(data[self._start : self._end]) if data is not None else bytearray()
+            data, start, end = self._data, self._start, self._end
+            buf = bytearray() if start == end or data is None else bytearray(data[start:end])
             if data.__class__ is not bytes:
                 self._release_mapping()
-            self._chunks, self._buf, self._size = [], buf, len(buf)
-            self._pos -= self._start
-            self._start = 0
+            self._buf, self._size = buf, end - start
+            if start:
+                self._pos -= start
+                self._start = 0
         self._data = None
         return buf
 
@@ -436,7 +440,8 @@ class Parcel(Closing):
             buf = self._writer()
             buf += _TAG_U32.pack(_T_BYTES, len(value))
             chunks = self._chunks
-            assert chunks is not None
+            if chunks is None:
+                chunks = self._chunks = []
             chunks.append(buf)
             chunks.append(value)
             self._buf = bytearray()
