@@ -155,7 +155,10 @@ class Dispatch(Gate):
                 # thread. Anything else takes the full path (a call that finds us short of
                 # descriptors too: it probes again there and answers busy).
                 code, seq = _CODE_SEQ(msg, 8)
-                data = _from_wire(msg, _HEADER_SIZE, fds)
+                if fds or len(msg) > _HEADER_SIZE:
+                    data = _from_wire(msg, _HEADER_SIZE, fds)
+                else:  # nothing but the header: a new Parcel is that same empty Parcel
+                    data = Parcel()
                 reply = Parcel()
                 node = conn.node
                 assert node is not None
@@ -533,7 +536,10 @@ class Dispatch(Gate):
                 # No descriptors and bytes, not a mapping: nothing for ``close()`` to
                 # release; whatever on_transact may write into it goes when it is dropped
                 # (the next call rebinds ``data``), as the two-way run_plain path does.
-                data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                if len(msg) > _HEADER_SIZE:
+                    data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                else:  # nothing but the header: a new Parcel is that same empty Parcel
+                    data = Parcel()
                 self._served += 1
                 try:
                     if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
