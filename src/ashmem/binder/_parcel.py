@@ -472,12 +472,20 @@ class Parcel(Closing):
         if not fds:
             fds = self._fds = _OwnFds()
         fds.append(dup)
+        entry = _TAG_U32.pack(tag, len(fds) - 1)
         buf = self._buf  # _put, inline
         if buf is None:
+            if self._start == self._end:
+                # An empty Parcel (a new one, say): the entry is its first bytes.
+                self._buf = bytearray(entry)
+                self._data = None
+                self._start = 0
+                self._size = self._pos = 5
+                return
             buf = self._writer()
         else:
             self._data = None
-        buf += _TAG_U32.pack(tag, len(fds) - 1)
+        buf += entry
         self._size += 5
         self._pos = self._size
 
