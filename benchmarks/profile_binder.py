@@ -14,7 +14,11 @@ Not a benchmark with a README table (``run_all.py`` runs only ``bench_*.py``); i
    (for binder the sending thread includes the final two-way call that waits for the count).
 3. The client's Python alone: ``Proxy.transact`` of an empty call against a stand-in socket
    whose ``send`` and ``recvmsg`` return at once (a correct REPLY header), against the two
-   stand-in calls alone.
+   stand-in calls alone. The same for the service: a pool thread's loop over one connection
+   whose stand-in socket hands it empty two-way calls (a correct TRANSACTION header) and
+   takes the replies, against the two stand-in calls alone. And a region's Parcel alone
+   (a new Parcel, ``write_shared_memory``, ``close``) against the ``dup`` and ``close`` it
+   makes.
 
 Run ``python benchmarks/profile_binder.py`` (``--quick``: fewer calls).
 """
@@ -262,11 +266,99 @@ def client_python(n: int) -> None:
     )
 
 
+class StubConnection:
+    """Hands the service loop ``n`` empty two-way calls, then nothing more (EAGAIN)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.message = _wire.pack(_wire.TRANSACTION, 0, 0, 1, 7)
+
+    def fileno(self) -> int:
+        return -1
+
+    def recvmsg(self, size: int, ancsize: int, flags: int) -> tuple[bytes, list[Any], int, Any]:
+        self.left -= 1
+        if self.left < 0:
+            raise BlockingIOError
+        return self.message, [], 0, None
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return len(data)
+
+
+def service_python(n: int) -> None:
+    from ashmem.binder._dispatch import Dispatch
+    from ashmem.binder._gate import _Connection
+
+    class Loop(Dispatch):
+        _idle = 1  # another thread watches epoll: the loop lingers, as in a real pool
+        _stopping = False
+        _served = 0
+
+        def _rearm(self, conn: Any) -> None:
+            pass
+
+    class Node:
+        label = "stub"
+        pinned = Counted()
+
+    def serve() -> float:
+        conn = _Connection.__new__(_Connection)
+        conn.sock = StubConnection(n)  # type: ignore[assignment]
+        conn.creds = Credentials(1, 1, 1)
+        conn.node = Node()  # type: ignore[assignment]
+        conn.greeted = True
+        conn.unread = None
+        start = time.perf_counter_ns()
+        Loop()._serve(conn)
+        return (time.perf_counter_ns() - start) / n
+
+    def stubs() -> float:
+        stub = StubConnection(n)
+        start = time.perf_counter_ns()
+        try:
+            while True:
+                stub.recvmsg(0, 0, 0)
+                stub.send(stub.message, 0)
+        except BlockingIOError:
+            pass
+        return (time.perf_counter_ns() - start) / n
+
+    loop = min(serve() for _ in range(5))
+    alone = min(stubs() for _ in range(5))
+    print(
+        f"service Python per empty call, stand-in socket (best of 5 x {n}): {loop:.0f} ns, "
+        f"of which the two stand-in calls {alone:.0f} ns"
+    )
+
+
+def parcel_python(n: int) -> None:
+    region = ashmem.SharedMemory.create("profile-parcel", 4096)
+    fd = region.fileno()
+
+    def parcel() -> None:
+        with Parcel() as data:
+            data.write_shared_memory(region)
+
+    def dup_close() -> None:
+        os.close(os.dup(fd))
+
+    whole = min(timeit.repeat(parcel, number=n, repeat=5)) / n
+    syscalls = min(timeit.repeat(dup_close, number=n, repeat=5)) / n
+    region.close()
+    print(
+        f"a region's Parcel (new, write_shared_memory, close; best of 5 x {n}): "
+        f"{whole * 1e9:.0f} ns, of which its dup + close {syscalls * 1e9:.0f} ns"
+    )
+
+
 def main() -> None:
     n = 2000 if QUICK else 20000
     call_counts(n // 4)
     cpu_split(n * 5)  # utime and stime count clock ticks: enough calls to resolve them
     client_python(n * 5)
+    service_python(n * 5)
+    parcel_python(n * 5)
 
 
 if __name__ == "__main__":

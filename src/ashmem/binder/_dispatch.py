@@ -23,6 +23,7 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Binder,
+    _identity,
 )
 from ._errors import BadParcel
 from ._gate import Gate, _Connection
@@ -46,10 +47,15 @@ _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
+_from_wire = Parcel._from_wire
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 _CALL_PREFIX = _wire.CALL_PREFIX
+# The first 8 header bytes of a plain two-way call (TRANSACTION, no flags, nothing reserved)
+# declaring n descriptors -> n: with ``len(msg) >= HEADER_SIZE``, no MSG_TRUNC/MSG_CTRUNC and
+# n descriptors received, exactly what ``_wire.check`` accepts for that shape.
+_PLAIN_CALLS = {_wire.pack(_wire.TRANSACTION, 0, n, 0, 0)[:8]: n for n in range(_wire.MAX_FDS + 1)}
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
 _CODE = _wire.CODE.unpack_from
 _TRUNCATED = _wire.TRUNCATED
@@ -136,15 +142,68 @@ class Dispatch(Gate):
                 self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
                 return
             if (
-                msg[:8] == _CALL_PREFIX
-                and not fds
+                (msg[:8] == _CALL_PREFIX if not fds else _PLAIN_CALLS.get(msg[:8]) == len(fds))
                 and len(msg) >= _HEADER_SIZE
                 and not mflags & _TRUNCATED
+                and conn.greeted
+                and not (fds and self._short_of_fds_often(fds[0]))
             ):
-                # A plain two-way call: what ``check`` would look at for this one shape
-                # (see _wire.CALL_PREFIX), without the call; anything else is checked.
-                kind, mflags = _TRANSACTION, 0
+                # run_plain: a plain two-way call (what ``check`` would look at for this one
+                # shape: not spilled, as many descriptors as it declares, see _PLAIN_CALLS)
+                # from a greeted peer, with room for what it brought, run here as ``_call``
+                # would, without its helper calls: decode, on_transact, reply, all on this
+                # thread. Anything else takes the full path (a call that finds us short of
+                # descriptors too: it probes again there and answers busy).
                 code, seq = _CODE_SEQ(msg, 8)
+                if fds or len(msg) > _HEADER_SIZE:
+                    data = _from_wire(msg, _HEADER_SIZE, fds)
+                else:  # nothing but the header: a new Parcel is that same empty Parcel
+                    data = Parcel()
+                reply = Parcel()
+                node = conn.node
+                assert node is not None
+                binder = node.pinned  # a greeted connection pins its node's binder
+                assert binder is not None
+                # ``with conn:`` (Caller.__enter__/__exit__), inline. ``cleared`` is False
+                # here: every transaction on this thread ends by resetting it (below, and
+                # in Caller.__exit__), and clear_calling_identity restores what it found.
+                identity = _identity
+                identity.caller = conn
+                try:
+                    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
+                        status = 0 if binder.on_transact(code, data, reply, 0) else 1
+                    else:
+                        status = _invoke(binder, code, data, reply, 0)
+                except BaseException as exc:
+                    identity.caller = None
+                    identity.cleared = False
+                    self._served += 1
+                    data.close()
+                    reply.close()
+                    if not self._reply_error(conn, node, code, seq, exc):
+                        return
+                else:
+                    identity.caller = None
+                    identity.cleared = False
+                    self._served += 1
+                    if reply._wire_empty():
+                        try:
+                            sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
+                        except OSError:  # the caller went away, or does not read its replies
+                            self._drop(conn)
+                            return
+                    elif not self._reply(conn, node, code, seq, status, reply):
+                        return
+                    if fds:
+                        data.close()  # what the peer sent: closed now, as ``_call`` does
+                # Hold nothing of this call while waiting for the next (descriptors written
+                # into ``data`` are closed with it, by its ``_OwnFds``).
+                data = reply = binder = None  # type: ignore[assignment]
+                if self._idle > 0 and not self._stopping:
+                    flags = _wire.RECV_FLAGS
+                    continue
+                self._rearm(conn)
+                return
             else:
                 try:
                     kind, mflags, code, seq = _wire.check(msg, mflags, len(fds))
@@ -474,7 +533,13 @@ class Dispatch(Gate):
                     conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
                     return False
                 code = _CODE(msg, 8)[0]
-                data = Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                # No descriptors and bytes, not a mapping: nothing for ``close()`` to
+                # release; whatever on_transact may write into it goes when it is dropped
+                # (the next call rebinds ``data``), as the two-way run_plain path does.
+                if len(msg) > _HEADER_SIZE:
+                    data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
+                else:  # nothing but the header: a new Parcel is that same empty Parcel
+                    data = Parcel()
                 self._served += 1
                 try:
                     if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
@@ -488,8 +553,6 @@ class Dispatch(Gate):
                         node.label,
                         conn.creds.pid,
                     )
-                finally:
-                    data.close()
         return True
 
 

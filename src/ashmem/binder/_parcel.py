@@ -36,6 +36,7 @@ as Android's; call ``set_data_position(0)`` to read back what you wrote.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -83,6 +84,8 @@ _FOUND = {
     _T_LIST: "a list",
 }
 
+_F_GET_SEALS = _sys.F_GET_SEALS
+_F_SPILLED = _wire.F_SPILLED
 _I32 = struct.Struct("<Bi")
 _I64 = struct.Struct("<Bq")
 _F32 = struct.Struct("<Bf")
@@ -131,6 +134,52 @@ def _byte_view(value: Any, method: str) -> memoryview:
     return view
 
 
+class _OwnFds(list[int]):
+    """The descriptors a Parcel dup'd for itself (``write_file_descriptor``,
+    ``write_shared_memory``), in message order. Only a Parcel holding descriptors has one,
+    so only such a Parcel costs a finalizer: dropping it closes them (``release`` first
+    empties it, so they are never closed twice)."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        held = self[:]  # a plain list: emptied first, so __del__ cannot close them again
+        self.clear()
+        for fd in held:  # _wire.close_fds, inline
+            try:  # noqa: SIM105 - no suppress() object per descriptor on the call path
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        if self:
+            _wire.close_fds(self)
+
+
+class _PeerFds(list[int]):
+    """The descriptors that came with a received message: the peer's, closed with
+    ``_wire.discard_fds`` (never blocking this thread), on ``release`` or when dropped."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        held = self[:]
+        self.clear()
+        for fd in held:
+            # _wire.discard_fds's common case inline: a descriptor with seals is shmem,
+            # whose close never blocks; anything else goes to discard_fds.
+            try:
+                fcntl.fcntl(fd, _F_GET_SEALS)
+            except OSError:
+                _wire.discard_fds((fd,))
+            else:
+                os.close(fd)
+
+    def __del__(self) -> None:
+        if self:
+            _wire.discard_fds(self)
+
+
 class Parcel(Closing):
     """A container for a transaction's data: typed values, descriptors, regions and binders.
 
@@ -153,8 +202,9 @@ class Parcel(Closing):
     # Read state (``_buf is None``): ``_data[_start:_end]`` are the bytes, ``_pos`` is an
     # absolute index into ``_data`` (bytes, or a read-only Mapping of a spilled payload).
     # Write state: finished chunks (large ``bytes`` kept by reference, and the buffers before
-    # them) then the tail ``_buf``; ``_size`` counts all of it; ``_data`` is a flattened copy
-    # made on the first read after a write (None when writes made it stale).
+    # them; a list once there are any) then the tail ``_buf``; ``_size`` counts all of it;
+    # ``_data`` is a flattened copy made on the first read after a write (None when writes
+    # made it stale).
     _data: Any = b""
     _start = 0
     _end = 0
@@ -162,14 +212,14 @@ class Parcel(Closing):
     _buf: bytearray | None = None
     _chunks: list[Any] | None = None
     _size = 0
-    # The descriptors this Parcel owns, in message order; a list once it has any.
-    _fds: list[int] | tuple[()] = ()
+    # The descriptors this Parcel owns, in message order, once it has any: an ``_OwnFds``
+    # (dups we made, closed directly) or a ``_PeerFds`` (a peer's, closed with
+    # ``_wire.discard_fds``, never blocking this thread). They, not the Parcel, close them
+    # when dropped, so a Parcel without descriptors has no finalizer to run.
+    _fds: _OwnFds | _PeerFds | tuple[()] = ()
     # Local binders written here: a callback lives at least as long as the Parcel that
     # carries it (Android's transaction holds a strong reference too).
     _binders: list[Binder] | None = None
-    # True for a Parcel received from a peer: its descriptors are the peer's, closed with
-    # ``_wire.discard_fds`` (never blocking this thread); ours are closed directly.
-    _received = False
 
     # -- the boundary with the transport ---------------------------------------------------
     #
@@ -183,7 +233,7 @@ class Parcel(Closing):
         ``F_SPILLED`` in ``flags``, the sealed region ``fds[0]`` (mapped read-only, its
         descriptor closed). Takes ownership of ``fds``: they belong to the Parcel, or are
         closed if it cannot be made (``BadParcel``, ``OSError``)."""
-        if flags & _wire.F_SPILLED:
+        if flags & _F_SPILLED:
             try:
                 mapping = _wire.open_spilled(fds[0])
             except BaseException:
@@ -191,13 +241,13 @@ class Parcel(Closing):
                 raise
             os.close(fds[0])
             data, start, fds = mapping, 0, fds[1:]
-        self = cls.__new__(cls)
+        # ``Parcel()`` (no __init__) is the cheaper call; a subclass may have an __init__.
+        self = Parcel() if cls is Parcel else cls.__new__(cls)
         self._data = data
         self._start = self._pos = start
         self._end = len(data)
         if fds:
-            self._fds = fds
-            self._received = True
+            self._fds = _PeerFds(fds)
         return self
 
     def _wire_empty(self) -> bool:
@@ -214,6 +264,38 @@ class Parcel(Closing):
         self.__dict__.clear()
         self.__dict__.update(other.__dict__)
         other.__dict__.clear()
+
+    def _adopt_bytes(self, data: bytes, start: int) -> None:
+        """Become a received Parcel over ``data[start:]`` with no descriptors, closing what
+        this one held: ``_adopt(_from_wire(data, start, []))`` in one call (a plain reply)."""
+        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
+            self._release()
+        self.__dict__.clear()
+        self._data = data
+        self._start = self._pos = start
+        self._end = len(data)
+
+    def _wire_plain(self) -> tuple[list[Any], Sequence[int]] | None:
+        """``(buffers, descriptors)`` to send a Parcel that travels as it is in one message:
+        no binders, at most ``MAX_INLINE`` bytes; the descriptors are borrowed. None for
+        any other Parcel: use ``_outgoing``."""
+        if self._binders:
+            return None
+        buf = self._buf
+        if buf is None:
+            data, start, end = self._data, self._start, self._end
+            if start == end:
+                return [], self._fds
+            if end - start > _wire.MAX_INLINE:
+                return None
+            if start == 0 and end == len(data):
+                return [data], self._fds
+            return [memoryview(data)[start:end]], self._fds
+        if self._size > _wire.MAX_INLINE:
+            return None
+        if self._chunks:
+            return [*self._chunks, buf], self._fds
+        return ([buf] if self._size else []), self._fds
 
     # -- sizes and position ---------------------------------------------------------------
 
@@ -271,13 +353,14 @@ class Parcel(Closing):
         if buf is None:
             # Read state (a received Parcel, or an empty one): copy its bytes into a
             # writable buffer.
-            data = self._data
-            buf = bytearray(data[self._start : self._end]) if data is not None else bytearray()
+            data, start, end = self._data, self._start, self._end
+            buf = bytearray() if start == end or data is None else bytearray(data[start:end])
             if data.__class__ is not bytes:
                 self._release_mapping()
-            self._chunks, self._buf, self._size = [], buf, len(buf)
-            self._pos -= self._start
-            self._start = 0
+            self._buf, self._size = buf, end - start
+            if start:
+                self._pos -= start
+                self._start = 0
         self._data = None
         return buf
 
@@ -357,7 +440,8 @@ class Parcel(Closing):
             buf = self._writer()
             buf += _TAG_U32.pack(_T_BYTES, len(value))
             chunks = self._chunks
-            assert chunks is not None
+            if chunks is None:
+                chunks = self._chunks = []
             chunks.append(buf)
             chunks.append(value)
             self._buf = bytearray()
@@ -386,9 +470,24 @@ class Parcel(Closing):
             raise _sys.translate(exc, f"{method}: duplicate fd {fd}") from exc
         fds = self._fds
         if not fds:
-            fds = self._fds = []
+            fds = self._fds = _OwnFds()
         fds.append(dup)
-        self._put(_TAG_U32.pack(tag, len(fds) - 1))
+        entry = _TAG_U32.pack(tag, len(fds) - 1)
+        buf = self._buf  # _put, inline
+        if buf is None:
+            if self._start == self._end:
+                # An empty Parcel (a new one, say): the entry is its first bytes.
+                self._buf = bytearray(entry)
+                self._data = None
+                self._start = 0
+                self._size = self._pos = 5
+                return
+            buf = self._writer()
+        else:
+            self._data = None
+        buf += entry
+        self._size += 5
+        self._pos = self._size
 
     def write_file_descriptor(self, fd: int) -> None:
         """Append a descriptor. Dups ``fd``: the caller keeps ``fd`` open and owns it; the
@@ -950,10 +1049,7 @@ class Parcel(Closing):
         fds = self._fds
         if fds:
             self._fds = ()
-            if self._received:
-                _wire.discard_fds(fds)
-            else:
-                _wire.close_fds(fds)
+            fds.release()
         data = self._data
         if data is not None and data.__class__ is not bytes:  # else no mapping to release
             self._release_mapping()
@@ -965,14 +1061,25 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        if self._fds or self._data.__class__ is not bytes:  # else nothing to release
-            self._release()
-        self.__dict__.clear()
-
-    def __del__(self) -> None:
         fds = self._fds
         if fds:
-            _wire.discard_fds(fds) if self._received else _wire.close_fds(fds)
+            self._fds = ()
+            fds.release()
+        data = self._data
+        if data is not None and data.__class__ is not bytes:  # else no mapping to release
+            self._release_mapping()
+        self.__dict__.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        # ``close()``, without the call (a ``with Parcel()`` block on the call path).
+        fds = self._fds
+        if fds:
+            self._fds = ()
+            fds.release()
+        data = self._data
+        if data is not None and data.__class__ is not bytes:
+            self._release_mapping()
+        self.__dict__.clear()
 
     def __reduce__(self) -> Any:
         raise TypeError("a Parcel cannot be pickled; send it with Proxy.transact")

@@ -26,6 +26,7 @@ for a new connection's WELCOME), and a broken connection is always ``DeadObjectE
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
@@ -35,7 +36,7 @@ import socket
 import struct
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .._closing import Closing
@@ -72,8 +73,15 @@ CONNECT_TIMEOUT = 10.0
 _T = TypeVar("_T")
 
 _NO_FDS: list[int] = []  # shared, never mutated
+_NO_PARTS: list[Any] = []  # shared, never mutated
 _CALL_HEADER = struct.Struct("<8sII").pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+# A call carrying descriptors: the prefix up to the descriptor count, then count, reserved,
+# code and seq (``_wire.HEADER``).
+_FDS_HEADER = struct.Struct("<5sBHII").pack
+_CALL_PREFIX5 = _CALL_PREFIX[:5]
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
@@ -339,7 +347,92 @@ class Proxy(Closing):
             # Not the plain types: the full check raises the right error, or admits
             # subclasses (an IntEnum code, a Parcel subclass).
             _check_call(code, data, reply, flags, timeout)
-        return self._transact(code, data, reply, flags, timeout)
+        if flags == FLAG_ONEWAY and data is None and timeout is None and self._dead is None:
+            # A one-way call without data on the open one-way channel: ``_send_oneway`` of
+            # the bare header, inline. (No channel yet: ``_transact`` connects it.)
+            with self._oneway_lock:
+                channel = self._oneway
+                if channel is not None:
+                    sock = channel.sock
+                    seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+                    try:
+                        sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, seq), _SEND_FLAGS)
+                    except BaseException as exc:
+                        self._oneway = None
+                        sock.close()
+                        error = self._failure(exc, code, timeout)
+                        if error is exc:
+                            raise
+                        raise error from exc
+                    if self._dead is not None or self._closed:
+                        self._oneway = None
+                        sock.close()
+                    return True
+        if flags or self._dead is not None or _identity.caller is not None:
+            return self._transact(code, data, reply, flags, timeout)
+        # A plain two-way call from outside any transaction, the common case: what
+        # ``_transact`` does for it, inline (no helper calls). Data with binders or more
+        # than MAX_INLINE bytes takes ``_transact``.
+        if data is None:
+            parts: list[Any] = _NO_PARTS
+            fds: Sequence[int] = ()
+        else:
+            plain = data._wire_plain()
+            if plain is None:
+                return self._transact(code, data, reply, flags, timeout)
+            parts, fds = plain
+        try:
+            channel = self._idle.pop()  # list.pop is atomic: no lock on the fast path
+        except IndexError:
+            channel = self._connect(timeout)
+        sock = channel.sock
+        seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        try:
+            if timeout is not None:
+                sock.settimeout(timeout)
+            if fds:
+                # The descriptors are borrowed from ``data``: the kernel dups them into the
+                # message (``_wire.send_message`` with ``_rights.rights``, inline).
+                sock.sendmsg(
+                    [_FDS_HEADER(_CALL_PREFIX5, len(fds), 0, code, seq), *parts],
+                    [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())],
+                    _SEND_FLAGS,
+                )
+            elif parts:
+                sock.sendmsg([_CALL_HEADER(_CALL_PREFIX, code, seq), *parts], (), _SEND_FLAGS)
+            else:
+                sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
+            msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+            if timeout is not None:
+                sock.settimeout(None)
+        except BaseException as exc:
+            # The channel's state is unknown (a reply may still come): never reuse it.
+            sock.close()
+            error = self._failure(exc, code, timeout)
+            if error is exc:
+                raise
+            raise error from exc
+        if (
+            msg[:8] == _REPLY_PREFIX
+            and not anc
+            and len(msg) >= _HEADER_SIZE
+            and not mflags & _TRUNCATED
+        ):
+            # A plain REPLY (see _wire.REPLY_PREFIX); a wrong seq goes on to _finish.
+            status: int
+            status, rseq = _CODE_SEQ(msg, 8)
+            if rseq == seq:
+                idle = self._idle  # ``_give``, inline
+                if len(idle) < MAX_IDLE_CHANNELS:
+                    idle.append(channel)
+                    if self._dead is not None or self._closed:
+                        self._close_idle()
+                else:
+                    sock.close()
+                if reply is not None:
+                    reply._adopt_bytes(msg, _HEADER_SIZE)
+                return status == _STATUS_OK
+        return self._wait(channel, seq, msg, anc, mflags, reply, code, timeout)
 
     def _transact(
         self,
@@ -413,8 +506,24 @@ class Proxy(Closing):
             if rseq == seq:
                 self._give(channel)
                 if reply is not None:
-                    reply._adopt(Parcel._from_wire(msg, _HEADER_SIZE, _NO_FDS))
+                    reply._adopt_bytes(msg, _HEADER_SIZE)
                 return status == _STATUS_OK
+        return self._wait(channel, seq, msg, anc, mflags, reply, code, timeout)
+
+    def _wait(
+        self,
+        channel: _Channel,
+        seq: int,
+        msg: bytes,
+        anc: list[tuple[int, int, bytes]],
+        mflags: int,
+        reply: Parcel | None,
+        code: int,
+        timeout: float | None,
+    ) -> bool:
+        """Handle ``msg``, what came back for call ``seq`` on ``channel`` (which this call
+        owns), and wait on while the service calls back into us on it."""
+        sock = channel.sock
         while True:
             result = self._finish(channel, seq, msg, anc, mflags, reply, code)
             if result is not None:
