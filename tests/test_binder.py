@@ -65,6 +65,8 @@ MAKE_REGION = 12
 IDENTITY = 13
 RENDEZVOUS = 14
 GATE = 15
+KEEP = 16
+FORWARD_INTO = 17
 CONCURRENT_CALLS = 6
 # In the probe process: every RENDEZVOUS call waits here until CONCURRENT_CALLS are inside.
 _RENDEZVOUS = threading.Barrier(CONCURRENT_CALLS)
@@ -88,6 +90,7 @@ class ProbeService(Binder):
         self.log: list[tuple[int, int]] = []
         self.active = 0
         self.max_active = 0
+        self.kept: list[Parcel] = []
 
     def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
         if code == ECHO:
@@ -110,6 +113,22 @@ class ProbeService(Binder):
                 reply.write_bool(bool(select.select([fd], [], [], 30)[0]))
             finally:
                 os.close(fd)
+        elif code == KEEP:
+            # GATE, but on_transact keeps ``data`` (as a request log would), with the
+            # descriptor after the gate's still in it.
+            self.kept.append(data)
+            fd = data.read_file_descriptor()
+            try:
+                reply.write_bool(bool(select.select([fd], [], [], 30)[0]))
+            finally:
+                os.close(fd)
+        elif code == FORWARD_INTO:
+            # The reply Parcel itself is filled by a call to another process.
+            target = data.read_binder()
+            assert target is not None
+            with target, Parcel() as ask:
+                ask.write_string(data.read_string())
+                target.transact(ECHO, ask, reply, timeout=scaled(10))
         elif code == LOG:
             self._log(data.read_int(), data.read_int())
         elif code == GET_LOG:
@@ -650,6 +669,41 @@ def test_descriptor_passing_across_processes(probe: binder.ServiceProcess) -> No
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+def test_a_caller_that_hangs_up_leaves_no_descriptor_in_the_service(
+    probe: binder.ServiceProcess,
+) -> None:
+    # The service keeps the call's Parcel; the caller gives up before the reply, so the
+    # reply cannot be sent. The descriptors the caller sent are closed all the same: the
+    # write end of this pipe reaches EOF once no process holds a copy.
+    gate_read, gate_write = os.pipe()
+    witness_read, witness_write = os.pipe()
+    try:
+        with Parcel() as data:
+            data.write_file_descriptor(gate_read)
+            data.write_file_descriptor(witness_write)
+            with pytest.raises(TimeoutError):
+                probe.binder.transact(KEEP, data, timeout=scaled(0.2))
+        os.close(witness_write)
+        witness_write = -1
+        os.write(gate_write, b"x")  # now the service answers a caller that is gone
+        assert select.select([witness_read], [], [], scaled(30))[0], "descriptor kept"
+        assert os.read(witness_read, 1) == b""
+    finally:
+        for fd in (gate_read, gate_write, witness_read, witness_write):
+            if fd >= 0:
+                os.close(fd)
+    assert echo(probe.binder, "still serving", timeout=scaled(5)) == "still serving"
+
+
+def test_a_reply_filled_by_another_call_is_sent(probe: binder.ServiceProcess) -> None:
+    callback = Callback()
+    with Parcel() as data, Parcel() as reply:
+        data.write_binder(callback)
+        data.write_string("relayed")
+        assert probe.binder.transact(FORWARD_INTO, data, reply, timeout=scaled(20))
+        assert reply.read_string() == "callback got relayed"
 
 
 def test_a_reply_can_carry_a_region(probe: binder.ServiceProcess) -> None:

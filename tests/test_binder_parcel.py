@@ -460,3 +460,20 @@ def test_only_the_parcel_module_touches_parcel_fields() -> None:
                 offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert "_buf" in fields and "_pos" in fields
     assert offenders == []
+
+
+def test_with_block_runs_a_subclass_close() -> None:
+    closed: list[int] = []
+
+    class Logged(Parcel):
+        def close(self) -> None:
+            closed.append(self.data_size())
+            super().close()
+
+    with Logged() as p:
+        p.write_int(7)
+        size = p.data_size()
+    assert closed == [size]
+    with Parcel() as plain:  # the base class still closes on leaving the block
+        plain.write_int(1)
+    assert plain.data_size() == 0

@@ -164,11 +164,12 @@ class Dispatch(Gate):
                 assert node is not None
                 binder = node.pinned  # a greeted connection pins its node's binder
                 assert binder is not None
-                # ``with conn:`` (Caller.__enter__/__exit__), inline. ``cleared`` is False
-                # here: every transaction on this thread ends by resetting it (below, and
-                # in Caller.__exit__), and clear_calling_identity restores what it found.
+                # ``with conn:`` (Caller.__enter__/__exit__), inline. ``cleared`` is reset
+                # on the way in too: the thread running serve() may come here with a
+                # clear_calling_identity() block of its own left open.
                 identity = _identity
                 identity.caller = conn
+                identity.cleared = False
                 try:
                     if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
                         status = 0 if binder.on_transact(code, data, reply, 0) else 1
@@ -186,6 +187,11 @@ class Dispatch(Gate):
                     identity.caller = None
                     identity.cleared = False
                     self._served += 1
+                    if fds:
+                        # What the peer sent: closed now, as ``_call`` does, whether or not
+                        # the reply can be sent (on_transact may keep ``data``: a caller
+                        # that hangs up must not leave its descriptors with us).
+                        data.close()
                     if reply._wire_empty():
                         try:
                             sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
@@ -194,8 +200,6 @@ class Dispatch(Gate):
                             return
                     elif not self._reply(conn, node, code, seq, status, reply):
                         return
-                    if fds:
-                        data.close()  # what the peer sent: closed now, as ``_call`` does
                 # Hold nothing of this call while waiting for the next (descriptors written
                 # into ``data`` are closed with it, by its ``_OwnFds``).
                 data = reply = binder = None  # type: ignore[assignment]

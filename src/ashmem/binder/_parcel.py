@@ -251,8 +251,9 @@ class Parcel(Closing):
         return self
 
     def _wire_empty(self) -> bool:
-        """Nothing written and no descriptors: the reply is the bare header."""
-        return self._buf is None and not self._fds
+        """No bytes and no descriptors: the reply is the bare header. (A Parcel in read
+        state holds bytes too: a reply filled by passing it to another call.)"""
+        return self._buf is None and self._start == self._end and not self._fds
 
     def _wire_fds(self) -> Sequence[int]:
         """The descriptors this Parcel owns, in message order (borrowed: do not close)."""
@@ -1071,6 +1072,9 @@ class Parcel(Closing):
         self.__dict__.clear()
 
     def __exit__(self, *exc_info: object) -> None:
+        if self.__class__ is not Parcel:
+            self.close()  # a subclass's own close() runs
+            return
         # ``close()``, without the call (a ``with Parcel()`` block on the call path).
         fds = self._fds
         if fds:
