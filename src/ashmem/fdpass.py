@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import fcntl
 import os
 import socket
 import struct
@@ -79,8 +80,22 @@ _HEAD_SIZE = _HEADER.size
 # One descriptor as SCM_RIGHTS carries it (a C int): the single-region message, which is
 # most of them, is packed and parsed without building an array.
 _FD = struct.Struct("i")
+_FD_PACK = _FD.pack
+_FD_UNPACK = _FD.unpack
+_FD_SIZE = _FD.size
+_TRUNCATED = _MSG_CTRUNC | _MSG_TRUNC
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
+# The frame of the usual hand-off, one region and no payload, as sendmsg takes it and as
+# recvmsg returns it: the header, then the descriptor's kind.
+_ONE_REGION = (_HEADER.pack(_MAGIC, 0, 0, 1, 0) + bytes((_KIND_REGION,)),)
+_ONE_REGION_FRAME = _ONE_REGION[0]
+_ONE_REGION_SIZE = len(_ONE_REGION_FRAME)
+
+_fcntl = fcntl.fcntl
+_F_GET_SEALS = _sys.F_GET_SEALS
+_SIZE_SEALS = _sys.F_SEAL_GROW | _sys.F_SEAL_SHRINK
+_new_object = object.__new__
 
 Item = SharedMemory | MemoryFile | int
 
@@ -97,6 +112,7 @@ def _fd_of(item: Item) -> tuple[int, int]:
     raise TypeError(f"cannot send {type(item).__name__}: expected SharedMemory, MemoryFile or int")
 
 
+_SocketType = _socket.socket
 _socket_family = _socket.socket.family.__get__
 _AF_UNIX = int(socket.AF_UNIX)
 
@@ -152,8 +168,24 @@ def send(
     """
     # Hot path (one hand-off = one call): exact-type tests first, the general checks only
     # when they fail; every check of the general path still runs for anything unusual.
-    if not isinstance(sock, _socket.socket) or _socket_family(sock) != _AF_UNIX:
+    if not isinstance(sock, _SocketType) or _socket_family(sock) != _AF_UNIX:
         _check_socket(sock)
+    if (
+        (type(items) is list or type(items) is tuple)
+        and len(items) == 1
+        and type(one := items[0]) is SharedMemory
+        and type(data) is bytes
+        and not data
+        and one._fd >= 0
+    ):
+        # The usual hand-off, one open region and no payload: its frame is a constant.
+        try:
+            sent = sock.sendmsg(_ONE_REGION, [(_SOL_SOCKET, _SCM_RIGHTS, _FD_PACK(one._fd))])
+        except OSError as exc:
+            raise _sys.translate(exc, "send descriptors") from exc
+        if sent != _ONE_REGION_SIZE:
+            _send_rest(sock, _ONE_REGION[0], b"", sent)
+        return
     fds: list[int] = []
     kinds = bytearray()
     for item in items if type(items) is list or type(items) is tuple else _items(items):
@@ -300,8 +332,8 @@ def _recv_frame(
 ) -> tuple[int, bytes, bytes]:
     """One frame: (flags, kinds, data). Descriptors go to ``fds``. ``first``: the frame
     starts a message. ``maxfds``/``maxdata``: what the rest of the message may still bring."""
-    before = len(fds)
     if _socket_type(sock) == _SOCK_STREAM:
+        before = len(fds)
         fd_limit = before + min(MAX_FDS_PER_FRAME, maxfds)
         head = _recv_chunk(sock, _HEAD_SIZE, fds, fd_limit, at_message_start=first)
         magic, flags, _, nfds, data_len = _HEADER.unpack(head)
@@ -321,13 +353,26 @@ def _recv_frame(
         if first:
             raise
         raise MessageError(_OUT_OF_STEP) from exc
+    return _datagram_frame(data, ancdata, rflags, fds, first, maxdata)
+
+
+def _datagram_frame(
+    data: bytes,
+    ancdata: list[tuple[int, int, bytes]],
+    rflags: int,
+    fds: list[int],
+    first: bool,
+    maxdata: int,
+) -> tuple[int, bytes, bytes]:
+    """``_recv_frame``'s checks of one datagram that ``recvmsg`` returned."""
+    before = len(fds)
     if ancdata:
         # Take every descriptor first, whatever else is wrong, so that the caller closes
         # them all. One SCM_RIGHTS message of one fd (the usual hand-off) without an array.
         if len(ancdata) == 1:
             level, kind, cdata = ancdata[0]
-            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(cdata) == _FD.size:
-                fds.append(_FD.unpack(cdata)[0])
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(cdata) == _FD_SIZE:
+                fds.append(_FD_UNPACK(cdata)[0])
             else:
                 take_fds(ancdata, fds)
         else:
@@ -336,7 +381,7 @@ def _recv_frame(
         if first:
             raise EOFError("peer closed the connection")  # or sent an empty datagram
         raise MessageError("connection closed in the middle of a message")
-    if rflags & (_MSG_CTRUNC | _MSG_TRUNC):
+    if rflags & _TRUNCATED:
         if rflags & _MSG_CTRUNC:
             raise MessageError("descriptors were cut by the kernel (MSG_CTRUNC)")
         raise MessageError(f"datagram larger than a frame may be ({_DGRAM_FRAME} bytes)")
@@ -370,7 +415,7 @@ def recv(
     timeout in the middle of a message raises ``MessageError``: part of it was consumed,
     so the connection is out of step and must be closed.
     """
-    if not isinstance(sock, _socket.socket) or _socket_family(sock) != _AF_UNIX:
+    if not isinstance(sock, _SocketType) or _socket_family(sock) != _AF_UNIX:
         _check_socket(sock)
     if type(maxfds) is not int and (not isinstance(maxfds, int) or isinstance(maxfds, bool)):
         raise TypeError(f"maxfds must be an int, not {type(maxfds).__name__}")
@@ -384,7 +429,41 @@ def recv(
         data_left = maxdata
     fds: list[int] = []
     try:
-        flags, kinds, data = _recv_frame(sock, fds, True, maxfds, data_left)
+        if _socket_type(sock) == _SOCK_STREAM:
+            flags, kinds, data = _recv_frame(sock, fds, True, maxfds, data_left)
+        else:
+            # The first frame of a message: a timeout or BlockingIOError propagates as it is
+            # (nothing was consumed).
+            data, ancdata, rflags, _ = sock.recvmsg(_DGRAM_FRAME, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+            if (
+                data == _ONE_REGION_FRAME
+                and len(ancdata) == 1
+                and not rflags & _TRUNCATED
+                and maxfds
+                and (cmsg := ancdata[0])[0] == _SOL_SOCKET
+                and cmsg[1] == _SCM_RIGHTS
+                and len(cmsg[2]) == _FD_SIZE
+            ):
+                # The usual hand-off: one complete frame declaring one region and no
+                # payload, with exactly one descriptor attached (so every check of the
+                # general path below holds, byte for byte). The one check left is the one
+                # that needs the kernel: one F_GET_SEALS proves a memfd with its size sealed.
+                # Its size is read by the first map (mmap's own fstat) or the first
+                # size/len(), never twice.
+                fd = _FD_UNPACK(cmsg[2])[0]
+                fds.append(fd)
+                try:
+                    seals = _fcntl(fd, _F_GET_SEALS)
+                except (OSError, OverflowError):
+                    seals = 0
+                if seals & _SIZE_SEALS != _SIZE_SEALS:
+                    raise MessageError(f"peer sent fd {fd} as a region, but it is not one")
+                shm = _new_object(SharedMemory)
+                shm._fd = fd
+                shm._size_pending = True
+                shm._name_pending = True
+                return b"", [shm]
+            flags, kinds, data = _datagram_frame(data, ancdata, rflags, fds, True, data_left)
         if len(fds) > maxfds:
             raise MessageError(f"peer sent more than {maxfds} descriptors")
         if flags & _MORE:
