@@ -607,7 +607,30 @@ class SharedMemory(Closing):
 
     def map_read_only(self, *, populate: bool | None = None) -> Mapping:
         """Map the whole region read-only."""
-        mapping = self._map_whole(PROT_READ, populate)
+        # _map_whole(PROT_READ, populate), inline: this is the consumer's side of every
+        # hand-off. Keep the two in step.
+        fd = self._fd
+        if fd < 0:
+            raise self._closed_error()
+        if populate is not None and populate is not True and populate is not False:
+            _check_populate(populate)
+        length = 0 if self._size_pending else self._size
+        try:
+            if _MMAP_EXTRA:
+                mapping = _mmap_new(
+                    Mapping, fd, length, _MAP_SHARED, PROT_READ, 0, 0, **_MMAP_EXTRA
+                )
+            else:  # a call without ** is the faster one
+                mapping = _mmap_new(Mapping, fd, length, _MAP_SHARED, PROT_READ, 0, 0)
+        except OSError as exc:
+            raise _sys.translate(exc, "map read-only", self.name) from exc
+        if not length:
+            self._size = length = len(mapping)
+            self._size_pending = False
+        mapping._region = self._name
+        mapping._readonly = True
+        mapping._offset = 0
+        mapping._region_size = length
         if populate or (populate is None and self._populate):
             _populate(mapping)
         return mapping
