@@ -558,3 +558,108 @@ def test_regions_of_one_message_each_get_their_own_size(
         assert open_fd_count() == before
     os.close(r)
     os.close(w)
+
+
+def test_the_one_region_frame_is_the_general_format() -> None:
+    """The usual hand-off (one region, no payload) is sent as a precomputed frame: the same
+    bytes and descriptor the general path builds, so any receiver reads it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, SharedMemory.create("wire", 4096) as shm:
+        fdpass.send(a, [shm])
+        data, anc, flags, _ = b.recvmsg(1024, socket.CMSG_SPACE(64))
+        assert data == _raw_frame(1, b"\x01", b"")
+        assert flags == 0 and len(anc) == 1 and anc[0][:2] == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        (fd,) = array.array("i", anc[0][2])
+        with SharedMemory.from_fd(fd) as got:
+            assert (got.name, got.size) == ("wire", 4096)
+
+
+def test_a_received_region_is_what_adopting_its_fd_makes() -> None:
+    """recv builds the one-region message's SharedMemory inline: it must be the object
+    ``_adopt_sealed`` makes (name and size pending, read when asked), and right when asked,
+    also after the sender closed its copy."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        shm = SharedMemory.create("inline", 3 * 4096)
+        fdpass.send(a, [shm])
+        shm.close()
+        _, (got,) = fdpass.recv(b, 1)
+        assert type(got) is SharedMemory
+        reference = SharedMemory._adopt_sealed(os.dup(got.fileno()))
+        try:
+            assert vars(got).keys() == vars(reference).keys()
+            assert {k: v for k, v in vars(got).items() if k != "_fd"} == {
+                k: v for k, v in vars(reference).items() if k != "_fd"
+            }
+            assert (got.name, got.size, len(got)) == ("inline", 3 * 4096, 3 * 4096)
+        finally:
+            reference.close()
+            got.close()
+
+
+@pytest.mark.parametrize(
+    ("nfds_sent", "maxfds", "match"),
+    [
+        (0, 1, "declares 1 descriptors but carried 0"),
+        (2, 3, "declares 1 descriptors but carried 2"),
+        (1, 0, "more than 0 descriptors|beyond what this message may carry"),
+    ],
+    ids=["no-fd", "two-fds", "maxfds-0"],
+)
+def test_the_one_region_frame_with_the_wrong_descriptors(
+    pair: tuple[socket.socket, socket.socket], nfds_sent: int, maxfds: int, match: str
+) -> None:
+    """The exact bytes of the one-region frame take the short receive path only with
+    exactly one descriptor that the caller accepts; otherwise the general checks refuse it
+    and close everything."""
+    a, b = pair
+    with SharedMemory.create("wrong", 4096) as shm:
+        before = open_fd_count()
+        _send_raw(a, _raw_frame(1, b"\x01", b""), [shm.fileno()] * nfds_sent)
+        with pytest.raises(ashmem.MessageError, match=match):
+            fdpass.recv(b, maxfds)
+        assert open_fd_count() == before
+
+
+def test_one_region_with_credentials_takes_the_general_path() -> None:
+    """SO_PASSCRED adds a second control message: the one-region frame still arrives."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, SharedMemory.create("cred-one", 4096) as shm:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        fdpass.send(a, shm)
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        with got:
+            assert (got.name, got.size) == ("cred-one", 4096)
+
+
+def test_one_region_cut_by_the_kernel_is_detected() -> None:
+    """No room for the one descriptor: the kernel drops it (MSG_CTRUNC), and the short
+    receive path must not take the frame for a good one."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, SharedMemory.create("cut-one", 4096) as shm:
+        fdpass.send(a, shm)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        before = open_fd_count()
+        lowest_free = os.dup(0)  # the kernel gives the lowest free number
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # room for none
+        try:
+            with pytest.raises(ashmem.MessageError, match="MSG_CTRUNC"):
+                fdpass.recv(b, 1)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert open_fd_count() == before
+
+
+def test_datagram_timeout_between_messages_consumes_nothing() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b, SharedMemory.create("later", 4096) as shm:
+        b.settimeout(0.1)
+        with pytest.raises(TimeoutError):
+            fdpass.recv(b, 1)
+        fdpass.send(a, shm)
+        _, (got,) = fdpass.recv(b, 1)
+        assert isinstance(got, SharedMemory)
+        with got:
+            assert got.name == "later"

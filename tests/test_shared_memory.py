@@ -608,3 +608,37 @@ def test_mappings_hold_no_descriptor_from_313_and_close_cleanly() -> None:
         assert m.closed
         m.close()  # idempotent
     assert open_fd_count() == before
+
+
+def test_map_read_only_is_the_whole_map_read_only() -> None:
+    """map_read_only() maps inline (the consumer's side of every hand-off): its mapping must
+    be what map(PROT_READ) gives, for a created region and for a received one whose size is
+    still unread, and it keeps map()'s errors."""
+    import socket
+
+    from ashmem import fdpass
+
+    size = 2 * PAGE + 100
+    with SharedMemory.create("ro-whole", size) as shm:
+        with shm.map_read_write() as w:
+            w[-1] = 5
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            fdpass.send(a, shm)
+            _, (received,) = fdpass.recv(b, 1)
+        assert isinstance(received, SharedMemory) and received._size_pending
+        for region in (shm, received):
+            with region.map_read_only() as m, region.map(PROT_READ) as general:
+                assert type(m) is type(general)
+                got = (m.readonly, m.offset, len(m), m.size(), m.region_name, m[-1])
+                assert got == (True, 0, size, size, general.region_name, 5)
+                with pytest.raises(TypeError):
+                    m[0] = 1
+            assert not region._size_pending and region.size == size
+        with pytest.raises(TypeError, match="populate must be"):
+            received.map_read_only(populate=1)  # type: ignore[arg-type]
+        with received.map_read_only(populate=True) as m:
+            assert m[-1] == 5
+        received.close()
+        with pytest.raises(ashmem.ClosedError, match="'ro-whole' is closed"):
+            received.map_read_only()
