@@ -387,3 +387,54 @@ def test_another_process_never_reads_head_going_back_while_the_producer_writes()
             os.kill(pid, 9)
             os.waitpid(pid, 0)
     assert status == 0 and last > 0
+
+
+def test_inlined_fast_paths_store_the_same_bytes_as_write_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct API's level methods and Handler.handle inline write_plain: with wraps,
+    drops, truncation and lone surrogates, their ring stays byte for byte write_log's."""
+    import logging
+    import threading
+    import types
+
+    import ashmem.logd
+    from ashmem.logd import _client
+
+    rng = random.Random(11)
+    mm_a, ours = _producer(8192, on_full="drop", process="MainProcess")
+    mm_b, full = _producer(8192, on_full="drop")
+    client = types.SimpleNamespace(
+        lock=threading.Lock(), producer=ours, next_check_ns=1 << 62, process="MainProcess"
+    )
+    monkeypatch.setattr(_client, "_client", client)
+    monkeypatch.setattr(_client, "_time_ns", itertools.count(1000).__next__)
+    tid = _client._thread_id()
+    handler = ashmem.logd.Handler()
+    std = logging.getLogger("inlined.std")
+    std.handlers[:] = [handler]
+    std.propagate = False
+    std.setLevel(logging.DEBUG)
+    direct = ashmem.logd.get_logger("inlined.direct")
+    drain_a, drain_b = _ring.Drain(mm_a), _ring.Drain(mm_b)
+    for i in range(3000):
+        message = rng.choice([f"m{i}", "\ud800 lone surrogate", "z" * rng.randrange(0, 900)])
+        if rng.random() < 0.01:
+            message = "y" * 10_000  # past the ring's record budget: truncated
+        via_std = rng.random() < 0.5
+        level, levelname = rng.choice([(logging.INFO, "INFO"), (logging.ERROR, "ERROR")])
+        before = ours.seq + ours.dropped_total
+        if via_std:
+            std.log(level, message)
+        else:
+            (direct.info if level == logging.INFO else direct.error)(message)
+        assert ours.seq + ours.dropped_total > before
+        logger = "inlined.std" if via_std else "inlined.direct"
+        full.write_log(level, levelname, logger, message, "MainProcess", None, "{}",
+                       1000 + i, tid)  # fmt: skip
+        assert mm_a[:] == mm_b[:], f"record {i} differs"
+        if rng.random() < 0.2:
+            assert drain_a.take() == drain_b.take()
+            drain_a.commit()
+            drain_b.commit()
+    assert ours.dropped_total == full.dropped_total > 0
