@@ -377,6 +377,7 @@ def _readdress(address: str) -> None:
 # LogRecord.__init__ always sets the same attributes: a record with no more than that many
 # has no extra (the set difference below costs more than the rest of emit's bookkeeping).
 _PLAIN_SIZE = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_LogRecord = logging.LogRecord
 
 
 def _extra(record_dict: dict[str, Any]) -> str:
@@ -431,7 +432,12 @@ class Handler(logging.Handler):
             ):
                 self.emit(record)
                 return True
-            message = record.getMessage()
+            if record.__class__ is _LogRecord:  # getMessage() inlined
+                message = str(record.msg)
+                if record.args:
+                    message = message % record.args
+            else:
+                message = record.getMessage()
             client = _client or _new_client()
             try:
                 tid = _thread_ids.tid
@@ -583,13 +589,14 @@ def _level_method(level: int, doc: str) -> Callable[..., None]:
     """``Logger.info`` and its siblings: ``Logger.log`` at a fixed level, with the plain
     case (no ``exc_info``, no extra) written in the fewest steps."""
 
-    def method(
-        self: Logger, msg: object, *args: object, exc_info: Any = None, **extra: Any
-    ) -> None:
+    # ``**kw`` holds ``exc_info`` too (Logger.log takes it out): a keyword-only parameter
+    # would cost every call, and the plain call passes no keyword. Same calls, same records
+    # as ``(msg, *args, exc_info=None, **extra)``, the signature type checkers see.
+    def method(self: Logger, msg: object, *args: object, **kw: Any) -> None:
         if level < self.level:
             return
-        if exc_info or extra:
-            self.log(level, msg, *args, exc_info=exc_info, **extra)
+        if kw:
+            self.log(level, msg, *args, **kw)
             return
         time_ns = _time_ns()
         if args:
