@@ -201,8 +201,8 @@ class _Client:
         """Write one record. ``process``: the process name to store (a LogRecord's
         ``processName``; None there, as with ``logging.logProcesses = False``, stores "");
         left out, this process's name as of the last check. A record with no traceback, no
-        extra and that name is the common case, which ``Producer.write_plain`` serves from
-        bytes it encoded once per logger and level."""
+        extra and that name (left out or the same) is the common case, which
+        ``Producer.write_plain`` serves from bytes it encoded once per logger and level."""
         try:
             tid = _thread_ids.tid
         except AttributeError:
@@ -213,7 +213,7 @@ class _Client:
                 return False
             if time_ns >= self.next_check_ns:
                 self._tick(producer, time_ns)
-            if exc is None and extra == "{}" and process is None:
+            if exc is None and extra == "{}" and (process is None or process == producer.process):
                 return producer.write_plain(levelno, levelname, name, message, time_ns, tid)
             return producer.write_log(
                 levelno, levelname, name, message,
@@ -424,20 +424,24 @@ class Handler(logging.Handler):
             return rv
         time_ns = _time_ns()
         try:
-            if (
-                len(record.__dict__) > _PLAIN_SIZE
-                or record.exc_info
-                or record.exc_text
-                or record.stack_info
-            ):
+            # Every attribute read before ``record.__dict__``: on CPython 3.11 that access
+            # turns the record's inline attribute values into a dict, and each attribute read
+            # after it costs several times more.
+            if record.exc_info or record.exc_text or record.stack_info:
                 self.emit(record)
                 return True
+            levelno, levelname, name = record.levelno, record.levelname, record.name
+            process = record.processName
             if record.__class__ is _LogRecord:  # getMessage() inlined
                 message = str(record.msg)
-                if record.args:
-                    message = message % record.args
+                args = record.args
+                if args:
+                    message = message % args
             else:
                 message = record.getMessage()
+            if len(record.__dict__) > _PLAIN_SIZE:  # an extra
+                self._write(record, message, time_ns)
+                return True
             client = _client or _new_client()
             try:
                 tid = _thread_ids.tid
@@ -450,8 +454,7 @@ class Handler(logging.Handler):
                 if producer is not None:
                     if time_ns >= client.next_check_ns:
                         client._tick(producer, time_ns)
-                    if record.processName == producer.process:
-                        levelno, levelname, name = record.levelno, record.levelname, record.name
+                    if process == producer.process:
                         # Producer.write_plain, inlined: keep the two the same.
                         try:
                             stamp = producer._stamps[name][levelno]
@@ -492,10 +495,7 @@ class Handler(logging.Handler):
                         return True
             finally:
                 lock.release()
-            _get().write(
-                record.levelno, record.levelname, record.name, message, None, "{}",
-                time_ns, record.processName or "",
-            )  # fmt: skip
+            _get().write(levelno, levelname, name, message, None, "{}", time_ns, process or "")
         except RecursionError:
             raise
         except Exception:
@@ -505,61 +505,26 @@ class Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         time_ns = _time_ns()
         try:
-            message = record.getMessage()
-            if (
-                len(record.__dict__) <= _PLAIN_SIZE
-                and not record.exc_info
-                and not record.exc_text
-                and not record.stack_info
-            ):
-                # No extra, no traceback: the common case. _Client.write's plain case inlined (a
-                # call layer is a tenth of the budget): tid, lock, once-a-second check.
-                client = _client or _new_client()
-                try:
-                    tid = _thread_ids.tid
-                except AttributeError:
-                    tid = _thread_id()
-                lock = client.lock
-                lock.acquire()
-                try:
-                    producer = client.producer
-                    if producer is not None:
-                        if time_ns >= client.next_check_ns:
-                            client._tick(producer, time_ns)
-                        if record.processName == producer.process:
-                            producer.write_plain(
-                                record.levelno, record.levelname, record.name, message,
-                                time_ns, tid,
-                            )  # fmt: skip
-                            return
-                finally:
-                    lock.release()
-                _get().write(
-                    record.levelno, record.levelname, record.name, message, None, "{}",
-                    time_ns, record.processName or "",
-                )  # fmt: skip
-                return
-            exc = None
-            if record.exc_info:
-                exc = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-            elif record.exc_text:
-                exc = record.exc_text
-            if record.stack_info:
-                exc = (exc + "\n" if exc else "") + record.stack_info
-            _get().write(
-                record.levelno,
-                record.levelname,
-                record.name,
-                message,
-                exc,
-                _extra(record.__dict__),
-                time_ns,
-                record.processName or "",
-            )
+            self._write(record, record.getMessage(), time_ns)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    @staticmethod
+    def _write(record: logging.LogRecord, message: str, time_ns: int) -> None:
+        """Write ``record`` whose message is ``message``, traceback and extra included."""
+        levelno, levelname, name = record.levelno, record.levelname, record.name
+        process = record.processName or ""
+        exc = None
+        if record.exc_info:
+            exc = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        elif record.exc_text:
+            exc = record.exc_text
+        if record.stack_info:
+            exc = (exc + "\n" if exc else "") + record.stack_info
+        extra = _extra(record.__dict__)  # "{}" for a record with no extra
+        _get().write(levelno, levelname, name, message, exc, extra, time_ns, process)
 
 
 _time_ns = time.time_ns
