@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import inspect
 import json
 import logging
 import mmap
@@ -630,7 +631,17 @@ def _level_method(level: int, doc: str) -> Callable[..., None]:
             lock.release()
 
     method.__doc__ = doc
+    method.__signature__ = _LEVEL_SIGNATURE  # type: ignore[attr-defined]  # what help() shows
     return method
+
+
+def _level_signature(
+    self: Logger, msg: object, *args: object, exc_info: Any = None, **extra: Any
+) -> None:
+    """The signature the level methods document (they take ``**kw``: see there)."""
+
+
+_LEVEL_SIGNATURE = inspect.signature(_level_signature)
 
 
 class Logger:
