@@ -1062,28 +1062,11 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        fds = self._fds
-        if fds:
-            self._fds = ()
-            fds.release()
-        data = self._data
-        if data is not None and data.__class__ is not bytes:  # else no mapping to release
-            self._release_mapping()
+        self._release()
         self.__dict__.clear()
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.__class__ is not Parcel:
-            self.close()  # a subclass's own close() runs
-            return
-        # ``close()``, without the call (a ``with Parcel()`` block on the call path).
-        fds = self._fds
-        if fds:
-            self._fds = ()
-            fds.release()
-        data = self._data
-        if data is not None and data.__class__ is not bytes:
-            self._release_mapping()
-        self.__dict__.clear()
+        self.close()
 
     def __reduce__(self) -> Any:
         raise TypeError("a Parcel cannot be pickled; send it with Proxy.transact")
