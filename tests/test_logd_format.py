@@ -389,11 +389,12 @@ def test_another_process_never_reads_head_going_back_while_the_producer_writes()
     assert status == 0 and last > 0
 
 
-def test_inlined_fast_paths_store_the_same_bytes_as_write_log(
+def test_fast_paths_store_the_same_bytes_as_write_log(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The direct API's level methods and Handler.handle inline write_plain: with wraps,
-    drops, truncation and lone surrogates, their ring stays byte for byte write_log's."""
+    """The direct API's level methods and Handler.handle (which skip emit and go to
+    write_plain): with wraps, drops, truncation and lone surrogates, their ring stays byte for
+    byte write_log's."""
     import logging
     import threading
     import types

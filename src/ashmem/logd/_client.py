@@ -36,16 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import fdpass
 from .._shared_memory import Mapping, SharedMemory
-from ._ring import (
-    _HEAD_WORD,
-    HEADER_SIZE,
-    KIND_LOG,
-    Producer,
-    _crc32,
-    _join,
-    _pack_crc_head,
-    _pack_plain,
-)
+from ._ring import Producer
 
 __all__ = ["Handler", "Logger", "flush", "get_logger"]
 
@@ -413,9 +404,8 @@ class Handler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         """Filter, then emit without ``logging.Handler``'s lock: the ring has its own. With
-        no filter, a plain record (no extra, no traceback, this process's name) is written
-        here, ``Producer.write_plain``'s fast path inlined (a call layer, a ``with`` and the
-        attribute lookups it saves are a third of what this handler adds to logging)."""
+        no filter, a plain record (no extra, no traceback, this process's name) goes straight
+        to ``Producer.write_plain`` from here (no ``emit`` call, no ``with``)."""
         if self.filters:
             rv = self.filter(record)
             if rv:
@@ -456,43 +446,7 @@ class Handler(logging.Handler):
                     if time_ns >= client.next_check_ns:
                         client._tick(producer, time_ns)
                     if process == producer.process:
-                        # Producer.write_plain, inlined: keep the two the same.
-                        try:
-                            stamp = producer._stamps[name][levelno]
-                        except KeyError:
-                            stamp = None
-                        if stamp is None or stamp[0] != levelname:
-                            stamp = producer._stamp(levelno, levelname, name)
-                        try:
-                            msg = message.encode()  # faster than naming the codec and errors
-                        except UnicodeEncodeError:  # a lone surrogate
-                            msg = message.encode("utf-8", "replace")
-                        seq = producer.seq + 1
-                        _, lv, n_lvl, n_name, middle, end = stamp
-                        body = _join(
-                            (_pack_plain(seq, KIND_LOG, lv, time_ns, tid, n_lvl, n_name,
-                                         len(msg)), middle, msg, end)
-                        )  # fmt: skip
-                        length = 8 + len(body)
-                        padded = (length + 7) & ~7
-                        head = producer.head
-                        size = producer.data_size
-                        pos = head % size
-                        if (
-                            padded <= size - pos
-                            and head + padded <= producer._limit
-                            and not producer.dropped
-                            and len(msg) <= producer._plain_budget
-                        ):
-                            start = HEADER_SIZE + pos
-                            mm = producer._mm
-                            _pack_crc_head(mm, start, length, _crc32(body, length))  # type: ignore[arg-type]
-                            mm[start + 8 : start + length] = body  # type: ignore[index]
-                            producer.head = head = head + padded
-                            producer.seq = seq
-                            producer._words[_HEAD_WORD] = head  # last: see _ring "Memory ordering"
-                        else:
-                            producer.write_plain(levelno, levelname, name, message, time_ns, tid)
+                        producer.write_plain(levelno, levelname, name, message, time_ns, tid)
                         return True
             finally:
                 lock.release()
@@ -589,44 +543,7 @@ def _level_method(level: int, doc: str) -> Callable[..., None]:
                 levelname = _level_names[level]
             except KeyError:
                 levelname = logging.getLevelName(level)
-            name = self.name
-            # Producer.write_plain, inlined as in Handler.handle: keep the three the same.
-            try:
-                stamp = producer._stamps[name][level]
-            except KeyError:
-                stamp = None
-            if stamp is None or stamp[0] != levelname:
-                stamp = producer._stamp(level, levelname, name)
-            try:
-                msg = message.encode()  # faster than naming the codec and errors
-            except UnicodeEncodeError:  # a lone surrogate
-                msg = message.encode("utf-8", "replace")
-            seq = producer.seq + 1
-            _, lv, n_lvl, n_name, middle, end = stamp
-            body = _join(
-                (_pack_plain(seq, KIND_LOG, lv, time_ns, tid, n_lvl, n_name, len(msg)),
-                 middle, msg, end)
-            )  # fmt: skip
-            length = 8 + len(body)
-            padded = (length + 7) & ~7
-            head = producer.head
-            size = producer.data_size
-            pos = head % size
-            if (
-                padded <= size - pos
-                and head + padded <= producer._limit
-                and not producer.dropped
-                and len(msg) <= producer._plain_budget
-            ):
-                start = HEADER_SIZE + pos
-                mm = producer._mm
-                _pack_crc_head(mm, start, length, _crc32(body, length))  # type: ignore[arg-type]
-                mm[start + 8 : start + length] = body  # type: ignore[index]
-                producer.head = head = head + padded
-                producer.seq = seq
-                producer._words[_HEAD_WORD] = head  # last: see _ring "Memory ordering"
-            else:
-                producer.write_plain(level, levelname, name, message, time_ns, tid)
+            producer.write_plain(level, levelname, self.name, message, time_ns, tid)
         finally:
             lock.release()
 

@@ -387,7 +387,10 @@ class Producer:
         if stamp is None or stamp[0] != levelname:  # new, or the level was renamed
             stamp = self._stamp(levelno, levelname, logger)
         _, level, n_lvl, n_name, middle, end = stamp
-        msg = message.encode("utf-8", "replace")
+        try:
+            msg = message.encode()  # faster than naming the codec and the error handler
+        except UnicodeEncodeError:  # a lone surrogate
+            msg = message.encode("utf-8", "replace")
         if len(msg) > self._plain_budget:
             return self.write_log(
                 levelno, levelname, logger, message, self.process, None, "{}", time_ns, tid
