@@ -20,7 +20,8 @@ rewrites its own section of the README, between ``<!-- bench:KEY:start -->`` and
     markdown table, the machine line and ``notes`` into the README section ``key``.
 ``busy_machine(processes=None)``
     Context manager: one CPU-bound process per core (or ``processes``) runs beside the block,
-    started before it and killed and reaped after it, for the "busy machine" variants.
+    started before it and killed and reaped after it, for the "busy machine" variants. Each
+    is pinned to its own CPU of ``ALL_CPUS``, whatever the caller's placement.
 ``pin(cpu)``
     ``os.sched_setaffinity(0, {cpu})``: place the calling process on one CPU (placement of
     ping-pong peers: same core or different cores).
@@ -92,6 +93,9 @@ def parse_args(description: str) -> argparse.Namespace:
 
 #: What each busy process runs: a tight loop that never sleeps, at normal priority.
 _SPIN = "while True:\n    pass\n"
+#: The CPUs this process could use when it imported this module, before any benchmark pinned
+#: itself (``busy_machine`` spreads its spinners over them).
+ALL_CPUS = sorted(os.sched_getaffinity(0))
 
 
 @contextlib.contextmanager
@@ -102,8 +106,12 @@ def busy_machine(processes: int | None = None) -> Iterator[int]:
     count = processes if processes is not None else (os.cpu_count() or 1)
     spinners: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(count):
-            spinners.append(subprocess.Popen([sys.executable, "-c", _SPIN]))
+        for i in range(count):
+            spinner = subprocess.Popen([sys.executable, "-c", _SPIN])
+            spinners.append(spinner)
+            # Spinner i on CPU i: a child inherits its parent's placement, and the caller
+            # may have pinned itself to one CPU by now, which would put every spinner there.
+            os.sched_setaffinity(spinner.pid, {ALL_CPUS[i % len(ALL_CPUS)]})
         yield count
     finally:
         for proc in spinners:

@@ -86,15 +86,18 @@ least Python (bound)
     and nothing more, against a forked ``least_server`` under the same placement: the
     caller builds the 16-byte header and checks the reply's (prefix, status, seq); the
     server receives with room for descriptors, checks and unpacks the header, makes a data
-    and a reply Parcel and calls ``on_transact``, then sends the reply header. One-way: the
-    same header per call, counted by ``on_transact``. Its ratio to the floor is the lowest
-    any one-datagram-per-call design can reach here.
+    and a reply Parcel and calls ``on_transact``, then sends the reply header. With a
+    region: the caller attaches its descriptor to the header as it is (``SCM_RIGHTS``, no
+    Parcel and no dup), and the server's data Parcel owns it and closes it (``close()``).
+    One-way: the same header per call, counted by ``on_transact``. Its ratio to the floor
+    is the lowest any one-datagram-per-call design can reach here.
 
 ``--placement-only`` runs this table alone (it still rewrites its README section).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import multiprocessing
 import os
@@ -250,10 +253,16 @@ def counting_server(sock: socket.socket, count: int) -> None:
 _LEAST_HEADER = struct.Struct("<8sII")
 
 
-def least_prefixes() -> tuple[bytes, bytes, bytes]:
-    """The first 8 header bytes of a plain call, a one-way call and a plain reply (looked up
-    when used: ``--driver`` runs this script on older code, which has no such names)."""
-    return _wire.CALL_PREFIX, _wire.ONEWAY_PREFIX, _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+def least_prefixes() -> tuple[bytes, bytes, bytes, bytes]:
+    """The first 8 header bytes of a plain call, a one-way call, a plain reply and a call
+    carrying one descriptor (looked up when used: ``--driver`` runs this script on older
+    code, which has no such names)."""
+    return (
+        _wire.CALL_PREFIX,
+        _wire.ONEWAY_PREFIX,
+        _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8],
+        _wire.pack(_wire.TRANSACTION, 0, 1, 0, 0)[:8],
+    )
 
 
 class LeastService(Binder):
@@ -270,7 +279,7 @@ class LeastService(Binder):
 def least_server(sock: socket.socket, count: int) -> None:
     """Serve the least-Python calls on ``sock``; after every ``count`` one-way calls, send
     ``done`` (as ``counting_server`` does)."""
-    call_prefix, oneway_prefix, reply_prefix = least_prefixes()
+    call_prefix, oneway_prefix, reply_prefix, fd_prefix = least_prefixes()
     service = LeastService()
     on_transact = service.on_transact
     recvmsg, send = sock.recvmsg, sock.send
@@ -280,10 +289,20 @@ def least_server(sock: socket.socket, count: int) -> None:
         msg, anc, mflags, _ = recvmsg(*args)
         if not msg:
             return
-        if anc or mflags & _wire.TRUNCATED or len(msg) < _wire.HEADER_SIZE:
+        if mflags & _wire.TRUNCATED or len(msg) < _wire.HEADER_SIZE:
             raise RuntimeError("least_server: unexpected message")
         prefix, code, seq = unpack(msg)
-        if prefix == call_prefix:
+        if anc:
+            # A call with one region: the Parcel owns the peer's descriptor and closes it
+            # (``_PeerFds``: after one F_GET_SEALS for a memfd), as binder's does.
+            fds = _wire.take_fds(anc)
+            if prefix != fd_prefix or len(fds) != 1:
+                raise RuntimeError("least_server: unexpected message")
+            data = Parcel._from_wire(msg, _wire.HEADER_SIZE, fds)
+            status = 0 if on_transact(code, data, Parcel(), 0) else 1
+            data.close()
+            send(pack(reply_prefix, status, seq), _wire.SEND_FLAGS)
+        elif prefix == call_prefix:
             status = 0 if on_transact(code, Parcel(), Parcel(), 0) else 1
             send(pack(reply_prefix, status, seq), _wire.SEND_FLAGS)
         elif prefix == oneway_prefix:
@@ -572,13 +591,19 @@ def placement_table(
         count_a.recv(64)
         return oneway_count / ((time.perf_counter_ns() - start) / 1e9)
 
+    fd = [region.fileno()]
     least_pack = _LEAST_HEADER.pack
-    call_prefix, oneway_prefix, reply_prefix = least_prefixes()
+    call_prefix, oneway_prefix, reply_prefix, fd_prefix = least_prefixes()
     least_seq = [0]
+    least_rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fd).tobytes())]
 
-    def least_call() -> bool:
+    def least_call(with_fd: bool = False) -> bool:
         seq = least_seq[0] = (least_seq[0] + 1) & 0xFFFFFFFF
-        least_a.send(least_pack(call_prefix, EMPTY, seq), _wire.SEND_FLAGS)
+        if with_fd:
+            header = least_pack(fd_prefix, REGION, seq)
+            least_a.sendmsg([header], least_rights, _wire.SEND_FLAGS)
+        else:
+            least_a.send(least_pack(call_prefix, EMPTY, seq), _wire.SEND_FLAGS)
         msg, anc, mflags, _ = least_a.recvmsg(*recv_args)
         if (
             msg[:8] == reply_prefix
@@ -603,8 +628,6 @@ def placement_table(
     def empty_call() -> None:
         proxy.transact(EMPTY)
 
-    fd = [region.fileno()]
-
     def region_call() -> None:
         with Parcel() as data:
             data.write_shared_memory(region)
@@ -615,8 +638,8 @@ def placement_table(
         echo_a.recvmsg(*recv_args)
 
     trips = {
-        "round trip, empty": (empty_call, seqpacket_call),
-        "round trip, a region fd": (region_call, seqpacket_fd_call),
+        "round trip, empty": (empty_call, seqpacket_call, least_call),
+        "round trip, a region fd": (region_call, seqpacket_fd_call, lambda: least_call(True)),
     }
 
     rows: list[list[str]] = []
@@ -627,22 +650,20 @@ def placement_table(
                     pin(mine)
                     for pid in (service.pid, echo.pid, counter.pid, least.pid):
                         pin_process(pid, {theirs})
-                    for ours_call, floor_call in trips.values():  # warm up, settle
+                    for ours_call, floor_call, least_call_ in trips.values():  # warm up
                         timed_calls(ours_call, calls // 4, service.pid)
                         timed_calls(floor_call, calls // 4, echo.pid)
-                    timed_calls(least_call, calls // 4, least.pid)
+                        timed_calls(least_call_, calls // 4, least.pid)
                     trip: dict[tuple[str, str], list[tuple[float, ...]]] = {}
                     rate: dict[str, list[float]] = {"binder": [], "floor": [], "least": []}
                     for r in range(rounds):
                         order = ("binder", "floor", "least")[:: 1 if r % 2 else -1]
-                        for what, (ours_call, floor_call) in trips.items():
+                        for what, (ours_call, floor_call, least_call_) in trips.items():
                             for peer in order:
-                                if peer == "least" and what != "round trip, empty":
-                                    continue  # the bound is measured for the empty call only
                                 call, pid = {
                                     "binder": (ours_call, service.pid),
                                     "floor": (floor_call, echo.pid),
-                                    "least": (least_call, least.pid),
+                                    "least": (least_call_, least.pid),
                                 }[peer]
                                 sample = timed_calls(call, calls, pid)
                                 trip.setdefault((what, peer), []).append(sample)
@@ -658,10 +679,8 @@ def placement_table(
                         ours = [median(s[i] for s in trip[(what, "binder")]) for i in range(3)]
                         floor = [median(s[i] for s in trip[(what, "floor")]) for i in range(3)]
                         ratio = ours[0] / floor[0]
-                        bound = ["", ""]
-                        if (what, "least") in trip:
-                            least_ns = median(s[0] for s in trip[(what, "least")])
-                            bound = [format_ns(least_ns), format_ratio(least_ns / floor[0])]
+                        least_ns = median(s[0] for s in trip[(what, "least")])
+                        bound = [format_ns(least_ns), format_ratio(least_ns / floor[0])]
                         rows.append(
                             [
                                 placement,
@@ -723,13 +742,14 @@ def placement_table(
         "thread + the whole serving process, per round trip (medians of the same rounds); "
         "CPU ratio: binder's sum over the floor's, which moves less with other load than "
         "the wall-clock ratio." + (" `--quick`: short run, rough numbers." if quick else ""),
-        "Bound columns, for the empty round trip and one-way calls: the least Python a "
-        "binder call over the same socket needs, measured in the same rounds and placement "
-        "(`least_server`: the 16-byte header built and checked on both sides, `recvmsg` "
-        "with room for descriptors, a data and a reply Parcel and `on_transact` in the "
-        "server; none of binder's argument checks, channel pool, caller identity, thread "
-        "pool, limits or refusals). A target under the bound's ratio cannot be met by any "
-        "Python binder that sends one datagram per call.",
+        "Bound columns: the least Python a binder call over the same socket needs, "
+        "measured in the same rounds and placement (`least_server`: the 16-byte header "
+        "built and checked on both sides, `recvmsg` with room for descriptors, a data and a "
+        "reply Parcel and `on_transact` in the server; with a region, its descriptor sent "
+        "as it is (no Parcel, no dup, on the caller's side) and owned and closed by the "
+        "server's data Parcel; none of binder's argument checks, channel pool, caller "
+        "identity, thread pool, limits or refusals). A target under the bound's ratio "
+        "cannot be met by any Python binder that sends one datagram per call.",
         "Measured on a shared 2-core VM while other developers' jobs ran: absolute times "
         "move between runs; compare the same-run ratios.",
     ]
