@@ -59,9 +59,12 @@ the part of it that checks the peer right after ``accept`` (``SO_PEERCRED``, the
 policy, the per-uid and pending-HELLO books: ``_ProcessState._admit_connection``, timed
 in this process on a socketpair, with the books undone after each call).
 
-CPU placement is left to the scheduler in the table above: on this shared two-core machine,
-pinning client and server to separate CPUs made every round trip several times slower (the
-other developers' load then cannot be moved off the server's CPU).
+CPU placement in the table above: every process (this one, the servers, the binder
+service, the old code's driver and service, the Manager) runs on one CPU, the first this
+process may use. Left to the scheduler, each pair of processes landed on one core or on
+two from row to row, and the same raw ping-pong takes about 5 µs on one core and 75 µs
+across two here, so one row could read binder slower than a Manager call for no reason
+but placement; the placement table below measures both placements on purpose.
 
 Placement and load (a second table, ``binder-placement``): the same empty round trip and
 one-way rate with the caller and the serving process pinned (``os.sched_setaffinity`` on
@@ -780,6 +783,15 @@ PLACEMENT_HEADERS = [
 def main() -> int:
     if "--driver" in sys.argv:
         return driver()
+    placement_only = "--placement-only" in sys.argv
+    if placement_only:
+        sys.argv.remove("--placement-only")
+    everywhere = os.sched_getaffinity(0)
+    if not placement_only:
+        # The first table on one CPU: every process started from here on (servers, the
+        # service and its threads, the old code's driver and its service, the Manager)
+        # inherits it, so no peer's row depends on where the scheduler put its pair.
+        pin(min(everywhere))
     before: OldCode | None = None
     before_label = ""
     if "--before" in sys.argv:
@@ -788,9 +800,6 @@ def main() -> int:
         del sys.argv[at : at + 2]
         before = OldCode(revision)
         before_label = revision
-    placement_only = "--placement-only" in sys.argv
-    if placement_only:
-        sys.argv.remove("--placement-only")
 
     def before_row(
         what: str, after_ns: float, before_ns: float, shown: tuple[str, str] | None = None
@@ -1213,12 +1222,10 @@ def main() -> int:
         "module docstring says exactly what each peer does."
     )
     notes.append(
-        "Measured on a shared 2-core VM while other developers' jobs ran, with client and "
-        "servers left to the scheduler: a wall-clock row can move several-fold between "
-        "runs, and between two rows of one run (a call's cost depends on whether its two "
-        "processes shared a core: the placement table below has the same raw ping-pong at "
-        "about 5 µs on one core and 75 µs across two); the CPU rows and the placement "
-        "table are the steady ones."
+        "Measured on a shared 2-core VM while other developers' jobs ran, with every "
+        "process of this table on one CPU (left to the scheduler, a row could move "
+        "several-fold with where its two processes landed: the placement table below has "
+        "the same raw ping-pong at about 5 µs on one core and 75 µs across two)."
     )
     ours, floor, transport = empty["binder"], empty["raw"], empty["seqpacket"]
     if ours / floor > 1.3 and transport >= ours:
@@ -1270,6 +1277,7 @@ def main() -> int:
         readme=not args.no_readme,
     )
 
+    os.sched_setaffinity(0, everywhere)  # placement_table places everyone itself
     placement()
 
     if before is not None:
