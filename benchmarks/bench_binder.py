@@ -1229,14 +1229,13 @@ def main() -> int:
     )
     ours, floor, transport = empty["binder"], empty["raw"], empty["seqpacket"]
     if ours / floor > 1.3 and transport >= ours:
-        # Unpinned, the two ping-pongs can land on different placements: a split of binder's
+        # A noisy run can put the bare transport above binder itself: a split of binder's
         # excess would then be nonsense (more than all of it "the transport").
         notes.append(
             f"Round trip: the bare SOCK_SEQPACKET ping-pong (binder's transport, no binder "
             f"work) took {format_ns(transport)} here, no less than binder's "
-            f"{format_ns(ours)}: in this unpinned table where the scheduler put each pair "
-            "of processes outweighs binder's own work; the placement table below compares "
-            "them under the same placement."
+            f"{format_ns(ours)}, so this run cannot say how binder's excess over the floor "
+            "splits; the placement table below compares them round by round."
         )
     elif ours / floor > 1.3:
         notes.append(
