@@ -640,9 +640,23 @@ def placement_table(
         socket.send_fds(echo_a, [MESSAGE], fd)
         echo_a.recvmsg(*recv_args)
 
+    # Each round trip: per peer, its call and the pid of the process that serves it.
     trips = {
-        "round trip, empty": (empty_call, seqpacket_call, least_call),
-        "round trip, a region fd": (region_call, seqpacket_fd_call, lambda: least_call(True)),
+        "round trip, empty": {
+            "binder": (empty_call, service.pid),
+            "floor": (seqpacket_call, echo.pid),
+            "least": (least_call, least.pid),
+        },
+        "round trip, a region fd": {
+            "binder": (region_call, service.pid),
+            "floor": (seqpacket_fd_call, echo.pid),
+            "least": (lambda: least_call(True), least.pid),
+        },
+    }
+    oneway_rates = {
+        "binder": lambda: oneway_rate(proxy, service.name, 1, oneway_count),
+        "floor": raw_oneway,
+        "least": least_oneway,
     }
 
     rows: list[list[str]] = []
@@ -653,30 +667,20 @@ def placement_table(
                     pin(mine)
                     for pid in (service.pid, echo.pid, counter.pid, least.pid):
                         pin_process(pid, {theirs})
-                    for ours_call, floor_call, least_call_ in trips.values():  # warm up
-                        timed_calls(ours_call, calls // 4, service.pid)
-                        timed_calls(floor_call, calls // 4, echo.pid)
-                        timed_calls(least_call_, calls // 4, least.pid)
+                    for peers in trips.values():  # warm up, settle
+                        for call, pid in peers.values():
+                            timed_calls(call, calls // 4, pid)
                     trip: dict[tuple[str, str], list[tuple[float, ...]]] = {}
-                    rate: dict[str, list[float]] = {"binder": [], "floor": [], "least": []}
+                    rate: dict[str, list[float]] = {peer: [] for peer in oneway_rates}
                     for r in range(rounds):
                         order = ("binder", "floor", "least")[:: 1 if r % 2 else -1]
-                        for what, (ours_call, floor_call, least_call_) in trips.items():
+                        for what, peers in trips.items():
                             for peer in order:
-                                call, pid = {
-                                    "binder": (ours_call, service.pid),
-                                    "floor": (floor_call, echo.pid),
-                                    "least": (least_call_, least.pid),
-                                }[peer]
+                                call, pid = peers[peer]
                                 sample = timed_calls(call, calls, pid)
                                 trip.setdefault((what, peer), []).append(sample)
                         for peer in order:
-                            if peer == "binder":
-                                rate[peer].append(oneway_rate(proxy, service.name, 1, oneway_count))
-                            elif peer == "floor":
-                                rate[peer].append(raw_oneway())
-                            else:
-                                rate[peer].append(least_oneway())
+                            rate[peer].append(oneway_rates[peer]())
                     goal = ROUND_TRIP_QUIET if load == "quiet" else ROUND_TRIP_BUSY
                     for what in trips:
                         ours = [median(s[i] for s in trip[(what, "binder")]) for i in range(3)]
