@@ -8,6 +8,7 @@ client sent, every descriptor it carried was closed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -33,6 +34,7 @@ from ashmem.binder import (
     Parcel,
     RemoteError,
     _limits,
+    _pool,
     _wire,
 )
 
@@ -525,3 +527,300 @@ def test_a_oneway_batch_leaves_other_messages_to_the_full_checks(
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
+
+
+# -- the one-way stream: records, descriptors bound to them, cut records, hostile streams ------
+
+
+def stream_of(path: str) -> socket.socket:
+    """A one-way stream asked for over a raw connection (HELLO, STREAM), as a Proxy does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(scaled(10))
+        sock.connect(path)
+        sock.send(header(_wire.HELLO))
+        assert sock.recv(_wire.MAX_MESSAGE)[3] == _wire.WELCOME
+        sock.send(header(_wire.STREAM, seq=5))
+        msg, anc, mflags, _ = sock.recvmsg(_wire.MAX_MESSAGE, _wire.CMSG_SPACE)
+        (fd,) = _wire.take_fds(anc)
+        kind, _, status, seq = _wire.check(msg, mflags, 1)
+        assert (kind, status, seq) == (_wire.REPLY, _wire.STATUS_OK, 5)
+        # The connection that asked is closed: the service reads the stream instead.
+        assert sock.recv(_wire.MAX_MESSAGE) == b""
+    stream = socket.socket(fileno=fd)
+    assert (stream.family, stream.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+    stream.settimeout(scaled(10))
+    return stream
+
+
+def record_of(code: int, value: int, fds: list[int] | None = None, pad: int = 0) -> Parcel:
+    """A Parcel holding ``value``, then ``pad`` bytes, then ``fds``."""
+    data = Parcel()
+    data.write_int(value)
+    if pad:
+        data.write_bytes(bytes(pad))
+    for fd in fds or ():
+        data.write_file_descriptor(fd)
+    return data
+
+
+def record_bytes(code: int, data: Parcel) -> bytes:
+    out = data._outgoing()
+    assert not out.fds
+    return _wire.record(code, out) + b"".join(bytes(part) for part in out.parts)
+
+
+def test_a_oneway_stream_runs_every_shape_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    """Records queued behind a held call: plain, raising, with a descriptor, spilled, one
+    sent a byte at a time, then a record cut in the middle and the stream closed. All but
+    the cut one run, in order; the descriptor is closed by the service; the cut one never
+    runs, and the stream's end is noticed (the connection goes away)."""
+    caplog.set_level(logging.CRITICAL, logger="ashmem.binder")  # BOOM is expected (restored)
+    recorder = Recorder()
+    name = f"test.stream.{os.getpid()}"
+    read_end, write_end = os.pipe()
+
+    def send(code: int, value: int, fds: list[int] | None = None, pad: int = 0) -> None:
+        with record_of(code, value, fds, pad) as data:
+            out = data._outgoing()
+            try:
+                _wire.send_record(stream, code, out, _wire.SEND_FLAGS)
+            finally:
+                out.close()
+
+    try:
+        with binder.add_service(name, recorder):
+            before = binder.statistics().connections
+            stream = stream_of(os.path.join(binder.service_directory(), name))
+            with stream:
+                send(HOLD, 0)
+                assert recorder.held.wait(scaled(10))
+                send(RECORD, 1)
+                send(BOOM, 2)
+                send(RECORD, 3, [read_end])
+                send(RECORD, 4, pad=2 * _wire.MAX_INLINE)  # spilled into a sealed region
+                os.close(read_end)
+                read_end = -1
+                recorder.release.set()
+                with record_of(RECORD, 5, pad=100) as data:
+                    whole = record_bytes(RECORD, data)
+                for i in range(len(whole)):  # received in pieces: a record across reads
+                    stream.send(whole[i : i + 1])
+                send(RECORD, 6)
+                with record_of(RECORD, 7, pad=100) as data:
+                    stream.send(record_bytes(RECORD, data)[:40])  # cut: never complete
+            deadline = time.monotonic() + scaled(10)
+            while binder.statistics().connections != before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert binder.statistics().connections == before
+        assert recorder.seen == [(value, value == 3) for value in range(7)]
+        with pytest.raises(BrokenPipeError):  # the service closed its copy of the read end
+            os.write(write_end, b"x")
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "garbage",
+        "too long",
+        "two-way call",
+        "hello",
+        "fewer descriptors than declared",
+        "descriptors ahead of records",
+        "descriptors cut off",
+        "fake spill",
+    ],
+)
+def test_a_hostile_oneway_stream_is_dropped_with_all_it_held(
+    target: binder.ServiceProcess, baseline: int, attack: str
+) -> None:
+    oneway = _wire.F_ONEWAY
+    read_end, write_end = os.pipe()
+    try:
+        with stream_of(path_of(target)) as stream:
+            if attack == "garbage":
+                stream.send(b"XY" + bytes(14))
+            elif attack == "too long":
+                stream.send(header(_wire.TRANSACTION, oneway, 0, DECODE, _wire.MAX_INLINE + 1))
+            elif attack == "two-way call":
+                stream.send(header(_wire.TRANSACTION, 0, 0, DECODE, 0))
+            elif attack == "hello":
+                stream.send(header(_wire.HELLO))
+            elif attack == "fewer descriptors than declared":
+                stream.sendmsg(
+                    [header(_wire.TRANSACTION, oneway, 2, DECODE, 0)], _wire.rights([read_end])
+                )
+            elif attack == "descriptors ahead of records":
+                for _ in range(3):  # one byte each: no record ever claims them
+                    stream.sendmsg([b"A"], _wire.rights([read_end] * 64))
+            elif attack == "descriptors cut off":
+                too_many = _wire.rights([read_end] * 70)
+                stream.sendmsg([header(_wire.TRANSACTION, oneway, 64, DECODE, 0)], too_many)
+            else:
+                stream.sendmsg(
+                    [header(_wire.TRANSACTION, oneway | _wire.F_SPILLED, 1, DECODE, 0)],
+                    _wire.rights([read_end]),
+                )
+            # The service drops the stream: reading it ends (after a REFUSED, for a bad
+            # payload), and nothing it held stays open there (``baseline``).
+            with contextlib.suppress(ConnectionResetError):
+                while stream.recv(4096):
+                    pass
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_oneway_calls_of_every_shape_keep_their_order_through_a_proxy() -> None:
+    """Blocking and asyncio one-way calls on one Proxy, with and without a descriptor,
+    spilled or not, share its stream and run in the order they were sent."""
+    recorder = Recorder()
+    recorder.release.set()
+    name = f"test.stream.order.{os.getpid()}"
+    read_end, write_end = os.pipe()
+    try:
+        with binder.add_service(name, recorder), binder.get_service(name) as proxy:
+
+            async def main() -> None:
+                for value in range(40):
+                    fds = [read_end] if value % 4 == 1 else []
+                    pad = 2 * _wire.MAX_INLINE if value % 4 == 2 else 0
+                    with record_of(RECORD, value, fds, pad) as data:
+                        if value % 2:
+                            await proxy.transact_async(
+                                RECORD, data, flags=FLAG_ONEWAY, timeout=scaled(10)
+                            )
+                        else:
+                            assert proxy.transact(RECORD, data, None, FLAG_ONEWAY)
+
+            asyncio.run(main())
+            deadline = time.monotonic() + scaled(10)
+            while len(recorder.seen) < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert recorder.seen == [(value, value % 4 == 1) for value in range(40)]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_an_async_sender_waits_on_a_full_stream_and_sends_whole_records() -> None:
+    """While the service holds a call, 60 KB records fill the stream and the asyncio sender
+    waits with part of a record sent; once released, every record arrives whole, in
+    order, and the loop ran meanwhile."""
+    recorder = Recorder()
+    name = f"test.stream.full.{os.getpid()}"
+    count = 20
+    with binder.add_service(name, recorder), binder.get_service(name) as proxy:
+        assert proxy.transact(HOLD, record_of(HOLD, 0), None, FLAG_ONEWAY)
+        assert recorder.held.wait(scaled(10))
+        sent = 0
+
+        async def sender() -> None:
+            nonlocal sent
+            for value in range(1, count + 1):
+                with record_of(RECORD, value, pad=60_000) as data:
+                    await proxy.transact_async(RECORD, data, flags=FLAG_ONEWAY, timeout=scaled(30))
+                sent += 1
+
+        async def main() -> int:
+            task = asyncio.ensure_future(sender())
+            while True:  # until the sender stops making progress: the stream is full
+                before = sent
+                await asyncio.sleep(0.05)
+                if sent == before or task.done():
+                    break
+            held_back = sent
+            recorder.release.set()
+            await task
+            return held_back
+
+        held_back = asyncio.run(main())
+        assert held_back < count  # 1.2 MB cannot fit in the stream while nobody reads it
+        deadline = time.monotonic() + scaled(10)
+        while len(recorder.seen) < count + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert recorder.seen == [(value, False) for value in range(count + 1)]
+
+
+def test_a_send_cut_by_its_timeout_never_runs_and_the_next_call_reconnects() -> None:
+    """A blocking one-way send that times out part-way through a record closes the stream:
+    that record never runs, the ones before it all do, and the next call opens a new
+    stream."""
+    recorder = Recorder()
+    name = f"test.stream.cut.{os.getpid()}"
+    with binder.add_service(name, recorder), binder.get_service(name) as proxy:
+        assert proxy.transact(HOLD, record_of(HOLD, 0), None, FLAG_ONEWAY)
+        assert recorder.held.wait(scaled(10))
+        cut = 0
+        with pytest.raises(TimeoutError):
+            for cut in range(1, 1000):
+                with record_of(RECORD, cut, pad=60_000) as data:
+                    proxy.transact(RECORD, data, None, FLAG_ONEWAY, timeout=scaled(0.3))
+        assert 1 < cut < 1000
+        recorder.release.set()
+        assert proxy.transact(RECORD, record_of(RECORD, 5000), None, FLAG_ONEWAY)
+        deadline = time.monotonic() + scaled(10)
+        while len(recorder.seen) < cut + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.ping(timeout=scaled(10))
+    values = [value for value, _ in recorder.seen]
+    # Two streams are read independently: the old one's records in order, then or
+    # meanwhile the new one's.
+    assert sorted(values) == [*range(cut), 5000]
+    assert [value for value in values if value != 5000] == list(range(cut))
+
+
+def held_fds() -> int:
+    """Descriptors this process's one-way streams hold while waiting for their records."""
+    state = _pool.current_state()
+    assert state is not None
+    with state._held_lock:
+        return sum(books[1] for books in state._held.values())
+
+
+def test_streams_stalled_mid_record_hold_no_more_than_their_uid_may(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streams that stop in the middle of a record keep its bytes and descriptors until
+    the rest comes; together, one uid's may hold at most ``oneway_backlog_fds``
+    descriptors (and ``oneway_backlog_bytes``): the stream that would go past is dropped,
+    the others finish their records, which run with every descriptor."""
+    monkeypatch.setattr(_limits, "_current", _limits.Limits(oneway_backlog_fds=100))
+    recorder = Recorder()
+    recorder.release.set()
+    name = f"test.stream.held.{os.getpid()}"
+    read_end, write_end = os.pipe()
+    try:
+        with binder.add_service(name, recorder):
+            path = os.path.join(binder.service_directory(), name)
+            refused = binder.statistics().refused_connections
+            streams = [stream_of(path) for _ in range(3)]
+            rests = []
+            for value, stream in enumerate(streams):
+                with record_of(RECORD, value, [read_end] * 40, pad=100) as data:
+                    out = data._outgoing()
+                    whole = _wire.record(RECORD, out) + b"".join(bytes(p) for p in out.parts)
+                    stream.sendmsg([whole[:30]], _wire.rights(list(out.fds)))
+                rests.append(whole[30:])
+                if value < 2:  # held and booked: 40, then 80 descriptors
+                    deadline = time.monotonic() + scaled(10)
+                    while held_fds() < 40 * (value + 1) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert held_fds() == 40 * (value + 1)
+            # The third would take the uid to 120 > 100: dropped, its 40 closed.
+            assert streams[2].recv(4096) == b""
+            assert binder.statistics().refused_connections == refused + 1
+            for stream, rest in zip(streams[:2], rests, strict=False):
+                stream.send(rest)
+            deadline = time.monotonic() + scaled(10)
+            while len(recorder.seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert recorder.seen == [(0, True), (1, True)]
+            for stream in streams:
+                stream.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import struct
 import weakref
 from typing import TYPE_CHECKING
@@ -45,11 +46,14 @@ _NO_FDS: list[int] = []  # shared, never mutated: what a message without descrip
 _TRANSACTION = _wire.TRANSACTION
 _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
+_MAX_INLINE = _wire.MAX_INLINE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
 _from_wire = Parcel._from_wire
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+_STREAM_REPLY = struct.Struct("<5sBHII").pack
+_STREAM_REPLY_PREFIX = _REPLY_PREFIX[:5]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 _CALL_PREFIX = _wire.CALL_PREFIX
 # The first 8 header bytes of a plain two-way call (TRANSACTION, no flags, nothing reserved)
@@ -57,6 +61,8 @@ _CALL_PREFIX = _wire.CALL_PREFIX
 # n descriptors received, exactly what ``_wire.check`` accepts for that shape.
 _PLAIN_CALLS = {_wire.pack(_wire.TRANSACTION, 0, n, 0, 0)[:8]: n for n in range(_wire.MAX_FDS + 1)}
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
+# A record's header as (first 8 bytes, code, payload length): see _wire.ONEWAY_PREFIX.
+_RECORD_HEADER = struct.Struct("<8sII").unpack_from
 _CODE = _wire.CODE.unpack_from
 _TRUNCATED = _wire.TRUNCATED
 #: One-way calls the deliverer takes from its own connection between two looks at the
@@ -76,7 +82,9 @@ class Dispatch(Gate):
 
     if TYPE_CHECKING:
 
-        def _rearm(self, conn: _Connection) -> None: ...
+        def _rearm(self, conn: _Connection, now: bool = False) -> None: ...
+
+        def _register(self, conn: _Connection, stream: socket.socket) -> bool: ...
 
         def _drop(self, conn: _Connection, eof: bool = False) -> None: ...
 
@@ -110,6 +118,9 @@ class Dispatch(Gate):
     def _serve(self, conn: _Connection) -> None:
         """Read and handle messages on ``conn``, which this thread owns until it re-arms or
         drops it."""
+        if conn.stream is not None:
+            self._serve_stream(conn)
+            return
         sock = conn.sock
         recvmsg = sock.recvmsg
         flags = _RECV_NOWAIT
@@ -245,6 +256,9 @@ class Dispatch(Gate):
                         return
                 elif not self._call(conn, code, mflags, seq, msg, fds):
                     return
+            elif kind == _wire.STREAM and conn.greeted:
+                self._adopt_stream(conn, seq, fds)
+                return
             elif not conn.greeted:
                 if kind != _wire.HELLO:
                     self._refuse(conn, _wire.REFUSED_PROTOCOL, "the first message must be HELLO")
@@ -413,6 +427,7 @@ class Dispatch(Gate):
         short = bool(held) and self._short_of_fds_often(held[0])
         size = data.data_size()
         limits = get_limits()
+        over = False
         with node.lock:
             node.queue.append((conn.oneway_caller, code, data, nfds, size))
             node.queued_fds += nfds
@@ -426,10 +441,19 @@ class Dispatch(Gate):
                     or node.queued_bytes >= limits.oneway_backlog_bytes
                     or short
                 ) and not (node.closed or self._stopping):
-                    node.parked.append(conn)
-                    return True
-                return False
-            node.draining = True
+                    # A stream keeps what it read beyond this call while parked: booked
+                    # against its uid, or it is dropped.
+                    if conn.stream is None or self._hold(conn):
+                        node.parked.append(conn)
+                        return True
+                    over = True
+                else:
+                    return False
+            else:
+                node.draining = True
+        if over:
+            self._stream_error(conn, _OverHeld(conn.creds.uid))
+            return True
         # Deliver the queue, ours first, then go on reading this connection: one thread
         # reads and delivers a busy sender's calls, no epoll round trip between them.
         # Others reading other connections append to the queue meanwhile, and we deliver
@@ -474,7 +498,10 @@ class Dispatch(Gate):
                             unparked, node.parked = node.parked, []
                     done = False
             for parked in unparked:
-                self._rearm(parked)  # parked connections are ours to hand back to epoll
+                # Parked connections are ours to hand back to epoll; a stream may hold
+                # records it read before it was parked: those are served at once.
+                stream = parked.stream
+                self._rearm(parked, stream is not None and stream.ready())
             if done:
                 for _, _, stale, _, _ in leftovers:
                     stale.close()
@@ -506,6 +533,8 @@ class Dispatch(Gate):
         TRANSACTION with FLAG_ONEWAY); the first message that is anything else, or the
         receive's error, is left in ``conn.unread`` for ``_serve`` to handle with every
         check of the full path. True if the whole batch was delivered (more may wait)."""
+        if conn.stream is not None:
+            return self._own_stream_oneways(node, conn)
         try:
             binder = node.binder
         except LookupError:
@@ -558,6 +587,189 @@ class Dispatch(Gate):
                         conn.creds.pid,
                     )
         return True
+
+    # -- one-way streams ------------------------------------------------------------------
+
+    def _adopt_stream(self, conn: _Connection, seq: int, fds: list[int]) -> None:
+        """STREAM: make a one-way stream, send the peer its end and serve ours instead of
+        ``conn``'s socket. This thread lets go of ``conn``."""
+        if fds:
+            _wire.discard_fds(fds)
+            self._refuse(conn, _wire.REFUSED_PROTOCOL, "STREAM takes no descriptor")
+            return
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # EMFILE, ENFILE, ENOMEM: our shortage
+            self._refuse(conn, _wire.REFUSED_BUSY, f"cannot make a one-way stream: {exc}")
+            return
+        try:
+            with theirs:
+                conn.sock.sendmsg(
+                    [_STREAM_REPLY(_STREAM_REPLY_PREFIX, 1, 0, _wire.STATUS_OK, seq)],
+                    _wire.rights([theirs.fileno()]),
+                    _SEND_NOWAIT,
+                )
+        except OSError:
+            ours.close()
+            self._drop(conn)
+            return
+        self._register(conn, ours)
+
+    def _serve_stream(self, conn: _Connection) -> None:
+        """``_serve`` for a one-way stream: take its records in order, receiving whenever no
+        complete one is held, until the socket has nothing more; then linger on it (a
+        blocking receive, ``SO_RCVTIMEO``) while someone else watches the other
+        connections, as ``_serve`` does, and re-arm it. A plain record ahead, with nobody
+        delivering this binder's queue, starts a delivery here (``_drain``), which takes the
+        plain records that follow in a batch."""
+        stream = conn.stream
+        node = conn.node
+        assert stream is not None and node is not None
+        self._unhold(conn)
+        sock = conn.sock
+        flags = _RECV_NOWAIT
+        while True:
+            try:
+                data, pos = stream.data, stream.pos
+                if data[pos : pos + 8] == _ONEWAY_PREFIX and stream.ready():
+                    with node.lock:
+                        deliver = not (node.draining or node.queue or self._stopping)
+                        if deliver:
+                            node.draining = True
+                    if deliver:
+                        self._drain(node, conn)
+                        continue
+                record = stream.take()
+                if record is None:
+                    if stream.dry and self._idle > 0 and not self._stopping:
+                        flags = _wire.RECV_FLAGS  # found empty just now: linger at once
+                    if not stream.fill(sock, flags):
+                        self._drop(conn, eof=True)  # a cut record goes with it, unrun
+                        return
+                    flags = _RECV_NOWAIT
+                    continue
+            except BlockingIOError:
+                if flags == _RECV_NOWAIT and self._idle > 0 and not self._stopping:
+                    flags = _wire.RECV_FLAGS
+                    continue
+                if not self._hold(conn):  # waits in epoll with part of a record
+                    self._stream_error(conn, _OverHeld(conn.creds.uid))
+                    return
+                self._rearm(conn)
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            except MessageError as exc:
+                self._stream_error(conn, exc)
+                return
+            msg, fds = record
+            try:
+                kind, mflags, code, _ = _wire.check(msg, 0, len(fds))
+                if kind != _TRANSACTION or not mflags & _wire.F_ONEWAY:
+                    raise MessageError(f"a {_wire.KIND_NAMES[kind]} message on a one-way stream")
+            except MessageError as exc:
+                _wire.discard_fds(fds)
+                self._stream_error(conn, exc)
+                return
+            if self._oneway(conn, code, mflags, msg, fds):
+                return
+
+    def _stream_error(self, conn: _Connection, exc: MessageError) -> None:
+        """A one-way stream broke the protocol: drop it, and with it whatever it holds (a
+        stream has no way back for a REFUSED; its sender sees EPIPE)."""
+        self._refused += 1
+        self._log.warning(
+            f"stream {conn.creds.uid}",
+            "binder: dropping the one-way stream of pid %d (uid %d): %s",
+            conn.creds.pid,
+            conn.creds.uid,
+            exc,
+        )
+        self._drop(conn)
+
+    def _own_stream_oneways(self, node: _Node, conn: _Connection) -> bool:
+        """``_own_oneways`` for a one-way stream: up to ``ONEWAY_BATCH`` plain records
+        (no descriptors, not spilled), from what was read and, when that runs out, from
+        one more receive at a time, never waiting. The first record of any other shape is
+        left in place for ``_serve_stream``. True if the whole batch was delivered."""
+        try:
+            binder = node.binder
+        except LookupError:
+            return False
+        stream = conn.stream
+        assert stream is not None
+        sock = conn.sock
+        on_transact = binder.on_transact
+        prefix, unpack, new, header, most = (
+            _ONEWAY_PREFIX,
+            _RECORD_HEADER,
+            Parcel,
+            _HEADER_SIZE,
+            _MAX_INLINE,
+        )
+        first, last = FIRST_CALL_TRANSACTION, LAST_CALL_TRANSACTION
+        data, pos = stream.data, stream.pos
+        size = len(data)
+        done = 0
+        # One identity for the whole batch (see _own_oneways). ``pos`` is this loop's own
+        # until it is written back, before every receive and on the way out.
+        with conn.oneway_caller:
+            try:
+                while done < ONEWAY_BATCH:
+                    if size - pos >= header:
+                        head, code, length = unpack(data, pos)
+                        if head != prefix or length > most:
+                            # Another shape, or a bad length: the full path takes it (and
+                            # says why it drops the stream).
+                            return False
+                        end = pos + header + length
+                        if end <= size:  # else it is cut: receive the rest
+                            parcel = _from_wire(data[pos:end], header, _NO_FDS) if length else new()
+                            pos = end
+                            done += 1
+                            try:
+                                if first <= code <= last:
+                                    on_transact(code, parcel, new(), FLAG_ONEWAY)
+                                else:
+                                    _invoke(binder, code, parcel, new(), FLAG_ONEWAY)
+                            except BaseException:
+                                logger.exception(
+                                    "binder: one-way on_transact(code=%d) of %s raised (caller "
+                                    "pid %d)",
+                                    code,
+                                    node.label,
+                                    conn.creds.pid,
+                                )
+                            continue
+                    if self._stopping or stream.dry:
+                        # Nothing more is likely waiting: end the batch without a receive
+                        # that would find nothing (_serve_stream waits for more).
+                        return False
+                    stream.pos = pos
+                    try:
+                        if not stream.fill(sock):
+                            return False
+                    except (OSError, MessageError):  # kept in the stream for _serve_stream
+                        return False
+                    data, pos = stream.data, stream.pos
+                    size = len(data)
+                return True
+            finally:
+                stream.pos = pos
+                self._served += done
+
+
+class _OverHeld(MessageError):
+    """A one-way stream would take its uid's streams past what they may hold unrun."""
+
+    def __init__(self, uid: int) -> None:
+        limits = get_limits()
+        super().__init__(
+            f"the one-way streams of uid {uid} would hold more than "
+            f"{limits.oneway_backlog_bytes} bytes or {limits.oneway_backlog_fds} descriptors "
+            "of calls not yet run (oneway_backlog_bytes, oneway_backlog_fds)"
+        )
 
 
 def _describe(exc: BaseException) -> str:

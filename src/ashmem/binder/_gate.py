@@ -64,7 +64,7 @@ class _Connection(Caller):
     """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
     ``sock``: see ``_binder.Caller``)."""
 
-    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller", "unread")
+    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller", "stream", "unread")
     sock: socket.socket  # always set: the connection itself
 
     def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
@@ -80,6 +80,9 @@ class _Connection(Caller):
         # its descriptors taken (``_drop`` closes them if it is never handled), or the
         # OSError its receive raised: ``_serve`` takes it before reading again.
         self.unread: tuple[bytes, list[int], int] | OSError | None = None
+        # Set once the peer handed over a one-way stream (STREAM): ``sock`` is then that
+        # stream, and this holds what was read from it and not yet run.
+        self.stream: _wire.Stream | None = None
 
 
 class _RateLimitedLog:
@@ -131,6 +134,50 @@ class Gate:
         # Connections refused (policy, limits, protocol); see ``statistics``. A plain int:
         # ``+= 1`` runs no Python call, so no thread switch splits it (CPython 3.10+).
         self._refused = 0
+        # What one-way streams hold while no thread reads them (parked, or waiting in
+        # epoll for the rest of a record), per peer uid: [bytes, descriptors].
+        self._held: dict[int, list[int]] = {}
+        self._held_lock = threading.Lock()  # a leaf: nothing else is taken under it
+
+    def _hold(self, conn: _Connection) -> bool:
+        """Book what ``conn``'s stream holds (bytes read but not run, descriptors not yet
+        given to a record) as it leaves its thread. False if that would take its uid's
+        streams past ``oneway_backlog_bytes`` or ``oneway_backlog_fds``: the caller drops
+        it. A stream that holds nothing is not booked."""
+        stream = conn.stream
+        assert stream is not None
+        held = (len(stream.data) - stream.pos, len(stream.fds))
+        if held == (0, 0):
+            return True
+        limits = get_limits()
+        uid = conn.creds.uid
+        with self._held_lock:
+            books = self._held.setdefault(uid, [0, 0])
+            if (
+                books[0] + held[0] > limits.oneway_backlog_bytes
+                or books[1] + held[1] > limits.oneway_backlog_fds
+            ):
+                if books == [0, 0]:
+                    del self._held[uid]
+                return False
+            books[0] += held[0]
+            books[1] += held[1]
+        stream.held = held
+        return True
+
+    def _unhold(self, conn: _Connection) -> None:
+        """``conn``'s stream is back on a thread (or dropped): unbook what ``_hold`` booked."""
+        stream = conn.stream
+        if stream is None or stream.held == (0, 0):
+            return
+        held, stream.held = stream.held, (0, 0)
+        uid = conn.creds.uid
+        with self._held_lock:
+            books = self._held[uid]
+            books[0] -= held[0]
+            books[1] -= held[1]
+            if books == [0, 0]:
+                del self._held[uid]
 
     def _fd_high_water(self) -> int:
         """The lowest free descriptor number at or above this means we are inside

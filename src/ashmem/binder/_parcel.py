@@ -1033,7 +1033,7 @@ class Parcel(Closing):
         parts, size = self._wire_parts()
         binders = bool(self._binders)
         if size <= _wire.MAX_INLINE:
-            return _wire.Outgoing(0, parts, self._fds, -1, binders)
+            return _wire.Outgoing(0, parts, self._fds, -1, binders, size)
         spilled = _wire.spill(parts, size)
         return _wire.Outgoing(_wire.F_SPILLED, [], [spilled, *self._fds], spilled, binders)
 

@@ -31,6 +31,17 @@ each as soon as it is read, with one lock and one identity for the batch instead
 round per call: the plainest calls only (no descriptors, not spilled); the first message that
 is anything else is handed to the full path, with all its checks, before the next is read.
 When neither has anything left, it stops delivering and goes on reading its connection.
+
+A Proxy sends its one-way calls over a *one-way stream* (``_wire``: STREAM), a
+``SOCK_STREAM`` socket the service made and serves in place of the connection that asked
+for it: one ``recvmsg`` takes every record queued in it, so a batch costs one receive
+instead of one per call. The thread reading a stream runs its plain records inline as
+above, and hands anything else to the same full path and queue. A stream keeps what it
+read and has not run (a partial record: at most one ``MAX_MESSAGE`` beyond one receive, and
+``2 * MAX_FDS`` descriptors); while no thread reads it (parked, or waiting for the rest of a
+record), that is booked against its peer's uid, and the stream that would take its uid past
+``oneway_backlog_bytes`` or ``oneway_backlog_fds`` is dropped.
+
 A queue over its limits (``oneway_backlog`` messages, ``oneway_backlog_fds`` descriptors,
 ``oneway_backlog_bytes`` bytes, see ``_limits``) *parks* the connection that overfilled it:
 nobody reads it (its sender's socket buffer fills and its sends block) until the thread
@@ -88,6 +99,9 @@ DEFAULT_MAX_THREADS = 16
 SWEEP_INTERVAL = 0.25
 _ACCEPT_BATCH = 64
 _READ = select.EPOLLIN | select.EPOLLONESHOT
+# A one-way stream with complete records already read: EPOLLOUT is always ready on it
+# (nothing is ever written to it), so it is handed to a pool thread at once.
+_READ_NOW = select.EPOLLIN | select.EPOLLOUT | select.EPOLLONESHOT
 
 _max_threads = DEFAULT_MAX_THREADS
 
@@ -471,13 +485,45 @@ class _ProcessState(Dispatch):
 
     # -- connections --------------------------------------------------------------------
 
-    def _rearm(self, conn: _Connection) -> None:
+    def _register(self, conn: _Connection, stream: socket.socket) -> bool:
+        """Serve ``stream`` (taken), our end of the one-way stream made for ``conn``'s
+        peer, in place of ``conn``'s socket, which is closed. Hands ``conn`` to epoll. Only
+        its owner thread calls this. False if it could not (the pool is stopping): ``conn``
+        is dropped."""
+        old = conn.sock
+        try:
+            stream.setblocking(True)
+            _wire.set_receive_timeout(stream, LINGER)
+        except OSError:
+            stream.close()
+            self._drop(conn)
+            return False
+        with self._lock:
+            if self._handlers.get(conn.fd) is conn:
+                del self._handlers[conn.fd]
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.unregister(conn.fd)
+            conn.sock = stream
+            conn.fd = stream.fileno()
+            conn.stream = _wire.Stream()
+            self._handlers[conn.fd] = conn
+        _wire.discard_socket(old)
+        try:
+            self._ep.register(conn.fd, _READ)
+        except (OSError, ValueError):  # stop() closed the epoll set meanwhile
+            self._drop(conn)
+            return False
+        return True
+
+    def _rearm(self, conn: _Connection, now: bool = False) -> None:
+        """Hand ``conn`` back to epoll; ``now``: to the next pool thread at once (a stream
+        holding records it already read)."""
         node = conn.node
         if self._stopping or (node is not None and node.closed):
             self._drop(conn)
             return
         try:
-            self._ep.modify(conn.fd, _READ)
+            self._ep.modify(conn.fd, _READ_NOW if now else _READ)
         except OSError:
             self._drop(conn)
 
@@ -492,6 +538,9 @@ class _ProcessState(Dispatch):
         unread, conn.unread = conn.unread, None
         if unread is not None and not isinstance(unread, OSError) and unread[1]:
             _wire.discard_fds(unread[1])
+        if conn.stream is not None:
+            self._unhold(conn)
+            conn.stream.discard()
         self._unregister(conn)
         node = conn.node
         if node is not None:

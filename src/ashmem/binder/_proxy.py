@@ -85,6 +85,7 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
+_DONTWAIT = _wire.DONTWAIT
 _RECV_FLAGS = _wire.RECV_FLAGS
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _CMSG_SPACE = _wire.CMSG_SPACE
@@ -349,14 +350,18 @@ class Proxy(Closing):
             _check_call(code, data, reply, flags, timeout)
         if flags == FLAG_ONEWAY and data is None and timeout is None and self._dead is None:
             # A one-way call without data on the open one-way channel: ``_send_oneway`` of
-            # the bare header, inline. (No channel yet: ``_transact`` connects it.)
-            with self._oneway_lock:
+            # the bare header, inline. (No channel yet: ``_transact`` connects it.) The lock
+            # by hand: ``with`` costs about 80 ns more per call here.
+            lock = self._oneway_lock
+            lock.acquire()
+            try:
                 channel = self._oneway
                 if channel is not None:
                     sock = channel.sock
-                    seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
                     try:
-                        sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, seq), _SEND_FLAGS)
+                        # A record of the bare header (payload length 0) on the one-way
+                        # stream: 16 bytes go as one piece, or not at all.
+                        sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, 0), _SEND_FLAGS)
                     except BaseException as exc:
                         self._oneway = None
                         sock.close()
@@ -368,6 +373,8 @@ class Proxy(Closing):
                         self._oneway = None
                         sock.close()
                     return True
+            finally:
+                lock.release()
         if flags or self._dead is not None or _identity.caller is not None:
             return self._transact(code, data, reply, flags, timeout)
         # A plain two-way call from outside any transaction, the common case: what
@@ -608,28 +615,70 @@ class Proxy(Closing):
         with Parcel._from_wire(msg, _wire.HEADER_SIZE, fds, rflags) as error:
             raise remote_error(error, code, self._label)
 
+    def _connect_oneway(self, timeout: float | None) -> _Channel:
+        """A new one-way stream (see ``_wire``): on a connection greeted as usual, STREAM
+        asks the service for one; its answer carries our end, and the connection is closed.
+        Errors as ``_connect``."""
+        channel = self._connect(timeout)
+        sock = channel.sock
+        wait = CONNECT_TIMEOUT if timeout is None else timeout
+        try:
+            sock.settimeout(wait)
+            seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            sock.send(_wire.pack(_wire.STREAM, 0, 0, 0, seq), _SEND_FLAGS)
+            msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+            fds = _wire.take_fds(anc)
+            stream = None
+            try:
+                if not msg:
+                    raise ConnectionResetError(errno.ECONNRESET, "closed before answering")
+                kind, _, status, rseq = _wire.check(msg, mflags, len(fds))
+                if kind == _wire.REFUSED:
+                    raise _refusal(msg, status, self._label)
+                if kind == _wire.REPLY and rseq == seq and status == _STATUS_OK and len(fds) == 1:
+                    with contextlib.suppress(OSError):
+                        stream = socket.socket(fileno=fds[0])
+                        fds = []
+                if (
+                    stream is None
+                    or stream.family != socket.AF_UNIX
+                    or stream.type != socket.SOCK_STREAM
+                ):
+                    raise MessageError(
+                        f"{self._label} answered STREAM with {_wire.KIND_NAMES[kind]} "
+                        f"(status {status}, seq {rseq} for {seq}, {len(fds)} descriptors), "
+                        "not a stream"
+                    )
+            except BaseException:
+                if stream is not None:
+                    fds = [stream.detach()]
+                _wire.discard_fds(fds)
+                raise
+            stream.setblocking(True)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"{self._label} did not open a one-way stream within {wait} s",
+                ) from None
+            error = self._failure(exc, 0, timeout)
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            sock.close()
+        return _Channel(stream, channel.creds)
+
     def _send_oneway(self, code: int, outgoing: _wire.Outgoing, timeout: float | None) -> None:
         with self._oneway_lock:
             channel = self._oneway
             if channel is None:
-                channel = self._oneway = self._connect(timeout)
+                channel = self._oneway = self._connect_oneway(timeout)
             sock = channel.sock
-            channel.seq = (channel.seq + 1) & 0xFFFFFFFF
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                if outgoing is _wire.EMPTY:
-                    sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, channel.seq), _SEND_FLAGS)
-                else:
-                    _wire.send_message(
-                        sock,
-                        _wire.TRANSACTION,
-                        _wire.F_ONEWAY,
-                        code,
-                        channel.seq,
-                        outgoing,
-                        _wire.SEND_FLAGS,
-                    )
+                _wire.send_record(sock, code, outgoing, _SEND_FLAGS)
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:
@@ -754,32 +803,39 @@ class Proxy(Closing):
             channel = self._oneway
             if channel is None:
                 channel = await _in_executor(
-                    loop, self._connect, None, release=lambda lost: lost.sock.close()
+                    loop, self._connect_oneway, None, release=lambda lost: lost.sock.close()
                 )
                 self._oneway = channel
-            channel.seq = (channel.seq + 1) & 0xFFFFFFFF
-            while True:
-                try:
-                    _wire.send_message(
-                        channel.sock,
-                        _wire.TRANSACTION,
-                        _wire.F_ONEWAY,
-                        code,
-                        channel.seq,
-                        outgoing,
-                        _wire.SEND_FLAGS | _wire.DONTWAIT,
-                    )
-                    return
-                except BlockingIOError:
-                    pass  # the service's queue is full: wait until it drains
-                except BaseException as exc:
+            sock = channel.sock
+            parts = [_wire.record(code, outgoing), *outgoing.parts]
+            rest = b""  # after a partial send: what is left of the record
+            try:
+                while True:
+                    try:
+                        if not rest:
+                            fds = outgoing.fds
+                            sent = sock.sendmsg(
+                                parts, _wire.rights(fds) if fds else (), _SEND_FLAGS | _DONTWAIT
+                            )
+                            if sent == _HEADER_SIZE + outgoing.size:
+                                return
+                            rest = b"".join(bytes(part) for part in parts)[sent:]
+                        else:
+                            rest = rest[sock.send(rest, _SEND_FLAGS | _DONTWAIT) :]
+                            if not rest:
+                                return
+                    except BlockingIOError:
+                        pass  # the service's queue is full: wait until it drains
+                    await _wait_ready(loop, sock, True)
+            except BaseException as exc:
+                if rest or not isinstance(exc, asyncio.CancelledError):
+                    # Broken, or a record cut in the middle: the stream cannot go on.
                     self._oneway = None
-                    channel.sock.close()
-                    error = self._failure(exc, code, None)
-                    if error is exc:
-                        raise
-                    raise error from exc
-                await _wait_ready(loop, channel.sock, True)
+                    sock.close()
+                error = self._failure(exc, code, None)
+                if error is exc:
+                    raise
+                raise error from exc
         finally:
             self._oneway_lock.release()
 

@@ -38,6 +38,27 @@ Kinds and their payloads::
                    waiting thread (as Android does). payload: the 16-byte token of the
                    receiver's binder, then the Parcel (SPILLED: the token only). Answered
                    with REPLY or EXCEPTION carrying the NESTED message's seq.
+    8 STREAM       client -> service, on a greeted connection, no payload, no descriptor:
+                   asks for a one-way stream. The service makes an ``AF_UNIX``
+                   ``SOCK_STREAM`` pair, keeps one end (so no other process can change that
+                   socket's options or read from it) and answers with a bare REPLY carrying
+                   the seq and the other end as its one descriptor; from then on it reads
+                   that stream instead of this connection, which it closes. The stream
+                   carries only the client's one-way calls, as *records* (below), which
+                   run as calls from the peer of the connection that asked for it.
+
+One-way stream records. A sender's one-way calls all go over one stream, so the service
+can take many with one ``recvmsg`` (a datagram socket gives one per receive). A record is
+the 16-byte header of a one-way TRANSACTION (flags ONEWAY, maybe SPILLED; nfds; code) whose
+seq field holds the payload's length in bytes (at most MAX_INLINE), then the payload. Its
+descriptors are attached to the ``sendmsg`` that sends the record, so the kernel hands
+them out with the record's first bytes (a stream ``recvmsg`` stops after the first chunk
+that carries descriptors). The receiver keeps the descriptors it got in arrival order and
+gives each complete record the next nfds of them; a record for which fewer arrived, a
+length over MAX_INLINE, anything but a one-way TRANSACTION, or more than ``2 * MAX_FDS``
+descriptors waiting is a protocol error, and the stream is dropped with everything on it.
+A sender whose send stops half-way (a timeout, a cancelled coroutine) closes the stream: a
+partial record at end-of-file is discarded, never run.
 
 REFUSED codes also include 5 busy: the service is at one of its limits (descriptors near
 ``RLIMIT_NOFILE``, connections, queued calls); the caller did nothing wrong.
@@ -113,6 +134,7 @@ TRANSACTION = 4
 REPLY = 5
 EXCEPTION = 6
 NESTED = 7
+STREAM = 8
 KIND_NAMES = {
     HELLO: "HELLO",
     WELCOME: "WELCOME",
@@ -121,6 +143,7 @@ KIND_NAMES = {
     REPLY: "REPLY",
     EXCEPTION: "EXCEPTION",
     NESTED: "NESTED",
+    STREAM: "STREAM",
 }
 
 F_ONEWAY = 0x01
@@ -336,7 +359,7 @@ def check(msg: bytes, mflags: int, nfds: int) -> tuple[int, int, int, int]:
         prefix, kind, flags, declared, reserved, code, seq = FAST.unpack_from(msg)
         if (
             prefix == PREFIX
-            and 0 < kind <= NESTED
+            and 0 < kind <= STREAM
             and not flags & ~F_ALL
             and not reserved
             and declared == nfds <= MAX_FDS
@@ -397,21 +420,29 @@ class Outgoing:
     when spilled the spill region first. ``spill_fd``: that region, *owned* by this object
     (-1 if none): ``close()`` closes it once the message is sent (idempotent).
     ``binders``: the Parcel carries local binders, so the receiver may call back.
+    ``size``: the bytes in ``parts``.
 
     >>> out = Outgoing(0, [b"x"], (), -1, False); out.close(); out.spill_fd
     -1
     """
 
-    __slots__ = ("binders", "fds", "flags", "parts", "spill_fd")
+    __slots__ = ("binders", "fds", "flags", "parts", "size", "spill_fd")
 
     def __init__(
-        self, flags: int, parts: list[Any], fds: Sequence[int], spill_fd: int, binders: bool
+        self,
+        flags: int,
+        parts: list[Any],
+        fds: Sequence[int],
+        spill_fd: int,
+        binders: bool,
+        size: int = 0,
     ) -> None:
         self.flags = flags
         self.parts = parts
         self.fds = fds
         self.spill_fd = spill_fd
         self.binders = binders
+        self.size = size  # bytes in ``parts``
 
     def close(self) -> None:
         """Close the spill region, if any. Safe to call more than once."""
@@ -442,6 +473,128 @@ def send_message(
         sock.sendmsg([header, *parts], rights(fds), send_flags)
     else:
         sock.sendmsg([header, *parts], (), send_flags)
+
+
+def record(code: int, outgoing: Outgoing) -> bytes:
+    """The header of a one-way stream record carrying ``outgoing`` (see the module doc)."""
+    return HEADER.pack(
+        MAGIC,
+        VERSION,
+        TRANSACTION,
+        F_ONEWAY | outgoing.flags,
+        len(outgoing.fds),
+        0,
+        code,
+        outgoing.size,
+    )
+
+
+def send_record(sock: socket.socket, code: int, outgoing: Outgoing, send_flags: int) -> None:
+    """Send one one-way record on a stream (``outgoing``'s descriptors borrowed), all of
+    it: a stream ``sendmsg`` may take only part (a timeout, a signal), and the rest then
+    follows, without descriptors. Raises the socket's OSError; after one the stream is
+    unusable (a record may be cut), so the caller closes it."""
+    parts = [record(code, outgoing), *outgoing.parts]
+    fds = outgoing.fds
+    total = HEADER_SIZE + outgoing.size
+    sent = sock.sendmsg(parts, rights(fds) if fds else (), send_flags)
+    if sent != total:
+        sock.sendall(b"".join(bytes(part) for part in parts)[sent:], send_flags)
+
+
+class Stream:
+    """The receiving end of a one-way stream (see the module doc): the bytes read and not
+    yet taken, and the descriptors received and not yet given to a record. At most one
+    receive of unread bytes beyond a cut record (2 x MAX_MESSAGE) and ``2 * MAX_FDS``
+    descriptors are ever held. The reader owns it; ``discard()`` closes what it holds."""
+
+    __slots__ = ("data", "dry", "error", "fds", "held", "pos")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.pos = 0  # where the next record starts in ``data``
+        self.fds: list[int] = []
+        self.error: BaseException | None = None  # a failed receive, raised again by fill
+        # Nothing more is likely waiting in the socket: the last receive found nothing,
+        # or took less than it had room for (all there was). A hint for when to wait.
+        self.dry = False
+        self.held = (0, 0)  # (bytes, descriptors) booked while no thread reads it
+
+    def fill(self, sock: socket.socket, flags: int = RECV_FLAGS | DONTWAIT) -> bool:
+        """Receive once (``flags``: without waiting). False at end-of-file. Raises
+        ``BlockingIOError`` if nothing is waiting (or the receive timeout expired); the
+        receive's ``OSError`` or a ``MessageError`` (descriptors cut off, too many
+        waiting), which every later call raises again."""
+        if self.error is not None:
+            raise self.error
+        try:
+            chunk, anc, mflags, _ = sock.recvmsg(MAX_MESSAGE, CMSG_SPACE, flags)
+        except BlockingIOError:
+            self.dry = True
+            raise
+        except OSError as exc:
+            self.error = exc
+            raise
+        fds = self.fds
+        if anc:
+            fds += take_fds(anc)
+        if mflags & _CTRUNC or len(fds) > 2 * MAX_FDS or (anc and not chunk):
+            self.error = MessageError(
+                f"one-way stream: {len(fds)} descriptors arrived ahead of their records "
+                f"(at most {2 * MAX_FDS} may wait), or some were cut off (MSG_CTRUNC: over "
+                f"{MAX_FDS} for one record, or this process is out of descriptors)"
+            )
+            raise self.error
+        self.dry = len(chunk) < MAX_MESSAGE
+        if not chunk:
+            return False
+        data, pos = self.data, self.pos
+        self.data = data[pos:] + chunk if pos < len(data) else chunk
+        self.pos = 0
+        return True
+
+    def take(self) -> tuple[bytes, list[int]] | None:
+        """The next complete record (header included) and its descriptors, or None until
+        it has all arrived. ``MessageError`` for a record that cannot be valid (too long,
+        too many descriptors, fewer descriptors arrived than it declares)."""
+        data, pos = self.data, self.pos
+        if len(data) - pos < HEADER_SIZE:
+            return None
+        nfds = data[pos + 5]
+        length = CODE.unpack_from(data, pos + 12)[0]
+        if length > MAX_INLINE or nfds > MAX_FDS:
+            raise MessageError(
+                f"one-way stream record of {length} bytes with {nfds} descriptors (at most "
+                f"{MAX_INLINE} bytes and {MAX_FDS} descriptors)"
+            )
+        end = pos + HEADER_SIZE + length
+        if end > len(data):
+            return None
+        fds = self.fds
+        if len(fds) < nfds:
+            raise MessageError(
+                f"one-way stream record declares {nfds} descriptors but {len(fds)} arrived"
+            )
+        taken = fds[:nfds]
+        del fds[:nfds]
+        self.pos = end
+        return data[pos:end], taken
+
+    def ready(self) -> bool:
+        """A complete record is waiting here (not in the socket)."""
+        data, pos = self.data, self.pos
+        if len(data) - pos < HEADER_SIZE:
+            return False
+        length: int = CODE.unpack_from(data, pos + 12)[0]
+        return pos + HEADER_SIZE + length <= len(data)
+
+    def discard(self) -> None:
+        """Drop what is held: the bytes (a cut record is never run) and the descriptors."""
+        fds, self.fds = self.fds, []
+        self.data = b""
+        self.pos = 0
+        if fds:
+            discard_fds(fds)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
