@@ -18,7 +18,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -824,3 +824,76 @@ def test_streams_stalled_mid_record_hold_no_more_than_their_uid_may(
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def held_bytes() -> int:
+    """Bytes this process's one-way streams hold while waiting for their records."""
+    state = _pool.current_state()
+    assert state is not None
+    with state._held_lock:
+        return sum(books[0] for books in state._held.values())
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + scaled(10)
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition(), what
+
+
+def test_a_record_longer_than_allowed_after_a_pause_drops_the_stream() -> None:
+    """Half a header, then (once the service waits for the rest) the other half declaring
+    more than MAX_INLINE bytes, and that many: the stream is dropped, not looped over."""
+    recorder = Recorder()
+    name = f"test.stream.long.{os.getpid()}"
+    with binder.add_service(name, recorder):
+        with stream_of(os.path.join(binder.service_directory(), name)) as stream:
+            head = header(_wire.TRANSACTION, _wire.F_ONEWAY, 0, RECORD, _wire.MAX_INLINE + 8)
+            stream.send(head[:8])
+            wait_for(lambda: held_bytes() == 8, "the service waits for the rest")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                stream.sendall(head[8:] + bytes(_wire.MAX_INLINE + 8))
+            with contextlib.suppress(ConnectionResetError):
+                assert stream.recv(4096) == b""
+        assert recorder.seen == []
+        wait_for(lambda: held_bytes() == 0, "nothing is held any more")
+
+
+def test_a_record_left_unfinished_is_dropped_after_hello_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record cut short that carries the sender's own end of the stream: the stream
+    never reports end-of-file by itself, so the deadline drops it and what it held."""
+    monkeypatch.setattr(_limits, "_current", _limits.Limits(hello_timeout=scaled(0.5)))
+    name = f"test.stream.stalled.{os.getpid()}"
+    with binder.add_service(name, Recorder()):
+        before = binder.statistics().connections
+        stream = stream_of(os.path.join(binder.service_directory(), name))
+        head = header(_wire.TRANSACTION, _wire.F_ONEWAY, 1, RECORD, 100)
+        stream.sendmsg([head + b"x"], _wire.rights([stream.fileno()]))
+        stream.close()
+        wait_for(lambda: held_fds() == 1, "the service holds the descriptor")
+        wait_for(lambda: held_fds() == 0, "the deadline dropped the stream")
+        wait_for(lambda: binder.statistics().connections == before, "the stream is closed")
+
+
+def test_a_stream_the_service_drops_is_busy_not_dead_and_replaced() -> None:
+    """The service drops a Proxy's one-way stream while it lives (it ran short): the next
+    one-way call gets ServiceBusyError, the Proxy stays alive and later calls run."""
+    recorder = Recorder()
+    recorder.release.set()
+    name = f"test.stream.dropped.{os.getpid()}"
+    with binder.add_service(name, recorder), binder.get_service(name) as proxy:
+        assert proxy.transact(RECORD, record_of(RECORD, 0), None, FLAG_ONEWAY)
+        wait_for(lambda: len(recorder.seen) == 1, "the first call ran")
+        state = _pool.current_state()
+        assert state is not None
+        (ours,) = [h for h in list(state._handlers.values()) if getattr(h, "stream", None)]
+        ours.sock.shutdown(socket.SHUT_RDWR)  # as the service does when it drops one
+        wait_for(lambda: ours.fd not in state._handlers, "the service dropped the stream")
+        with pytest.raises(binder.ServiceBusyError, match="dropped this Proxy's one-way"):
+            for value in range(1, 100):  # the first send may still fit in a closing socket
+                proxy.transact(RECORD, record_of(RECORD, value), None, FLAG_ONEWAY)
+        assert proxy.is_binder_alive()
+        assert proxy.transact(RECORD, record_of(RECORD, 1000), None, FLAG_ONEWAY)
+        wait_for(lambda: recorder.seen[-1:] == [(1000, False)], "a later call ran")

@@ -646,7 +646,9 @@ class Dispatch(Gate):
                         while self._own_stream_oneways(node, conn) and not node.queue:
                             pass
                         self._drain(node, None)
-                        continue
+                        if stream.pos != pos or stream.data is not data:
+                            continue
+                        # Not one taken (a length over MAX_INLINE): the full path judges it.
                 record = stream.take()
                 if record is None:
                     if stream.dry and self._idle > 0 and not self._stopping:
@@ -660,7 +662,7 @@ class Dispatch(Gate):
                 if flags == _RECV_NOWAIT and self._idle > 0 and not self._stopping:
                     flags = _wire.RECV_FLAGS
                     continue
-                if not self._hold(conn):  # waits in epoll with part of a record
+                if not self._hold(conn, stalled=True):  # waits with part of a record
                     self._stream_error(conn, _OverHeld(conn.creds.uid))
                     return
                 self._rearm(conn)

@@ -135,18 +135,26 @@ class Gate:
         # ``+= 1`` runs no Python call, so no thread switch splits it (CPython 3.10+).
         self._refused = 0
         # What one-way streams hold while no thread reads them (parked, or waiting in
-        # epoll for the rest of a record), per peer uid: [bytes, descriptors].
+        # epoll for the rest of a record), per peer uid: [bytes, descriptors]; and the
+        # streams waiting for the rest of a record, since when (oldest first): the sweep
+        # drops those past ``hello_timeout``.
         self._held: dict[int, list[int]] = {}
+        self._stalled: dict[_Connection, float] = {}
         self._held_lock = threading.Lock()  # a leaf: nothing else is taken under it
 
-    def _hold(self, conn: _Connection) -> bool:
+    def _hold(self, conn: _Connection, stalled: bool = False) -> bool:
         """Book what ``conn``'s stream holds (bytes read but not run, descriptors not yet
-        given to a record) as it leaves its thread. False if that would take its uid's
-        streams past ``oneway_backlog_bytes`` or ``oneway_backlog_fds``: the caller drops
-        it. A stream that holds nothing is not booked."""
+        given to a record) as it leaves its thread, after dropping the bytes already run.
+        False if that would take its uid's streams past ``oneway_backlog_bytes`` or
+        ``oneway_backlog_fds``: the caller drops it. A stream that holds nothing is not
+        booked. ``stalled``: it waits for its peer to finish a record, which it must do
+        within ``hello_timeout`` (``_expire_stalled``); a parked one waits for us."""
         stream = conn.stream
         assert stream is not None
-        held = (len(stream.data) - stream.pos, len(stream.fds))
+        if stream.pos:
+            stream.data = stream.data[stream.pos :]
+            stream.pos = 0
+        held = (len(stream.data), len(stream.fds))
         if held == (0, 0):
             return True
         limits = get_limits()
@@ -162,6 +170,8 @@ class Gate:
                 return False
             books[0] += held[0]
             books[1] += held[1]
+            if stalled:
+                self._stalled[conn] = time.monotonic()
         stream.held = held
         return True
 
@@ -173,11 +183,38 @@ class Gate:
         held, stream.held = stream.held, (0, 0)
         uid = conn.creds.uid
         with self._held_lock:
+            self._stalled.pop(conn, None)
             books = self._held[uid]
             books[0] -= held[0]
             books[1] -= held[1]
             if books == [0, 0]:
                 del self._held[uid]
+
+    def _expire_stalled(self, now: float) -> None:
+        """Shut down the streams that have waited longer than ``hello_timeout`` for the
+        rest of a record (their owner, epoll, then sees end-of-file and drops them with
+        what they hold). A peer could otherwise keep descriptors here for good, even the
+        other end of its own stream, which would then never report end-of-file."""
+        deadline = now - get_limits().hello_timeout
+        with self._held_lock:
+            expired = []
+            for conn, since in self._stalled.items():
+                if since > deadline:
+                    break  # oldest first: the rest are younger
+                expired.append(conn)
+            for conn in expired:
+                del self._stalled[conn]
+        for conn in expired:
+            self._log.warning(
+                f"stalled {conn.creds.uid}",
+                "binder: dropping the one-way stream of pid %d (uid %d): a record left "
+                "unfinished for %s s",
+                conn.creds.pid,
+                conn.creds.uid,
+                get_limits().hello_timeout,
+            )
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _fd_high_water(self) -> int:
         """The lowest free descriptor number at or above this means we are inside

@@ -28,7 +28,8 @@ class Limits:
     5.0
     """
 
-    #: Seconds a new connection may take to send its HELLO before it is dropped.
+    #: Seconds a new connection may take to send its HELLO before it is dropped; also how
+    #: long a one-way stream may wait for the rest of a record it started.
     hello_timeout: float = 5.0
     #: Connections that have not finished HELLO, whole process.
     max_pending: int = 256

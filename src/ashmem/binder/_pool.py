@@ -321,7 +321,7 @@ class _ProcessState(Dispatch):
             while True:
                 # Wait with a timeout only while a HELLO deadline or a paused listener is
                 # due: the thread whose wait times out runs the sweep.
-                timeout = SWEEP_INTERVAL if self._pending or self._paused else -1
+                timeout = SWEEP_INTERVAL if self._pending or self._paused or self._stalled else -1
                 with lock:
                     self._idle += 1
                 try:
@@ -346,7 +346,8 @@ class _ProcessState(Dispatch):
                 self._nthreads -= 1
 
     def _sweep(self) -> None:
-        """Shut down connections past their HELLO deadline; re-arm paused listeners."""
+        """Shut down connections past their HELLO deadline and one-way streams past theirs
+        for finishing a record; re-arm paused listeners."""
         now = time.monotonic()
         self._next_sweep = now + SWEEP_INTERVAL
         deadline = now - get_limits().hello_timeout
@@ -375,6 +376,7 @@ class _ProcessState(Dispatch):
                 conn.sock.shutdown(socket.SHUT_RDWR)
         for listener in due:
             self._rearm_listener(listener)
+        self._expire_stalled(now)
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         for fd, _ in events:
@@ -604,6 +606,8 @@ class _ProcessState(Dispatch):
             self._handlers.clear()
         for handler in handlers:
             handler.sock.close()
+            if isinstance(handler, _Connection) and handler.stream is not None:
+                handler.stream.discard()  # what a one-way stream read and did not run
         self._ep.close()
         os.close(self._wake)
 
@@ -612,6 +616,8 @@ class _ProcessState(Dispatch):
         self._stopping = self._closed = True
         for handler in list(self._handlers.values()):
             handler.sock.close()
+            if isinstance(handler, _Connection) and handler.stream is not None:
+                _wire.close_fds(handler.stream.fds)  # our copies; the parent keeps its own
         self._handlers.clear()
         self._ep.close()
         os.close(self._wake)

@@ -365,7 +365,7 @@ class Proxy(Closing):
                     except BaseException as exc:
                         self._oneway = None
                         sock.close()
-                        error = self._failure(exc, code, timeout)
+                        error = self._stream_broke(exc, code, timeout)
                         if error is exc:
                             raise
                         raise error from exc
@@ -669,6 +669,27 @@ class Proxy(Closing):
             sock.close()
         return _Channel(stream, channel.creds)
 
+    def _stream_broke(self, exc: BaseException, code: int, timeout: float | None) -> BaseException:
+        """What to raise for a one-way stream that failed with ``exc`` (closed already; the
+        one-way lock held). A broken stream means the service is gone, or it dropped the
+        stream because it ran short (descriptors, or what this uid's streams may hold):
+        a new stream tells which. Gone: ``DeadObjectError`` (``_connect`` marks the Proxy
+        dead). Still there: the new stream is kept for the next calls and this one gets
+        ``ServiceBusyError``, since it was not sent and calls sent just before it may not
+        have run."""
+        if not (isinstance(exc, OSError) and exc.errno in _DEATH_ERRNOS):
+            return self._failure(exc, code, timeout)
+        try:
+            self._oneway = self._connect_oneway(timeout)
+        except BaseException as reopen:  # DeadObjectError, or why it could not tell
+            return reopen
+        return ServiceBusyError(
+            f"{self._label} dropped this Proxy's one-way stream ({exc.strerror}): it ran short "
+            f"(see its log). Call {code} was not sent, and one-way calls sent just before it "
+            "may not have run; later calls use a new stream",
+            self._label,
+        )
+
     def _send_oneway(self, code: int, outgoing: _wire.Outgoing, timeout: float | None) -> None:
         with self._oneway_lock:
             channel = self._oneway
@@ -684,7 +705,7 @@ class Proxy(Closing):
             except BaseException as exc:
                 self._oneway = None
                 sock.close()
-                error = self._failure(exc, code, timeout)
+                error = self._stream_broke(exc, code, timeout)
                 if error is exc:
                     raise
                 raise error from exc
@@ -832,7 +853,10 @@ class Proxy(Closing):
                     # Broken, or a record cut in the middle: the stream cannot go on.
                     self._oneway = None
                     sock.close()
-                error = self._failure(exc, code, None)
+                if isinstance(exc, OSError) and exc.errno in _DEATH_ERRNOS:
+                    error = await _in_executor(loop, self._stream_broke, exc, code, None)
+                else:
+                    error = self._failure(exc, code, None)
                 if error is exc:
                     raise
                 raise error from exc
