@@ -15,6 +15,19 @@ then received; the time per message is the best of ``REPEAT`` batches:
 
 And the sender's ``send`` of one message on each socket type.
 
+Then binder's own one-way stream (issue 12), each side's Python alone:
+
+5. The sender: ``Proxy.transact(code, None, None, FLAG_ONEWAY)`` on an open one-way stream
+   whose socket is replaced by a stand-in whose ``send`` does nothing (a C function), per
+   call, and the stand-in's call alone.
+6. The service: the pool's loop over a stream's plain records (``_own_stream_oneways``)
+   on ``BATCH`` records already read, with stand-ins for the pool and the connection,
+   per record; and ``on_transact`` with its two Parcels alone.
+
+And, with a forked service and this process sending on one core: how often the service
+sleeps (voluntary context switches of all its threads, per call), binder's service
+against ``bench_binder``'s ``least_stream_server``.
+
 Run ``python benchmarks/profile_oneway_batching.py``.
 """
 
@@ -24,10 +37,20 @@ import os
 import socket
 import struct
 import time
+import types
 from collections.abc import Callable
 
+from ashmem import binder
 from ashmem.binder import FLAG_ONEWAY, Parcel, _wire
-from bench_binder import LeastService
+from ashmem.binder._binder import Caller, Credentials
+from ashmem.binder._dispatch import Dispatch
+from bench_binder import (
+    _LEAST_HEADER,
+    LeastService,
+    least_prefixes,
+    least_stream_server,
+    pin_process,
+)
 
 BATCH = 150  # fits in a socketpair's default send buffer as datagrams
 REPEAT = 400
@@ -119,8 +142,122 @@ def main() -> None:
             on_transact(code, Parcel(), Parcel(), FLAG_ONEWAY)
 
     results["parse + dispatch one record of such a read"] = best_per_message(lambda: None, dispatch)
+    measure_binder_python(results)
     for what, ns in results.items():
         print(f"{what:58s} {ns:7.0f} ns")
+    for what, per_call in switches_per_call().items():
+        print(f"{what:58s} {per_call:7.3f} per call")
+
+
+def measure_binder_python(results: dict[str, float]) -> None:
+    """Items 5 and 6 of the module doc, into ``results``."""
+    name = f"profile.oneway.{os.getpid()}"
+    with binder.add_service(name, LeastService()), binder.get_service(name) as proxy:
+        proxy.transact(3, None, None, FLAG_ONEWAY)  # opens the one-way stream
+        channel = proxy._oneway
+        assert channel is not None
+        real = channel.sock
+        channel.sock = types.SimpleNamespace(send={}.get)  # type: ignore[assignment]
+        transact = proxy.transact
+
+        def send_batch() -> None:
+            for _ in range(BATCH):
+                transact(3, None, None, FLAG_ONEWAY)
+
+        stand_in = {}.get
+
+        def stand_in_batch() -> None:
+            for _ in range(BATCH):
+                stand_in(MESSAGE, 0)
+
+        results["binder sender, transact one-way, stand-in socket"] = best_per_message(
+            lambda: None, send_batch
+        )
+        results["  of which the stand-in send"] = best_per_message(lambda: None, stand_in_batch)
+        channel.sock = real
+
+    service = LeastService()
+    node = types.SimpleNamespace(binder=service, label="profile")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    creds = Credentials(os.getpid(), os.getuid(), os.getgid())
+    stream = _wire.Stream()
+    conn = types.SimpleNamespace(
+        stream=stream, sock=b, oneway_caller=Caller(creds, None), creds=creds
+    )
+    pool = types.SimpleNamespace(_served=0, _stopping=False)
+    records = MESSAGE * BATCH
+
+    def refill() -> None:
+        stream.data, stream.pos, stream.dry = records, 0, True
+
+    def run_loop() -> None:  # batches of ONEWAY_BATCH until all BATCH records ran
+        while stream.pos < len(records):
+            Dispatch._own_stream_oneways(pool, node, conn)  # type: ignore[arg-type]
+
+    results["binder service, a stream's plain record (in memory)"] = best_per_message(
+        refill, run_loop
+    )
+    on_transact = service.on_transact
+
+    def on_transact_alone() -> None:
+        for _ in range(BATCH):
+            on_transact(3, Parcel(), Parcel(), FLAG_ONEWAY)
+
+    results["  of which on_transact and its two Parcels"] = best_per_message(
+        lambda: None, on_transact_alone
+    )
+    a.close()
+    b.close()
+
+
+def voluntary_switches(pid: int) -> int:
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches"):
+                    total += int(line.split()[1])
+    return total
+
+
+SWITCH_CALLS = 100_000
+
+
+def switches_per_call() -> dict[str, float]:
+    """The service's voluntary switches per one-way call, this process sending on the same
+    core: binder's service, then the least stream server."""
+    cpu = min(os.sched_getaffinity(0))
+    out: dict[str, float] = {}
+    with binder.start_service(LeastService, f"profile.switches.{os.getpid()}") as service:
+        pin_process(service.pid, {cpu})
+        proxy = service.binder
+        proxy.transact(3, None, None, FLAG_ONEWAY)  # opens the one-way stream
+        before = voluntary_switches(service.pid)
+        for _ in range(SWITCH_CALLS):
+            proxy.transact(3, None, None, FLAG_ONEWAY)
+        proxy.ping(timeout=30)  # a two-way call: the one-way calls before it have run
+        out["binder service sleeps, one core"] = (
+            voluntary_switches(service.pid) - before
+        ) / SWITCH_CALLS
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the bound's server
+        try:
+            a.close()
+            least_stream_server(b, SWITCH_CALLS)
+        finally:
+            os._exit(0)
+    b.close()
+    record = _LEAST_HEADER.pack(least_prefixes()[1], 3, 0)
+    send = a.send
+    before = voluntary_switches(pid)
+    for _ in range(SWITCH_CALLS):
+        send(record, _wire.SEND_FLAGS)
+    a.recv(64)  # "done": all counted
+    out["least stream server sleeps, one core"] = (voluntary_switches(pid) - before) / SWITCH_CALLS
+    a.close()
+    os.waitpid(pid, 0)
+    return out
 
 
 if __name__ == "__main__":
