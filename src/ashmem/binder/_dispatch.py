@@ -516,12 +516,7 @@ class Dispatch(Gate):
                 with caller:
                     _invoke(node.binder, code, data, Parcel(), FLAG_ONEWAY)
             except BaseException:
-                logger.exception(
-                    "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
-                    code,
-                    node.label,
-                    caller.creds.pid,
-                )
+                _oneway_raised(code, node, caller.creds.pid)
             finally:
                 data.close()
 
@@ -580,12 +575,7 @@ class Dispatch(Gate):
                     else:
                         _invoke(binder, code, data, Parcel(), FLAG_ONEWAY)
                 except BaseException:
-                    logger.exception(
-                        "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
-                        code,
-                        node.label,
-                        conn.creds.pid,
-                    )
+                    _oneway_raised(code, node, conn.creds.pid)
         return True
 
     # -- one-way streams ------------------------------------------------------------------
@@ -744,13 +734,7 @@ class Dispatch(Gate):
                                 else:
                                     _invoke(binder, code, parcel, new(), FLAG_ONEWAY)
                             except BaseException:
-                                logger.exception(
-                                    "binder: one-way on_transact(code=%d) of %s raised (caller "
-                                    "pid %d)",
-                                    code,
-                                    node.label,
-                                    conn.creds.pid,
-                                )
+                                _oneway_raised(code, node, conn.creds.pid)
                             continue
                     if self._stopping or stream.dry:
                         # Nothing more is likely waiting: end the batch without a receive
@@ -780,6 +764,16 @@ class _OverHeld(MessageError):
             f"{limits.oneway_backlog_bytes} bytes or {limits.oneway_backlog_fds} descriptors "
             "of calls not yet run (oneway_backlog_bytes, oneway_backlog_fds)"
         )
+
+
+def _oneway_raised(code: int, node: _Node, pid: int) -> None:
+    """Log the exception a one-way ``on_transact`` raised (there is no caller to tell)."""
+    logger.exception(
+        "binder: one-way on_transact(code=%d) of %s raised (caller pid %d)",
+        code,
+        node.label,
+        pid,
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -204,13 +204,19 @@ class Gate:
                 expired.append(conn)
             for conn in expired:
                 del self._stalled[conn]
-        for conn in expired:
+        self._shut_down_late(expired, "the one-way stream of ", "a record left unfinished for")
+
+    def _shut_down_late(self, conns: list[_Connection], what: str, late: str) -> None:
+        """Log and shut down connections past a ``hello_timeout`` deadline; each one's owner
+        (a thread reading it, or epoll) sees the shutdown and drops it."""
+        for conn in conns:
             self._log.warning(
-                f"stalled {conn.creds.uid}",
-                "binder: dropping the one-way stream of pid %d (uid %d): a record left "
-                "unfinished for %s s",
+                f"{late} {conn.creds.uid}",
+                "binder: dropping %spid %d (uid %d): %s %s s",
+                what,
                 conn.creds.pid,
                 conn.creds.uid,
+                late,
                 get_limits().hello_timeout,
             )
             with contextlib.suppress(OSError):

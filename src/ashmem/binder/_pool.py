@@ -363,17 +363,7 @@ class _ProcessState(Dispatch):
             for listener in due:
                 self._paused.discard(listener)
                 listener.paused_until = 0.0
-        for conn in expired:
-            # Its owner (a thread reading it, or epoll) sees the shutdown and drops it.
-            self._log.warning(
-                "hello",
-                "binder: dropping pid %d (uid %d): no HELLO within %s s",
-                conn.creds.pid,
-                conn.creds.uid,
-                get_limits().hello_timeout,
-            )
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+        self._shut_down_late(expired, "", "no HELLO within")
         for listener in due:
             self._rearm_listener(listener)
         self._expire_stalled(now)
