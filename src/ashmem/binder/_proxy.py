@@ -83,6 +83,9 @@ _CALL_PREFIX5 = _CALL_PREFIX[:5]
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
+# The record of an empty one-way call, by code: built once for the first codes used.
+_ONEWAY_HEADERS: dict[int, bytes] = {}
+_ONEWAY_HEADERS_KEPT = 256
 # Module-level copies of what the call path reads each time (a global, not two lookups).
 _SEND_FLAGS = _wire.SEND_FLAGS
 _DONTWAIT = _wire.DONTWAIT
@@ -361,7 +364,12 @@ class Proxy(Closing):
                     try:
                         # A record of the bare header (payload length 0) on the one-way
                         # stream: 16 bytes go as one piece, or not at all.
-                        sock.send(_CALL_HEADER(_ONEWAY_PREFIX, code, 0), _SEND_FLAGS)
+                        header = _ONEWAY_HEADERS.get(code)
+                        if header is None:
+                            header = _CALL_HEADER(_ONEWAY_PREFIX, code, 0)
+                            if len(_ONEWAY_HEADERS) < _ONEWAY_HEADERS_KEPT:
+                                _ONEWAY_HEADERS[code] = header
+                        sock.send(header, _SEND_FLAGS)
                     except BaseException as exc:
                         self._oneway = None
                         sock.close()
