@@ -449,7 +449,7 @@ def test_property_fuzzed_messages_never_hurt_the_service(
     settle(target, before)
 
 
-# -- the one-way batch: what it does not take goes through every check ------------------------
+# -- one-way datagrams: a peer may still send them on a connection, mixed with anything -------
 
 HOLD, RECORD = 7, 8
 
@@ -472,13 +472,13 @@ class Recorder(Binder):
         return code in (HOLD, RECORD, BOOM)
 
 
-def test_a_oneway_batch_leaves_other_messages_to_the_full_checks(
+def test_oneway_datagrams_mixed_with_other_messages_run_in_order_with_every_check(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """While the service runs one one-way call, the same connection queues plain one-way
-    calls (taken in a batch), one carrying a descriptor, one that raises, a two-way call and
-    garbage: all run in order, the two-way call is answered, the garbage refused, and the
-    descriptor that came through the batch's hand-over is closed by the service."""
+    """While the service runs one one-way call sent as a datagram, the same connection
+    queues plain one-way datagrams, one carrying a descriptor, one that raises, a two-way
+    call and garbage: all run in order, the two-way call is answered, the garbage refused,
+    and the descriptor is closed by the service."""
     caplog.set_level(logging.CRITICAL, logger="ashmem.binder")  # BOOM is expected (restored)
     recorder = Recorder()
     name = f"test.batch.{os.getpid()}"

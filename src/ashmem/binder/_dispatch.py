@@ -63,7 +63,6 @@ _PLAIN_CALLS = {_wire.pack(_wire.TRANSACTION, 0, n, 0, 0)[:8]: n for n in range(
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
 # A record's header as (first 8 bytes, code, payload length): see _wire.ONEWAY_PREFIX.
 _RECORD_HEADER = struct.Struct("<8sII").unpack_from
-_CODE = _wire.CODE.unpack_from
 _TRUNCATED = _wire.TRUNCATED
 #: One-way calls the deliverer takes from its own connection between two looks at the
 #: binder's queue (which other connections fill): bounds how long they wait for it.
@@ -125,24 +124,15 @@ class Dispatch(Gate):
         recvmsg = sock.recvmsg
         flags = _RECV_NOWAIT
         while True:
-            unread = conn.unread
-            if unread is None:
-                try:
-                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
-                except BlockingIOError:  # nothing (more) to read, or the linger expired
-                    self._rearm(conn)
-                    return
-                except OSError:
-                    self._drop(conn)
-                    return
-                fds = _take_fds(anc) if anc else _NO_FDS
-            else:
-                # What the one-way batch read and left to the full path (see _own_oneways).
-                conn.unread = None
-                if isinstance(unread, OSError):
-                    self._drop(conn)
-                    return
-                msg, fds, mflags = unread
+            try:
+                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+            except BlockingIOError:  # nothing (more) to read, or the linger expired
+                self._rearm(conn)
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            fds = _take_fds(anc) if anc else _NO_FDS
             if not msg:
                 _wire.discard_fds(fds)
                 self._drop(conn, eof=not fds)
@@ -271,8 +261,6 @@ class Dispatch(Gate):
                     conn, _wire.REFUSED_PROTOCOL, f"unexpected {_wire.KIND_NAMES[kind]} message"
                 )
                 return
-            if conn.unread is not None:
-                continue  # a message the one-way batch left: handle it before anything else
             # Linger on this connection only while someone else watches the others.
             if self._idle > 0 and not self._stopping:
                 flags = _wire.RECV_FLAGS
@@ -454,17 +442,18 @@ class Dispatch(Gate):
         if over:
             self._stream_error(conn, _OverHeld(conn.creds.uid))
             return True
-        # Deliver the queue, ours first, then go on reading this connection: one thread
-        # reads and delivers a busy sender's calls, no epoll round trip between them.
-        # Others reading other connections append to the queue meanwhile, and we deliver
-        # theirs too, in the order they were appended.
-        self._drain(node, conn)
+        # Deliver the queue, ours first; then, for a stream, the plain records it holds or
+        # has waiting: one thread reads and delivers a busy sender's calls, no epoll round
+        # trip between them. Others reading other connections append to the queue
+        # meanwhile, and we deliver theirs too, in the order they were appended.
+        self._drain(node, conn if conn.stream is not None else None)
         return False
 
     def _drain(self, node: _Node, conn: _Connection | None) -> None:
-        """Deliver ``node``'s queue; whenever it is empty, deliver what ``conn`` (which this
-        thread owns) has already queued in the socket, in batches (``_own_oneways``), until
-        it has nothing more, then finish when the queue is empty too."""
+        """Deliver ``node``'s queue; whenever it is empty, deliver the plain records the
+        one-way stream ``conn`` (which this thread owns) holds or has waiting, in batches
+        (``_own_stream_oneways``), until it has nothing more, then finish when the queue is
+        empty too."""
         queue = node.queue
         while True:
             unparked: list[_Connection] | tuple[()] = ()
@@ -508,7 +497,7 @@ class Dispatch(Gate):
                 return
             if own:
                 assert conn is not None
-                if not self._own_oneways(node, conn):
+                if not self._own_stream_oneways(node, conn):
                     conn = None  # it has nothing more for the batch: finish with the queue
                 continue
             self._served += 1
@@ -519,64 +508,6 @@ class Dispatch(Gate):
                 _oneway_raised(code, node, caller.creds.pid)
             finally:
                 data.close()
-
-    def _own_oneways(self, node: _Node, conn: _Connection) -> bool:
-        """Receive and deliver, one by one, up to ``ONEWAY_BATCH`` one-way calls already
-        waiting in ``conn`` (never waiting for one): each read right after the previous one
-        ran, so the sender's order is kept and nothing is held but the call being run.
-        Only the plainest calls are taken here (no descriptors, not spilled, a well-formed
-        TRANSACTION with FLAG_ONEWAY); the first message that is anything else, or the
-        receive's error, is left in ``conn.unread`` for ``_serve`` to handle with every
-        check of the full path. True if the whole batch was delivered (more may wait)."""
-        if conn.stream is not None:
-            return self._own_stream_oneways(node, conn)
-        try:
-            binder = node.binder
-        except LookupError:
-            return False
-        recvmsg = conn.sock.recvmsg
-        on_transact = binder.on_transact
-        # One identity for the whole batch (every call in it comes from this connection);
-        # clear_calling_identity restores it on its way out, also when on_transact raises.
-        with conn.oneway_caller:
-            for _ in range(ONEWAY_BATCH):
-                try:
-                    msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_NOWAIT)
-                except BlockingIOError:
-                    return False
-                except OSError as exc:
-                    conn.unread = exc
-                    return False
-                # ``check`` for this one shape (see _wire.ONEWAY_PREFIX). Anything else,
-                # well-formed or not, goes to the full path, which says why it refuses it.
-                if (
-                    msg[:8] != _ONEWAY_PREFIX
-                    or len(msg) < _HEADER_SIZE
-                    or anc
-                    or mflags & _TRUNCATED
-                    or self._stopping
-                ):
-                    # Its descriptors are taken now, so that whoever ends the connection
-                    # closes them (``_drop``) if it is never handled.
-                    conn.unread = (msg, _take_fds(anc) if anc else _NO_FDS, mflags)
-                    return False
-                code = _CODE(msg, 8)[0]
-                # No descriptors and bytes, not a mapping: nothing for ``close()`` to
-                # release; whatever on_transact may write into it goes when it is dropped
-                # (the next call rebinds ``data``), as the two-way run_plain path does.
-                if len(msg) > _HEADER_SIZE:
-                    data = _from_wire(msg, _HEADER_SIZE, _NO_FDS)
-                else:  # nothing but the header: a new Parcel is that same empty Parcel
-                    data = Parcel()
-                self._served += 1
-                try:
-                    if FIRST_CALL_TRANSACTION <= code <= LAST_CALL_TRANSACTION:
-                        on_transact(code, data, Parcel(), FLAG_ONEWAY)
-                    else:
-                        _invoke(binder, code, data, Parcel(), FLAG_ONEWAY)
-                except BaseException:
-                    _oneway_raised(code, node, conn.creds.pid)
-        return True
 
     # -- one-way streams ------------------------------------------------------------------
 
@@ -689,10 +620,12 @@ class Dispatch(Gate):
         self._drop(conn)
 
     def _own_stream_oneways(self, node: _Node, conn: _Connection) -> bool:
-        """``_own_oneways`` for a one-way stream: up to ``ONEWAY_BATCH`` plain records
-        (no descriptors, not spilled), from what was read and, when that runs out, from
-        one more receive at a time, never waiting. The first record of any other shape is
-        left in place for ``_serve_stream``. True if the whole batch was delivered."""
+        """Run, one by one, up to ``ONEWAY_BATCH`` plain records (no descriptors, not
+        spilled) of the one-way stream ``conn``: from what was read and, when that runs
+        out, from one more receive at a time, never waiting. Each runs before the next is
+        looked at, so the sender's order is kept. The first record of any other shape is
+        left in place for ``_serve_stream``, which checks it fully. True if the whole batch
+        was delivered (more may wait)."""
         try:
             binder = node.binder
         except LookupError:
@@ -712,8 +645,10 @@ class Dispatch(Gate):
         data, pos = stream.data, stream.pos
         size = len(data)
         done = 0
-        # One identity for the whole batch (see _own_oneways). ``pos`` is this loop's own
-        # until it is written back, before every receive and on the way out.
+        # One identity for the whole batch (every call in it comes from this connection);
+        # clear_calling_identity restores it on its way out, also when on_transact raises.
+        # ``pos`` is this loop's own until it is written back, before every receive and on
+        # the way out.
         with conn.oneway_caller:
             try:
                 while done < ONEWAY_BATCH:

@@ -64,7 +64,7 @@ class _Connection(Caller):
     """A peer's connection. Also the ``Caller`` of the calls read from it (``creds`` and
     ``sock``: see ``_binder.Caller``)."""
 
-    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller", "stream", "unread")
+    __slots__ = ("accepted", "fd", "greeted", "node", "oneway_caller", "stream")
     sock: socket.socket  # always set: the connection itself
 
     def __init__(self, sock: socket.socket, creds: Credentials, node: _Node | None) -> None:
@@ -76,10 +76,6 @@ class _Connection(Caller):
         self.accepted = time.monotonic()
         # The Caller of its one-way calls: no reply socket (the sender does not wait).
         self.oneway_caller = Caller(creds, None)
-        # A message the one-way batch read but did not handle, ``(msg, fds, flags)`` with
-        # its descriptors taken (``_drop`` closes them if it is never handled), or the
-        # OSError its receive raised: ``_serve`` takes it before reading again.
-        self.unread: tuple[bytes, list[int], int] | OSError | None = None
         # Set once the peer handed over a one-way stream (STREAM): ``sock`` is then that
         # stream, and this holds what was read from it and not yet run.
         self.stream: _wire.Stream | None = None

@@ -25,21 +25,21 @@ Threads start on demand (one at first, another whenever no thread is left idle) 
 One-way calls: each served binder has a FIFO. The thread that reads a one-way message
 appends it *before* it reads the next one from that connection, so arrival order is queue
 order; the first thread to find the binder idle delivers the queue one message at a time.
-Whenever the queue is empty it takes the calls its own connection has already queued in the
-socket (``MSG_DONTWAIT``, at most ``ONEWAY_BATCH`` between two looks at the queue) and runs
-each as soon as it is read, with one lock and one identity for the batch instead of a queue
-round per call: the plainest calls only (no descriptors, not spilled); the first message that
-is anything else is handed to the full path, with all its checks, before the next is read.
-When neither has anything left, it stops delivering and goes on reading its connection.
 
 A Proxy sends its one-way calls over a *one-way stream* (``_wire``: STREAM), a
 ``SOCK_STREAM`` socket the service made and serves in place of the connection that asked
 for it: one ``recvmsg`` takes every record queued in it, so a batch costs one receive
-instead of one per call. The thread reading a stream runs its plain records inline as
-above, and hands anything else to the same full path and queue. A stream keeps what it
-read and has not run (a partial record: at most one ``MAX_MESSAGE`` beyond one receive, and
-``2 * MAX_FDS`` descriptors); while no thread reads it (parked, or waiting for the rest of a
-record), that is booked against its peer's uid, and the stream that would take its uid past
+instead of one per call. The thread delivering a binder's queue, whenever the queue is
+empty, runs the plain records (no descriptors, not spilled) its own stream holds or has
+waiting (``MSG_DONTWAIT``, at most ``ONEWAY_BATCH`` between two looks at the queue), each
+as soon as it is taken, with one lock and one identity for the batch instead of a queue
+round per call; the first record of any other shape goes to the full path, with all its
+checks, before the next is taken. When neither has anything left, it stops delivering and
+goes on reading its stream. A one-way call that arrives as a datagram (a peer may still
+send one) takes the full path and the queue. A stream keeps what it read and has not run
+(a partial record: at most one ``MAX_MESSAGE`` beyond one receive, and ``2 * MAX_FDS``
+descriptors); while no thread reads it (parked, or waiting for the rest of a record), that
+is booked against its peer's uid, and the stream that would take its uid past
 ``oneway_backlog_bytes`` or ``oneway_backlog_fds`` is dropped.
 
 A queue over its limits (``oneway_backlog`` messages, ``oneway_backlog_fds`` descriptors,
@@ -527,9 +527,6 @@ class _ProcessState(Dispatch):
         queued and nothing more can be (the peer's end is shut), so it is closed here."""
         if self._handlers.get(conn.fd) is not conn:
             return  # dropped already
-        unread, conn.unread = conn.unread, None
-        if unread is not None and not isinstance(unread, OSError) and unread[1]:
-            _wire.discard_fds(unread[1])
         if conn.stream is not None:
             self._unhold(conn)
             conn.stream.discard()
