@@ -308,7 +308,7 @@ def service_python(n: int) -> None:
         conn.creds = Credentials(1, 1, 1)
         conn.node = Node()  # type: ignore[assignment]
         conn.greeted = True
-        conn.unread = None
+        conn.stream = None
         start = time.perf_counter_ns()
         Loop()._serve(conn)
         return (time.perf_counter_ns() - start) / n
