@@ -37,7 +37,7 @@ from typing import Any
 
 import ashmem
 import bench_binder as bench
-from ashmem.binder import FLAG_ONEWAY, Binder, Parcel, _proxy, _wire, add_service, get_service
+from ashmem.binder import FLAG_ONEWAY, Parcel, _proxy, _wire, add_service, get_service
 from ashmem.binder._binder import Credentials
 
 QUICK = "--quick" in sys.argv
@@ -56,21 +56,13 @@ def count_calls(frame: Any, event: str, arg: Any) -> None:
         counts[threading.current_thread().name]["C"] += 1
 
 
-class Counted(Binder):
-    oneways = 0
-
-    def on_transact(self, code: int, data: Parcel, reply: Parcel, flags: int) -> bool:
-        if flags:
-            Counted.oneways += 1
-        return True
-
-
 def call_counts(n: int) -> None:
     global counting
     threading.setprofile(count_calls)  # before the pool's threads start
     region = ashmem.SharedMemory.create("profile-region", 4096)
+    counted = bench.LeastService()
     with (
-        add_service(f"profile.{os.getpid()}", Counted()) as service,
+        add_service(f"profile.{os.getpid()}", counted) as service,
         get_service(service.name) as proxy,
     ):
 
@@ -94,13 +86,13 @@ def call_counts(n: int) -> None:
             for _ in range(200):
                 call()
             time.sleep(0.2)
-            Counted.oneways = 0
+            counted.oneways = 0
             counts.clear()
             sys.setprofile(count_calls)
             counting = True
             for _ in range(n):
                 call()
-            while call is oneway and Counted.oneways < n:
+            while call is oneway and counted.oneways < n:
                 time.sleep(0.01)
             counting = False
             sys.setprofile(None)
@@ -300,7 +292,7 @@ def service_python(n: int) -> None:
 
     class Node:
         label = "stub"
-        pinned = Counted()
+        pinned = bench.LeastService()
 
     def serve() -> float:
         conn = _Connection.__new__(_Connection)
