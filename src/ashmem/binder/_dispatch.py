@@ -52,8 +52,6 @@ _take_fds = _wire.take_fds
 _from_wire = Parcel._from_wire
 _REPLY_HEADER = struct.Struct("<8sII").pack
 _REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
-_STREAM_REPLY = struct.Struct("<5sBHII").pack
-_STREAM_REPLY_PREFIX = _REPLY_PREFIX[:5]
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 _CALL_PREFIX = _wire.CALL_PREFIX
 # The first 8 header bytes of a plain two-way call (TRANSACTION, no flags, nothing reserved)
@@ -526,7 +524,7 @@ class Dispatch(Gate):
         try:
             with theirs:
                 conn.sock.sendmsg(
-                    [_STREAM_REPLY(_STREAM_REPLY_PREFIX, 1, 0, _wire.STATUS_OK, seq)],
+                    [_wire.pack(_wire.REPLY, 0, 1, _wire.STATUS_OK, seq)],
                     _wire.rights([theirs.fileno()]),
                     _SEND_NOWAIT,
                 )

@@ -82,7 +82,6 @@ _FDS_HEADER = struct.Struct("<5sBHII").pack
 _CALL_PREFIX5 = _CALL_PREFIX[:5]
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
-_ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 # The record of an empty one-way call, by code: built once for the first codes used.
 _ONEWAY_HEADERS: dict[int, bytes] = {}
 _ONEWAY_HEADERS_KEPT = 256
@@ -366,7 +365,7 @@ class Proxy(Closing):
                         # stream: 16 bytes go as one piece, or not at all.
                         header = _ONEWAY_HEADERS.get(code)
                         if header is None:
-                            header = _CALL_HEADER(_ONEWAY_PREFIX, code, 0)
+                            header = _wire.record(code, _wire.EMPTY)
                             if len(_ONEWAY_HEADERS) < _ONEWAY_HEADERS_KEPT:
                                 _ONEWAY_HEADERS[code] = header
                         sock.send(header, _SEND_FLAGS)
