@@ -569,6 +569,29 @@ def record_bytes(code: int, data: Parcel) -> bytes:
     return _wire.record(code, out) + b"".join(bytes(part) for part in out.parts)
 
 
+def held_fds() -> int:
+    """Descriptors this process's one-way streams hold while waiting for their records."""
+    state = _pool.current_state()
+    assert state is not None
+    with state._held_lock:
+        return sum(books[1] for books in state._held.values())
+
+
+def held_bytes() -> int:
+    """Bytes this process's one-way streams hold while waiting for their records."""
+    state = _pool.current_state()
+    assert state is not None
+    with state._held_lock:
+        return sum(books[0] for books in state._held.values())
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + scaled(10)
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition(), what
+
+
 def test_a_oneway_stream_runs_every_shape_in_order(caplog: pytest.LogCaptureFixture) -> None:
     """Records queued behind a held call: plain, raising, with a descriptor, spilled, one
     sent a byte at a time, then a record cut in the middle and the stream closed. All but
@@ -608,10 +631,7 @@ def test_a_oneway_stream_runs_every_shape_in_order(caplog: pytest.LogCaptureFixt
                 send(RECORD, 6)
                 with record_of(RECORD, 7, pad=100) as data:
                     stream.send(record_bytes(RECORD, data)[:40])  # cut: never complete
-            deadline = time.monotonic() + scaled(10)
-            while binder.statistics().connections != before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert binder.statistics().connections == before
+            wait_for(lambda: binder.statistics().connections == before, "the stream is closed")
         assert recorder.seen == [(value, value == 3) for value in range(7)]
         with pytest.raises(BrokenPipeError):  # the service closed its copy of the read end
             os.write(write_end, b"x")
@@ -697,9 +717,7 @@ def test_oneway_calls_of_every_shape_keep_their_order_through_a_proxy() -> None:
                             assert proxy.transact(RECORD, data, None, FLAG_ONEWAY)
 
             asyncio.run(main())
-            deadline = time.monotonic() + scaled(10)
-            while len(recorder.seen) < 40 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for(lambda: len(recorder.seen) >= 40, "every call ran")
         assert recorder.seen == [(value, value % 4 == 1) for value in range(40)]
     finally:
         os.close(read_end)
@@ -739,9 +757,7 @@ def test_an_async_sender_waits_on_a_full_stream_and_sends_whole_records() -> Non
 
         held_back = asyncio.run(main())
         assert held_back < count  # 1.2 MB cannot fit in the stream while nobody reads it
-        deadline = time.monotonic() + scaled(10)
-        while len(recorder.seen) < count + 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(recorder.seen) >= count + 1, "every call ran")
     assert recorder.seen == [(value, False) for value in range(count + 1)]
 
 
@@ -762,23 +778,13 @@ def test_a_send_cut_by_its_timeout_never_runs_and_the_next_call_reconnects() -> 
         assert 1 < cut < 1000
         recorder.release.set()
         assert proxy.transact(RECORD, record_of(RECORD, 5000), None, FLAG_ONEWAY)
-        deadline = time.monotonic() + scaled(10)
-        while len(recorder.seen) < cut + 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: len(recorder.seen) >= cut + 1, "every call ran")
         assert proxy.ping(timeout=scaled(10))
     values = [value for value, _ in recorder.seen]
     # Two streams are read independently: the old one's records in order, then or
     # meanwhile the new one's.
     assert sorted(values) == [*range(cut), 5000]
     assert [value for value in values if value != 5000] == list(range(cut))
-
-
-def held_fds() -> int:
-    """Descriptors this process's one-way streams hold while waiting for their records."""
-    state = _pool.current_state()
-    assert state is not None
-    with state._held_lock:
-        return sum(books[1] for books in state._held.values())
 
 
 def test_streams_stalled_mid_record_hold_no_more_than_their_uid_may(
@@ -806,39 +812,20 @@ def test_streams_stalled_mid_record_hold_no_more_than_their_uid_may(
                     stream.sendmsg([whole[:30]], _wire.rights(list(out.fds)))
                 rests.append(whole[30:])
                 if value < 2:  # held and booked: 40, then 80 descriptors
-                    deadline = time.monotonic() + scaled(10)
-                    while held_fds() < 40 * (value + 1) and time.monotonic() < deadline:
-                        time.sleep(0.01)
+                    wait_for(lambda v=value: held_fds() >= 40 * (v + 1), "booked")
                     assert held_fds() == 40 * (value + 1)
             # The third would take the uid to 120 > 100: dropped, its 40 closed.
             assert streams[2].recv(4096) == b""
             assert binder.statistics().refused_connections == refused + 1
             for stream, rest in zip(streams[:2], rests, strict=False):
                 stream.send(rest)
-            deadline = time.monotonic() + scaled(10)
-            while len(recorder.seen) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for(lambda: len(recorder.seen) >= 2, "both records ran")
             assert recorder.seen == [(0, True), (1, True)]
             for stream in streams:
                 stream.close()
     finally:
         os.close(read_end)
         os.close(write_end)
-
-
-def held_bytes() -> int:
-    """Bytes this process's one-way streams hold while waiting for their records."""
-    state = _pool.current_state()
-    assert state is not None
-    with state._held_lock:
-        return sum(books[0] for books in state._held.values())
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + scaled(10)
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert condition(), what
 
 
 def test_a_record_longer_than_allowed_after_a_pause_drops_the_stream() -> None:
