@@ -283,10 +283,10 @@ class LeastService(Binder):
         return True
 
 
-def least_server(sock: socket.socket, count: int) -> None:
-    """Serve the least-Python calls on ``sock``; after every ``count`` one-way calls, send
-    ``done`` (as ``counting_server`` does)."""
-    call_prefix, oneway_prefix, reply_prefix, fd_prefix = least_prefixes()
+def least_server(sock: socket.socket) -> None:
+    """Serve the least-Python two-way calls on ``sock`` (one-way calls have their own
+    bound: ``least_stream_server``)."""
+    call_prefix, _, reply_prefix, fd_prefix = least_prefixes()
     service = LeastService()
     on_transact = service.on_transact
     recvmsg, send = sock.recvmsg, sock.send
@@ -312,11 +312,6 @@ def least_server(sock: socket.socket, count: int) -> None:
         elif prefix == call_prefix:
             status = 0 if on_transact(code, Parcel(), Parcel(), 0) else 1
             send(pack(reply_prefix, status, seq), _wire.SEND_FLAGS)
-        elif prefix == oneway_prefix:
-            on_transact(code, Parcel(), Parcel(), FLAG_ONEWAY)
-            if service.oneways == count:
-                service.oneways = 0
-                send(b"done")
         else:
             raise RuntimeError("least_server: unexpected message")
 
@@ -604,7 +599,7 @@ def placement_table(
     stream_a, stream_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     echo = FORK.Process(target=seqpacket_server, args=(echo_b,), daemon=True)
     counter = FORK.Process(target=counting_server, args=(count_b, oneway_count), daemon=True)
-    least = FORK.Process(target=least_server, args=(least_b, oneway_count), daemon=True)
+    least = FORK.Process(target=least_server, args=(least_b,), daemon=True)
     streamer = FORK.Process(target=least_stream_server, args=(stream_b, oneway_count), daemon=True)
     servers = (echo, counter, least, streamer)
     for proc in servers:
