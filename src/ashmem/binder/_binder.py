@@ -76,12 +76,12 @@ class Caller:
     # at the top level (no transaction before, none after): the cheap form of ``_Serving``
     # for the hot path, no object made per call. A nested call uses ``_Serving``.
     def __enter__(self) -> None:
-        identity = _identity
+        identity = _per_thread.identity
         identity.caller = self
         identity.cleared = False
 
     def __exit__(self, *exc: object) -> None:
-        identity = _identity
+        identity = _per_thread.identity
         identity.caller = None
         identity.cleared = False
 
@@ -96,18 +96,31 @@ class CallerLike(Protocol):
     def sock(self) -> socket.socket | None: ...
 
 
-class _Identity(threading.local):
-    #: The Caller (or pool connection) of the transaction this thread is handling. A class
-    #: default, so that reading it where it was never set costs an attribute lookup, not
-    #: a caught AttributeError (this is read on every call a client makes). It also routes
-    #: a call back into the caller's process (see ``_nested``), so clearing the identity
-    #: does not touch it: ``cleared`` hides it from ``get_calling_*`` only, as libbinder's
-    #: clearCallingIdentity leaves the thread's transaction stack alone.
-    caller: CallerLike | None = None
-    cleared = False
+class _Identity:
+    """Whose transaction one thread is handling; each thread has its own
+    (``_per_thread.identity``). An object with slots, not the ``threading.local`` itself:
+    setting the caller and clearing it again on every call took four thread-local stores,
+    191 ns (CPython 3.11), against 25 ns for four slot stores; a pool thread now looks its
+    identity up once per connection it serves."""
+
+    __slots__ = ("caller", "cleared")
+
+    def __init__(self) -> None:
+        #: The Caller (or pool connection) of the transaction this thread is handling. It
+        #: also routes a call back into the caller's process (see ``_nested``), so clearing
+        #: the identity does not touch it: ``cleared`` hides it from ``get_calling_*``
+        #: only, as libbinder's clearCallingIdentity leaves the thread's transaction stack
+        #: alone.
+        self.caller: CallerLike | None = None
+        self.cleared = False
 
 
-_identity = _Identity()
+class _PerThread(threading.local):
+    def __init__(self) -> None:  # runs once in each thread that looks
+        self.identity = _Identity()
+
+
+_per_thread = _PerThread()
 
 
 class _Serving:
@@ -121,13 +134,14 @@ class _Serving:
         self._caller = caller
 
     def __enter__(self) -> None:
-        identity = _identity
+        identity = _per_thread.identity
         self._saved = (identity.caller, identity.cleared)
         identity.caller = self._caller
         identity.cleared = False
 
     def __exit__(self, *exc: object) -> None:
-        _identity.caller, _identity.cleared = self._saved
+        identity = _per_thread.identity
+        identity.caller, identity.cleared = self._saved
 
 
 class clear_calling_identity:
@@ -148,11 +162,12 @@ class clear_calling_identity:
     __slots__ = ("_saved",)
 
     def __enter__(self) -> None:
-        self._saved = _identity.cleared
-        _identity.cleared = True
+        identity = _per_thread.identity
+        self._saved = identity.cleared
+        identity.cleared = True
 
     def __exit__(self, *exc: object) -> None:
-        _identity.cleared = self._saved
+        _per_thread.identity.cleared = self._saved
 
 
 def get_calling_credentials() -> Credentials:
@@ -164,8 +179,9 @@ def get_calling_credentials() -> Credentials:
     >>> get_calling_credentials().pid == os.getpid()
     True
     """
-    caller = _identity.caller
-    if caller is None or _identity.cleared:
+    identity = _per_thread.identity
+    caller = identity.caller
+    if caller is None or identity.cleared:
         return Credentials(os.getpid(), os.geteuid(), os.getegid())
     return caller.creds
 

@@ -24,7 +24,7 @@ from ._binder import (
     LAST_CALL_TRANSACTION,
     PING_TRANSACTION,
     Binder,
-    _identity,
+    _per_thread,
 )
 from ._errors import BadParcel
 from ._gate import Gate, _Connection
@@ -120,6 +120,7 @@ class Dispatch(Gate):
             return
         sock = conn.sock
         recvmsg = sock.recvmsg
+        identity = _per_thread.identity  # this thread's, set per plain call below
         flags = _RECV_NOWAIT
         while True:
             try:
@@ -166,7 +167,6 @@ class Dispatch(Gate):
                 # ``with conn:`` (Caller.__enter__/__exit__), inline. ``cleared`` is reset
                 # on the way in too: the thread running serve() may come here with a
                 # clear_calling_identity() block of its own left open.
-                identity = _identity
                 identity.caller = conn
                 identity.cleared = False
                 try:

@@ -51,7 +51,7 @@ from ._binder import (
     Credentials,
     _check_call,
     _check_timeout,
-    _identity,
+    _per_thread,
 )
 from ._death import DeathRecipient as DeathRecipient
 from ._death import watcher as _watcher
@@ -382,7 +382,7 @@ class Proxy(Closing):
                     return True
             finally:
                 lock.release()
-        if flags or self._dead is not None or _identity.caller is not None:
+        if flags or self._dead is not None or _per_thread.identity.caller is not None:
             return self._transact(code, data, reply, flags, timeout)
         # A plain two-way call from outside any transaction, the common case: what
         # ``_transact`` does for it, inline (no helper calls). Data with binders or more
@@ -472,7 +472,7 @@ class Proxy(Closing):
             if oneway.binders:
                 self._grant()
             return True
-        caller = _identity.caller
+        caller = _per_thread.identity.caller
         if caller is not None and caller.creds.pid == self._peer_pid and caller.sock is not None:
             return call_nested(self, caller, code, data, reply, timeout)
         outgoing = _wire.EMPTY if data is None else data._outgoing()
