@@ -259,6 +259,32 @@ def test_shared_memory_round_trip_and_non_regions(pipe: tuple[int, int]) -> None
     assert fd_count() == before
 
 
+def test_a_first_descriptor_is_the_same_as_a_later_one(pipe: tuple[int, int]) -> None:
+    """An empty Parcel (new, or closed) takes its first descriptor on a shorter path: what it
+    holds must read back as it does when the descriptor follows another value."""
+    before = fd_count()
+    with ashmem.MemoryFile("first-fd", 4096) as memory, Parcel() as first, Parcel() as later:
+        first.write_int(5)
+        first.close()  # empty again
+        first.write_shared_memory(memory)
+        first.write_file_descriptor(pipe[0])
+        first.write_int(6)
+        later.write_int(5)
+        later.write_shared_memory(memory)
+        later.write_file_descriptor(pipe[0])
+        later.write_int(6)
+        assert first.data_size() == later.data_size() - 5
+        assert len(first._wire_fds()) == len(later._wire_fds()) == 2
+        roundtrip(first)
+        with first.read_shared_memory() as got:
+            assert got.size == 4096
+        fd = first.read_file_descriptor()
+        assert os.path.sameopenfile(fd, pipe[0])
+        os.close(fd)
+        assert first.read_int() == 6
+    assert fd_count() == before
+
+
 def test_descriptor_limit(pipe: tuple[int, int]) -> None:
     with Parcel() as p:
         for _ in range(MAX_PARCEL_FDS):
