@@ -25,6 +25,8 @@ whole system on Linux, so the two stamps compare. Before each send the producer 
 so that the consumer is blocked in its receive, as a waiting consumer would be: every sample
 includes waking it up. Clean-up (unmap, close) happens after the stop stamp.
 Rounds interleave the peers; the table shows the median of the per-round medians.
+
+``--placement-only`` runs the placement table alone (it still rewrites its README section).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import multiprocessing
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
@@ -265,8 +268,12 @@ def available_memory() -> int:
 
 
 def main() -> None:
+    # ``--placement-only``: the placement table alone (it still rewrites its README section).
+    placement_only = "--placement-only" in sys.argv
+    if placement_only:
+        sys.argv.remove("--placement-only")
     args = parse_args(__doc__.splitlines()[0])
-    sizes = SIZES[:3] if args.quick else SIZES
+    sizes = [] if placement_only else SIZES[:3] if args.quick else SIZES
     rounds = 3 if args.quick else 7
     per_round = 10 if args.quick else 30  # hand-offs per peer per round (cheap peers)
     queue_round_s = 0.3 if args.quick else 1.5  # Queue time budget per round at large N
@@ -430,6 +437,8 @@ def main() -> None:
         placement_notes,
         readme=not args.no_readme,
     )
+    if placement_only:
+        return
     publish(
         "handoff",
         "Hand-off: producer holds N bytes, consumer process reads first and last byte",
