@@ -231,6 +231,20 @@ def write_readme_section(key: str, body: str, readme: Path = README) -> None:
             f.truncate()
 
 
+#: ``personality(2)``'s ADDR_NO_RANDOMIZE, as ``setarch -R`` sets it.
+_ADDR_NO_RANDOMIZE = 0x0040000
+
+
+def fixed_layout() -> bool:
+    """True if this process runs without address-space layout randomization (a process
+    tree started with ``setarch <machine> -R``)."""
+    try:
+        with open("/proc/self/personality") as f:
+            return bool(int(f.read(), 16) & _ADDR_NO_RANDOMIZE)
+    except (OSError, ValueError):
+        return False
+
+
 def publish(
     key: str,
     title: str,
@@ -244,6 +258,13 @@ def publish(
     ``key`` (unless ``readme`` is False). Each note becomes a paragraph under the table."""
     machine = machine_description()
     notes = list(notes)
+    if fixed_layout():
+        notes.append(
+            "Run with address-space layout randomization off (`setarch -R`, or "
+            "`bench_binder.py --fixed-layout`): every process of this run had the same "
+            "layout, which `profile_layout.py` finds to remove a slower second speed of "
+            "binder's calls."
+        )
     print(f"\n{title}\n")
     print(_text_table(headers, rows))
     print(f"\nMachine: {machine}")

@@ -100,6 +100,11 @@ least Python (bound)
     and a reply Parcel and calls ``on_transact``, which counts.
 
 ``--placement-only`` runs this table alone (it still rewrites its README section).
+
+``--fixed-layout`` runs everything without address-space layout randomization
+(``setarch <machine> -R``), so that two revisions compared with ``--before`` run with the same
+layout: with it on, about one process start in ten makes binder's calls about 1.4x slower
+for the life of the process (``profile_layout.py``).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ import array
 import contextlib
 import multiprocessing
 import os
+import platform
 import shutil
 import socket
 import struct
@@ -822,6 +828,11 @@ PLACEMENT_HEADERS = [
 def main() -> int:
     if "--driver" in sys.argv:
         return driver()
+    if "--fixed-layout" in sys.argv:
+        # The whole run (servers, services, the old code's driver) without address-space
+        # layout randomization: what profile_layout.py finds behind binder's second speed.
+        argv = [arg for arg in sys.argv if arg != "--fixed-layout"]
+        os.execvp("setarch", ["setarch", platform.machine(), "-R", sys.executable, *argv])
     placement_only = "--placement-only" in sys.argv
     if placement_only:
         sys.argv.remove("--placement-only")
