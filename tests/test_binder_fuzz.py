@@ -820,7 +820,8 @@ def test_streams_stalled_mid_record_hold_no_more_than_their_uid_may(
             for stream, rest in zip(streams[:2], rests, strict=False):
                 stream.send(rest)
             wait_for(lambda: len(recorder.seen) >= 2, "both records ran")
-            assert recorder.seen == [(0, True), (1, True)]
+            # Two streams are read independently: either record may run first.
+            assert sorted(recorder.seen) == [(0, True), (1, True)]
             for stream in streams:
                 stream.close()
     finally:
