@@ -15,12 +15,17 @@ ASLR and prints each child's binder time, its raw time and their ratio. It count
 as slow when its ratio is more than 1.2x the median ratio of the children run without
 ASLR.
 
-Run ``python benchmarks/profile_layout.py [children per mode, default 24]``. It prints only;
-the README quotes it. Needs ``setarch`` (util-linux).
+``--mixed`` adds two modes that give the service another layout than its client (the
+client sets or clears ADDR_NO_RANDOMIZE with ``personality(2)`` before it spawns the
+service): client fixed and service randomized, client randomized and service fixed.
+
+Run ``python benchmarks/profile_layout.py [children per mode, default 24] [--mixed]``. It
+prints only; the README quotes it. Needs ``setarch`` (util-linux).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import socket
@@ -33,10 +38,24 @@ ROUNDS = 5
 SLOW = 1.2  # a child's binder/raw ratio over the no-ASLR median that counts as slow
 
 
-def child() -> None:
+#: ``personality(2)``'s ADDR_NO_RANDOMIZE; ``personality(QUERY)`` reads the current value.
+ADDR_NO_RANDOMIZE = 0x0040000
+QUERY = 0xFFFFFFFF
+
+
+def child(service_layout: str) -> None:
     import bench_binder as bench
     from ashmem.binder import start_service
 
+    if service_layout != "same":
+        # The service is spawned (a new exec), so it takes the personality set here; this
+        # process keeps the layout it started with.
+        libc = ctypes.CDLL(None, use_errno=True)
+        current = libc.personality(QUERY)
+        if service_layout == "fixed":
+            libc.personality(current | ADDR_NO_RANDOMIZE)
+        else:
+            libc.personality(current & ~ADDR_NO_RANDOMIZE)
     os.sched_setaffinity(0, {0})
     service = start_service(bench.BenchService, f"profile.layout.{os.getpid()}", timeout=30)
     bench.pin_process(service.pid, {0})
@@ -69,12 +88,17 @@ def child() -> None:
 
 
 def main() -> None:
-    per_mode = int(sys.argv[1]) if len(sys.argv) > 1 else 24
+    counts = [arg for arg in sys.argv[1:] if arg.isdigit()]
+    per_mode = int(counts[0]) if counts else 24
     script = os.path.abspath(__file__)
+    fixed = ["setarch", platform.machine(), "-R", sys.executable, script, "--child"]
     modes = {
-        "ASLR on": [sys.executable, script, "--child"],
-        "ASLR off": ["setarch", platform.machine(), "-R", sys.executable, script, "--child"],
+        "ASLR on": [sys.executable, script, "--child", "same"],
+        "ASLR off": [*fixed, "same"],
     }
+    if "--mixed" in sys.argv:
+        modes["client fixed, service randomized"] = [*fixed, "randomized"]
+        modes["client randomized, service fixed"] = [sys.executable, script, "--child", "fixed"]
     results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for _ in range(per_mode):
         for mode, argv in modes.items():
@@ -98,6 +122,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if "--child" in sys.argv:
-        child()
+        child(sys.argv[sys.argv.index("--child") + 1])
     else:
         main()
