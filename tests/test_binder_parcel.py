@@ -260,8 +260,8 @@ def test_shared_memory_round_trip_and_non_regions(pipe: tuple[int, int]) -> None
 
 
 def test_a_first_descriptor_is_the_same_as_a_later_one(pipe: tuple[int, int]) -> None:
-    """An empty Parcel (new, or closed) takes its first descriptor on a shorter path: what it
-    holds must read back as it does when the descriptor follows another value."""
+    """An empty Parcel (new, or closed and written again) holds its first descriptor as it
+    holds one that follows another value: the same entries, read back the same way."""
     before = fd_count()
     with ashmem.MemoryFile("first-fd", 4096) as memory, Parcel() as first, Parcel() as later:
         first.write_int(5)

@@ -92,8 +92,6 @@ _F32 = struct.Struct("<Bf")
 _F64 = struct.Struct("<Bd")
 _TAG_U8 = struct.Struct("<BB")
 _TAG_U32 = struct.Struct("<BI")
-#: The entry of a Parcel's first descriptor (index 0), by tag.
-_FIRST_FD_ENTRY = {_T_FD: _TAG_U32.pack(_T_FD, 0), _T_REGION: _TAG_U32.pack(_T_REGION, 0)}
 _U32 = struct.Struct("<I")
 _LIST = struct.Struct("<BBI")
 
@@ -461,18 +459,6 @@ class Parcel(Closing):
         self._pos = self._size
 
     def _put_fd(self, tag: int, fd: int, method: str) -> None:
-        if not self.__dict__:
-            # A new (or closed) Parcel, the usual case: the descriptor's dup and its entry
-            # are the Parcel's first and only state (the class holds the rest).
-            try:
-                dup = os.dup(fd)  # non-inheritable, i.e. CLOEXEC
-            except OSError as exc:
-                raise _sys.translate(exc, f"{method}: duplicate fd {fd}") from exc
-            self._fds = _OwnFds((dup,))
-            self._buf = bytearray(_FIRST_FD_ENTRY[tag])
-            self._data = None
-            self._size = self._pos = 5
-            return
         if len(self._fds) >= MAX_PARCEL_FDS:
             raise ValueError(
                 f"{method}: a Parcel holds at most {MAX_PARCEL_FDS} descriptors (one message "
@@ -531,7 +517,7 @@ class Parcel(Closing):
         ...         got.name, got.size
         ('frames', 4096)
         """
-        if shm.__class__ is not SharedMemory and not isinstance(shm, (SharedMemory, MemoryFile)):
+        if not isinstance(shm, (SharedMemory, MemoryFile)):
             raise TypeError(
                 f"write_shared_memory needs a SharedMemory or MemoryFile, not "
                 f"{type(shm).__name__}; use write_file_descriptor for other fds"
@@ -1076,10 +1062,8 @@ class Parcel(Closing):
         >>> p = Parcel(); p.write_int(1); p.close(); p.data_size()
         0
         """
-        state = self.__dict__
-        if state:  # else it is empty already: nothing to release
-            self._release()
-            state.clear()
+        self._release()
+        self.__dict__.clear()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
