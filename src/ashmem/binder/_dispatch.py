@@ -191,9 +191,7 @@ class Dispatch(Gate):
                         # the reply can be sent (on_transact may keep ``data``: a caller
                         # that hangs up must not leave its descriptors with us).
                         data.close()
-                    # A reply nobody wrote to has an empty instance dict (the class holds
-                    # an empty Parcel's state): seen without the method's four lookups.
-                    if not reply.__dict__ or reply._wire_empty():
+                    if reply._wire_empty():
                         try:
                             sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
                         except OSError:  # the caller went away, or does not read its replies
