@@ -262,8 +262,9 @@ def publish(
         notes.append(
             "Run with address-space layout randomization off (`setarch -R`, or "
             "`bench_binder.py --fixed-layout`): every process of this run had the same "
-            "layout, which `profile_layout.py` finds to remove a slower second speed of "
-            "binder's calls."
+            "layout, so its comparisons are not split between the two speeds that "
+            "`profile_layout.py` finds with randomized layouts (on this VM the fixed layout "
+            "ran at the usual speed)."
         )
     print(f"\n{title}\n")
     print(_text_table(headers, rows))

@@ -832,6 +832,8 @@ def main() -> int:
         # The whole run (servers, services, the old code's driver) without address-space
         # layout randomization: what profile_layout.py finds behind binder's second speed.
         argv = [arg for arg in sys.argv if arg != "--fixed-layout"]
+        if shutil.which("setarch") is None:
+            raise SystemExit("--fixed-layout needs setarch (util-linux) on PATH")
         os.execvp("setarch", ["setarch", platform.machine(), "-R", sys.executable, *argv])
     placement_only = "--placement-only" in sys.argv
     if placement_only:

@@ -58,33 +58,45 @@ def child(service_layout: str) -> None:
             libc.personality(current & ~ADDR_NO_RANDOMIZE)
     os.sched_setaffinity(0, {0})
     service = start_service(bench.BenchService, f"profile.layout.{os.getpid()}", timeout=30)
-    bench.pin_process(service.pid, {0})
-    proxy = service.binder
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    echo = bench.FORK.Process(target=bench.seqpacket_server, args=(theirs,), daemon=True)
-    echo.start()
-    theirs.close()
-    header = bytes(16)
+    # The echo closes its copy of our end, so it sees end-of-file when this process ends,
+    # however it ends.
+    echo = bench.FORK.Process(target=echo_loop, args=(ours, theirs), daemon=True)
+    try:
+        bench.pin_process(service.pid, {0})
+        proxy = service.binder
+        echo.start()
+        theirs.close()
+        header = bytes(16)
 
-    def raw() -> None:
-        ours.send(header)
-        ours.recv(64)
+        def raw() -> None:
+            ours.send(header)
+            ours.recv(64)
 
-    def binder() -> None:
-        proxy.transact(bench.EMPTY)
+        def binder() -> None:
+            proxy.transact(bench.EMPTY)
 
-    for call in (raw, binder):
-        bench.per_call(call, 2000)  # warm up
-    peers = {"binder": binder, "raw": raw}
-    times = bench.interleaved(
-        {name: lambda call=call: bench.per_call(call, CALLS) for name, call in peers.items()},
-        ROUNDS,
-    )
-    print(f"{times['binder']:.0f} {times['raw']:.0f}", flush=True)
-    echo.terminate()  # it holds a copy of ``ours`` too, so closing ours ends nothing
-    echo.join(10)
+        for call in (raw, binder):
+            bench.per_call(call, 2000)  # warm up
+        peers = {"binder": binder, "raw": raw}
+        times = bench.interleaved(
+            {name: lambda call=call: bench.per_call(call, CALLS) for name, call in peers.items()},
+            ROUNDS,
+        )
+        print(f"{times['binder']:.0f} {times['raw']:.0f}", flush=True)
+    finally:
+        ours.close()
+        theirs.close()
+        if echo.pid is not None:
+            echo.join(10)
+        service.stop()
+
+
+def echo_loop(ours: socket.socket, theirs: socket.socket) -> None:
+    import bench_binder as bench
+
     ours.close()
-    service.stop()
+    bench.seqpacket_server(theirs)
 
 
 def main() -> None:
@@ -102,8 +114,14 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for _ in range(per_mode):
         for mode, argv in modes.items():
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
-            binder_ns, raw_ns = (float(x) for x in out.stdout.split())
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+                # The last line is the child's (a service it spawned shares its stdout).
+                binder_ns, raw_ns = (float(x) for x in out.stdout.splitlines()[-1].split())
+            except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+                stderr = getattr(exc, "stderr", "") or ""
+                print(f"{mode}: a child failed, skipped: {exc!r} {stderr[-500:]}", flush=True)
+                continue
             results[mode].append((binder_ns, raw_ns))
     baseline = median(b / r for b, r in results["ASLR off"])
     print(
