@@ -58,6 +58,41 @@ def test_pool_shares_a_big_array_once_read_only(method: str) -> None:
         assert result.sum() == MiB // 4
 
 
+def test_terminate_never_waits_for_a_task_a_worker_took() -> None:
+    """terminate() drains the task queue while ``poll()`` says a task waits. A worker reads
+    without the drain's lock, so it can take that task first: the drain must then go on,
+    not wait for a task that will never come (multiprocessing's own drain hangs here)."""
+    tasks = ashmem.SimpleQueue()
+    reader = tasks._reader
+    told = iter([True])  # poll() saw a task once; a worker took it before the drain did
+
+    class RacingReader:
+        def poll(self, timeout: float | None = 0.0) -> bool:
+            return next(told, False)
+
+        def recv(self) -> Any:  # what multiprocessing's drain calls
+            return reader.recv()
+
+        def _receive(self, want_pickle: bool, timeout: float | None = None) -> Any:
+            return reader._receive(want_pickle, timeout)
+
+    inqueue = type("Inqueue", (), {"_rlock": threading.Lock(), "_reader": RacingReader()})()
+    handler_may_end = threading.Event()
+    handler = threading.Thread(target=handler_may_end.wait, daemon=True)  # the task handler
+    handler.start()
+    drain = threading.Thread(
+        target=ashmem.Pool._help_stuff_finish, args=(inqueue, handler, 2), daemon=True
+    )
+    drain.start()
+    drain.join(CHILD_TIMEOUT)
+    stuck = drain.is_alive()
+    handler_may_end.set()
+    tasks.put(None)  # frees a drain stuck in recv(), so the test leaves no thread behind
+    drain.join(CHILD_TIMEOUT)
+    tasks.close()
+    assert not stuck, "terminate()'s drain waited for a task a worker had taken"
+
+
 def test_pool_api() -> None:
     ctx = multiprocessing.get_context("fork")
     with ashmem.Pool(2, context=ctx, max_nbytes=64) as pool:

@@ -19,8 +19,11 @@ frees each one when its last descriptor and mapping are gone.
 from __future__ import annotations
 
 import concurrent.futures.process as _cf_process
+import contextlib
 import multiprocessing.pool as _mp_pool
+import queue
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -112,6 +115,22 @@ class Pool(_mp_pool.Pool):
     def max_nbytes(self) -> int:
         """Buffers larger than this travel as regions."""
         return self._max_nbytes
+
+    @staticmethod
+    def _help_stuff_finish(inqueue: Any, task_handler: Any, size: int) -> None:
+        """``terminate()``'s drain of the task queue, without its blocking receive.
+
+        multiprocessing takes the queue's read lock, which keeps its workers from reading,
+        then ``recv()``s while ``poll()`` says a task is waiting. Our workers read without
+        a lock (one task is one datagram), so a worker can take the task between the
+        parent's ``poll()`` and ``recv()``, and the blocking ``recv()`` then waits for ever:
+        a hung ``terminate()``, seen once in CI. Take only what is there now."""
+        inqueue._rlock.acquire()  # as multiprocessing does; it is never released
+        reader = inqueue._reader
+        while task_handler.is_alive() and reader.poll():
+            with contextlib.suppress(queue.Empty):  # a worker took it first
+                reader._receive(True, timeout=0)
+            time.sleep(0)
 
     def _setup_queues(self) -> None:
         threshold = self._max_nbytes + 1
