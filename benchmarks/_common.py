@@ -52,6 +52,7 @@ import datetime
 import fcntl
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -231,8 +232,17 @@ def write_readme_section(key: str, body: str, readme: Path = README) -> None:
             f.truncate()
 
 
+def take_flag(flag: str) -> bool:
+    """Whether ``flag`` is on the command line, removed from ``sys.argv`` (a script's own
+    flag, before ``parse_args`` sees the common ones)."""
+    if flag not in sys.argv:
+        return False
+    sys.argv.remove(flag)
+    return True
+
+
 #: ``personality(2)``'s ADDR_NO_RANDOMIZE, as ``setarch -R`` sets it.
-_ADDR_NO_RANDOMIZE = 0x0040000
+ADDR_NO_RANDOMIZE = 0x0040000
 
 
 def fixed_layout() -> bool:
@@ -240,9 +250,17 @@ def fixed_layout() -> bool:
     tree started with ``setarch <machine> -R``)."""
     try:
         with open("/proc/self/personality") as f:
-            return bool(int(f.read(), 16) & _ADDR_NO_RANDOMIZE)
+            return bool(int(f.read(), 16) & ADDR_NO_RANDOMIZE)
     except (OSError, ValueError):
         return False
+
+
+def fixed_layout_command(argv: list[str]) -> list[str]:
+    """``argv`` run without address-space layout randomization, it and every process it
+    starts (``setarch <machine> -R``); ``SystemExit`` if ``setarch`` is missing."""
+    if shutil.which("setarch") is None:
+        raise SystemExit("running without layout randomization needs setarch (util-linux)")
+    return ["setarch", platform.machine(), "-R", *argv]
 
 
 def publish(

@@ -113,7 +113,6 @@ import array
 import contextlib
 import multiprocessing
 import os
-import platform
 import shutil
 import socket
 import struct
@@ -130,12 +129,14 @@ from typing import Any
 import ashmem
 from _common import (
     busy_machine,
+    fixed_layout_command,
     format_ns,
     format_ratio,
     median,
     parse_args,
     pin,
     publish,
+    take_flag,
     verdict,
 )
 from ashmem.binder import FLAG_ONEWAY, Binder, Parcel, Proxy, _wire, get_service, start_service
@@ -828,16 +829,12 @@ PLACEMENT_HEADERS = [
 def main() -> int:
     if "--driver" in sys.argv:
         return driver()
-    if "--fixed-layout" in sys.argv:
+    if take_flag("--fixed-layout"):
         # The whole run (servers, services, the old code's driver) without address-space
         # layout randomization: what profile_layout.py finds behind binder's second speed.
-        argv = [arg for arg in sys.argv if arg != "--fixed-layout"]
-        if shutil.which("setarch") is None:
-            raise SystemExit("--fixed-layout needs setarch (util-linux) on PATH")
-        os.execvp("setarch", ["setarch", platform.machine(), "-R", sys.executable, *argv])
-    placement_only = "--placement-only" in sys.argv
-    if placement_only:
-        sys.argv.remove("--placement-only")
+        command = fixed_layout_command([sys.executable, *sys.argv])
+        os.execvp(command[0], command)
+    placement_only = take_flag("--placement-only")
     everywhere = os.sched_getaffinity(0)
     if not placement_only:
         # The first table on one CPU: every process started from here on (servers, the

@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
@@ -54,6 +53,7 @@ from _common import (
     parse_args,
     pin,
     publish,
+    take_flag,
     verdict,
 )
 from ashmem import fdpass
@@ -269,9 +269,7 @@ def available_memory() -> int:
 
 def main() -> None:
     # ``--placement-only``: the placement table alone (it still rewrites its README section).
-    placement_only = "--placement-only" in sys.argv
-    if placement_only:
-        sys.argv.remove("--placement-only")
+    placement_only = take_flag("--placement-only")
     args = parse_args(__doc__.splitlines()[0])
     sizes = [] if placement_only else SIZES[:3] if args.quick else SIZES
     rounds = 3 if args.quick else 7

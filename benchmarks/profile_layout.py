@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import socket
 import subprocess
 import sys
 from statistics import median
+
+from _common import ADDR_NO_RANDOMIZE, fixed_layout_command
 
 CALLS = 20_000
 ROUNDS = 5
 SLOW = 1.2  # a child's binder/raw ratio over the no-ASLR median that counts as slow
 
 
-#: ``personality(2)``'s ADDR_NO_RANDOMIZE; ``personality(QUERY)`` reads the current value.
-ADDR_NO_RANDOMIZE = 0x0040000
+#: ``personality(QUERY)`` reads the current value without changing it.
 QUERY = 0xFFFFFFFF
 
 
@@ -103,7 +103,7 @@ def main() -> None:
     counts = [arg for arg in sys.argv[1:] if arg.isdigit()]
     per_mode = int(counts[0]) if counts else 24
     script = os.path.abspath(__file__)
-    fixed = ["setarch", platform.machine(), "-R", sys.executable, script, "--child"]
+    fixed = fixed_layout_command([sys.executable, script, "--child"])
     modes = {
         "ASLR on": [sys.executable, script, "--child", "same"],
         "ASLR off": [*fixed, "same"],
