@@ -847,7 +847,7 @@ class Proxy(Closing):
                             )
                             if sent == _HEADER_SIZE + outgoing.size:
                                 return
-                            rest = b"".join(bytes(part) for part in parts)[sent:]
+                            rest = _wire.unsent(parts, sent)
                         else:
                             rest = rest[sock.send(rest, _SEND_FLAGS | _DONTWAIT) :]
                             if not rest:

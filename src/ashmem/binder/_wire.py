@@ -496,10 +496,15 @@ def send_record(sock: socket.socket, code: int, outgoing: Outgoing, send_flags: 
     unusable (a record may be cut), so the caller closes it."""
     parts = [record(code, outgoing), *outgoing.parts]
     fds = outgoing.fds
-    total = HEADER_SIZE + outgoing.size
     sent = sock.sendmsg(parts, rights(fds) if fds else (), send_flags)
-    if sent != total:
-        sock.sendall(b"".join(bytes(part) for part in parts)[sent:], send_flags)
+    if sent != HEADER_SIZE + outgoing.size:
+        sock.sendall(unsent(parts, sent), send_flags)
+
+
+def unsent(parts: list[Any], sent: int) -> bytes:
+    """What is left of a record sent as ``parts`` after a stream send took ``sent`` bytes
+    (the rest goes without descriptors: they went with the first bytes)."""
+    return b"".join(bytes(part) for part in parts)[sent:]
 
 
 class Stream:
