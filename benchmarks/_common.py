@@ -232,6 +232,24 @@ def write_readme_section(key: str, body: str, readme: Path = README) -> None:
             f.truncate()
 
 
+def task_times(pid: int, tid: int | None = None) -> tuple[int, int, int, int]:
+    """utime, stime (ticks), voluntary and involuntary switches of a thread or process."""
+    tids = [str(tid)] if tid is not None else os.listdir(f"/proc/{pid}/task")
+    user = system = vol = invol = 0
+    for t in tids:
+        with open(f"/proc/{pid}/task/{t}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user += int(fields[11])
+        system += int(fields[12])
+        with open(f"/proc/{pid}/task/{t}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    invol += int(line.split()[1])
+    return user, system, vol, invol
+
+
 def take_flag(flag: str) -> bool:
     """Whether ``flag`` is on the command line, removed from ``sys.argv`` (a script's own
     flag, before ``parse_args`` sees the common ones)."""

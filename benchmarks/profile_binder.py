@@ -37,6 +37,7 @@ from typing import Any
 
 import ashmem
 import bench_binder as bench
+from _common import task_times
 from ashmem.binder import FLAG_ONEWAY, Parcel, _proxy, _wire, add_service, get_service
 from ashmem.binder._binder import Credentials
 
@@ -106,24 +107,6 @@ def call_counts(n: int) -> None:
                 )
     threading.setprofile(None)  # type: ignore[arg-type]
     region.close()
-
-
-def task_times(pid: int, tid: int | None = None) -> tuple[int, int, int, int]:
-    """utime, stime (ticks), voluntary and involuntary switches of a thread or process."""
-    tids = [str(tid)] if tid is not None else os.listdir(f"/proc/{pid}/task")
-    user = system = vol = invol = 0
-    for t in tids:
-        with open(f"/proc/{pid}/task/{t}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        system += int(fields[12])
-        with open(f"/proc/{pid}/task/{t}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches"):
-                    vol += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches"):
-                    invol += int(line.split()[1])
-    return user, system, vol, invol
 
 
 def cpu_split(n: int) -> None:

@@ -43,6 +43,7 @@ import time
 import types
 from collections.abc import Callable
 
+from _common import task_times
 from ashmem import binder
 from ashmem.binder import FLAG_ONEWAY, Parcel, _wire
 from ashmem.binder._binder import Caller, Credentials
@@ -214,13 +215,8 @@ def measure_binder_python(results: dict[str, float]) -> None:
 
 
 def voluntary_switches(pid: int) -> int:
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/status") as status:
-            for line in status:
-                if line.startswith("voluntary_ctxt_switches"):
-                    total += int(line.split()[1])
-    return total
+    """Voluntary context switches of every thread of ``pid`` so far."""
+    return task_times(pid)[2]
 
 
 SWITCH_CALLS = 100_000
