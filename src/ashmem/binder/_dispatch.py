@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import weakref
 from typing import TYPE_CHECKING
 
@@ -50,8 +49,8 @@ _MAX_INLINE = _wire.MAX_INLINE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _take_fds = _wire.take_fds
 _from_wire = Parcel._from_wire
-_REPLY_HEADER = struct.Struct("<8sII").pack
-_REPLY_PREFIX = _wire.pack(_wire.REPLY, 0, 0, 0, 0)[:8]
+_REPLY_HEADER = _wire.PREFIXED.pack
+_REPLY_PREFIX = _wire.REPLY_PREFIX
 _ONEWAY_PREFIX = _wire.ONEWAY_PREFIX
 _CALL_PREFIX = _wire.CALL_PREFIX
 # The first 8 header bytes of a plain two-way call (TRANSACTION, no flags, nothing reserved)
@@ -60,7 +59,7 @@ _CALL_PREFIX = _wire.CALL_PREFIX
 _PLAIN_CALLS = {_wire.pack(_wire.TRANSACTION, 0, n, 0, 0)[:8]: n for n in range(_wire.MAX_FDS + 1)}
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
 # A record's header as (first 8 bytes, code, payload length): see _wire.ONEWAY_PREFIX.
-_RECORD_HEADER = struct.Struct("<8sII").unpack_from
+_RECORD_HEADER = _wire.PREFIXED.unpack_from
 _TRUNCATED = _wire.TRUNCATED
 #: One-way calls the deliverer takes from its own connection between two looks at the
 #: binder's queue (which other connections fill): bounds how long they wait for it.

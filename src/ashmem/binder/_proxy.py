@@ -74,7 +74,7 @@ _T = TypeVar("_T")
 
 _NO_FDS: list[int] = []  # shared, never mutated
 _NO_PARTS: list[Any] = []  # shared, never mutated
-_CALL_HEADER = struct.Struct("<8sII").pack
+_CALL_HEADER = _wire.PREFIXED.pack
 _CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
 # A call carrying descriptors: the prefix up to the descriptor count, then count, reserved,
 # code and seq (``_wire.HEADER``).

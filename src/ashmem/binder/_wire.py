@@ -182,6 +182,9 @@ CALL_PREFIX = HEADER.pack(MAGIC, VERSION, TRANSACTION, 0, 0, 0, 0, 0)[:8]
 REPLY_PREFIX = HEADER.pack(MAGIC, VERSION, REPLY, 0, 0, 0, 0, 0)[:8]
 CODE = struct.Struct("<I")
 CODE_SEQ = struct.Struct("<II")
+#: The header as (its first 8 bytes, code, seq): one of the prefixes above with the two
+#: last fields in one pack or unpack. In a one-way stream record the seq is the length.
+PREFIXED = struct.Struct("<8sII")
 TRUNCATED = _TRUNCATED
 
 _HOST_ADDRESS = re.compile(rb"\0ashmem-binder-[0-9]{1,10}-[0-9a-f]{16}")
