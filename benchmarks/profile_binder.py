@@ -19,6 +19,11 @@ Not a benchmark with a README table (``run_all.py`` runs only ``bench_*.py``); i
    takes the replies, against the two stand-in calls alone. And a region's Parcel alone
    (a new Parcel, ``write_shared_memory``, ``close``) against the ``dup`` and ``close`` it
    makes.
+4. Two single operations the sixth pass of issue 12 weighed: setting and clearing the
+   calling identity (four attribute stores) on a ``threading.local`` against an object
+   with slots, as the service does per plain call; and telling an empty reply Parcel, on a
+   new Parcel and on one written to, by ``_wire_empty()`` against an empty-``__dict__``
+   test first (each minus making the Parcel, and writing to it, alone).
 
 Run ``python benchmarks/profile_binder.py`` (``--quick``: fewer calls).
 """
@@ -327,6 +332,33 @@ def parcel_python(n: int) -> None:
     )
 
 
+def single_operations(n: int) -> None:
+    class Local(threading.local):
+        caller = None
+        cleared = False
+
+    class Slots:
+        __slots__ = ("caller", "cleared")
+
+    def best(stmt: str, setup: str = "pass", **names: Any) -> float:
+        return min(timeit.repeat(stmt, setup, globals=names, number=n, repeat=5)) / n * 1e9
+
+    stores = "o.caller = c; o.cleared = False; o.caller = None; o.cleared = False"
+    local, slots = best(stores, o=Local(), c=1), best(stores, o=Slots(), c=1)
+    print(
+        f"identity set and cleared (four stores, best of 5 x {n}): threading.local "
+        f"{local:.0f} ns, object with slots {slots:.0f} ns"
+    )
+    for label, make in (("new", "p = Parcel()"), ("written", "p = Parcel(); p.write_int(1)")):
+        alone = best(make, Parcel=Parcel)
+        method = best(f"{make}; p._wire_empty()", Parcel=Parcel) - alone
+        first = best(f"{make}; not p.__dict__ or p._wire_empty()", Parcel=Parcel) - alone
+        print(
+            f"empty-reply test on a {label} Parcel (best of 5 x {n}): _wire_empty() "
+            f"{method:.0f} ns, empty __dict__ first {first:.0f} ns"
+        )
+
+
 def main() -> None:
     n = 2000 if QUICK else 20000
     call_counts(n // 4)
@@ -334,6 +366,7 @@ def main() -> None:
     client_python(n * 5)
     service_python(n * 5)
     parcel_python(n * 5)
+    single_operations(n * 25)
 
 
 if __name__ == "__main__":

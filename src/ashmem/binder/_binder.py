@@ -100,8 +100,8 @@ class _Identity:
     """Whose transaction one thread is handling; each thread has its own
     (``_per_thread.identity``). An object with slots, not the ``threading.local`` itself:
     setting the caller and clearing it again on every call took four thread-local stores,
-    191 ns (CPython 3.11), against 25 ns for four slot stores; a pool thread now looks its
-    identity up once per connection it serves."""
+    about 230 ns on CPython 3.11 against 26 ns for four slot stores (``profile_binder.py``);
+    a pool thread now looks its identity up once per connection it serves."""
 
     __slots__ = ("caller", "cleared")
 
