@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -692,6 +693,46 @@ def test_a_hostile_oneway_stream_is_dropped_with_all_it_held(
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_stream_asked_for_while_its_service_closes_runs_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service closes between answering STREAM and serving the new stream in place of
+    the connection that asked (``_register``): the stream is dropped, and a record sent on
+    it never reaches the binder."""
+    recorder = Recorder()
+    recorder.release.set()
+    name = f"test.stream.closing.{os.getpid()}"
+    service = binder.add_service(name, recorder)
+    state = _pool.current_state()
+    assert state is not None
+    register = state._register
+    closed = threading.Event()
+
+    def close_first(conn: Any, stream: socket.socket) -> bool:
+        service.close()  # close_node runs while conn still reads its old socket
+        closed.set()
+        return register(conn, stream)
+
+    monkeypatch.setattr(state, "_register", close_first)
+    try:
+        with stream_of(os.path.join(binder.service_directory(), name)) as stream:
+            assert closed.wait(scaled(10))
+            with (
+                contextlib.suppress(BrokenPipeError, ConnectionResetError),
+                record_of(RECORD, 1) as data,
+            ):
+                stream.send(record_bytes(RECORD, data))
+            # The service's end goes away: reading ours ends.
+            with contextlib.suppress(ConnectionResetError):
+                while stream.recv(4096):
+                    pass
+        # The thread that would have run the record drops the stream only after it: by now
+        # the record ran, or never will.
+        assert recorder.seen == []
+    finally:
+        service.close()
 
 
 def test_oneway_calls_of_every_shape_keep_their_order_through_a_proxy() -> None:

@@ -480,8 +480,8 @@ class _ProcessState(Dispatch):
     def _register(self, conn: _Connection, stream: socket.socket) -> bool:
         """Serve ``stream`` (taken), our end of the one-way stream made for ``conn``'s
         peer, in place of ``conn``'s socket, which is closed. Hands ``conn`` to epoll. Only
-        its owner thread calls this. False if it could not (the pool is stopping): ``conn``
-        is dropped."""
+        its owner thread calls this. False if it could not (the pool is stopping, or the
+        binder was closed meanwhile): ``conn`` is dropped."""
         old = conn.sock
         try:
             stream.setblocking(True)
@@ -500,6 +500,13 @@ class _ProcessState(Dispatch):
             conn.stream = _wire.Stream()
             self._handlers[conn.fd] = conn
         _wire.discard_socket(old)
+        node = conn.node
+        if node is not None and node.closed:
+            # close_node ran before the swap above and shut down only the old socket. (One
+            # that runs after this test reads ``conn.sock`` after the swap: it shuts the
+            # stream down, and its next read ends.)
+            self._drop(conn)
+            return False
         try:
             self._ep.register(conn.fd, _READ)
         except (OSError, ValueError):  # stop() closed the epoll set meanwhile
