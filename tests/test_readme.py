@@ -207,3 +207,24 @@ def test_error_tree_names_every_exported_exception() -> None:
             value = getattr(module, name)
             if isinstance(value, type) and issubclass(value, BaseException):
                 assert re.search(rf"\b{name}\b", trees), f"{name} is not in the README's tree"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes for a file's headings: lower case, punctuation dropped,
+    spaces as hyphens."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", FENCE.sub("", markdown), re.M)
+    }
+
+
+def test_relative_links_reach_a_file_and_heading() -> None:
+    """The README points into docs/ and benchmarks/: every such link names a file that
+    exists, and a heading in it where it names one."""
+    links = re.findall(r"\]\(([^)#:]+)(?:#([^)]+))?\)", FENCE.sub("", README.read_text()))
+    assert links, "the README links to its notes"
+    for path, anchor in links:
+        target = ROOT / path
+        assert target.is_file(), f"README links to {path}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(target.read_text()), f"no heading #{anchor} in {path}"
