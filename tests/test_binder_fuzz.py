@@ -716,6 +716,7 @@ def test_a_stream_asked_for_while_its_service_closes_runs_nothing(
         return register(conn, stream)
 
     monkeypatch.setattr(state, "_register", close_first)
+    before = binder.statistics().connections
     try:
         with stream_of(os.path.join(binder.service_directory(), name)) as stream:
             assert closed.wait(scaled(10))
@@ -731,6 +732,7 @@ def test_a_stream_asked_for_while_its_service_closes_runs_nothing(
         # The thread that would have run the record drops the stream only after it: by now
         # the record ran, or never will.
         assert recorder.seen == []
+        wait_for(lambda: binder.statistics().connections == before, "nothing of it is kept")
     finally:
         service.close()
 

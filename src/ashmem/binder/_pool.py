@@ -290,11 +290,13 @@ class _ProcessState(Dispatch):
         (their proxies see the binder die)."""
         with node.lock:
             node.closed = True
-            conns = list(node.conns)
+            # Each connection's socket as of now, under the lock: _register swaps a
+            # connection's socket for a one-way stream, then looks at ``closed`` under it.
+            socks = [conn.sock for conn in node.conns]
         self._by_token.pop(node.token, None)
-        for conn in conns:
+        for sock in socks:
             with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     # -- threads ------------------------------------------------------------------------
 
@@ -501,12 +503,15 @@ class _ProcessState(Dispatch):
             self._handlers[conn.fd] = conn
         _wire.discard_socket(old)
         node = conn.node
-        if node is not None and node.closed:
-            # close_node ran before the swap above and shut down only the old socket. (One
-            # that runs after this test reads ``conn.sock`` after the swap: it shuts the
-            # stream down, and its next read ends.)
-            self._drop(conn)
-            return False
+        if node is not None:
+            with node.lock:
+                closed = node.closed
+            if closed:
+                # close_node took the sockets before the swap above and shut down only the
+                # old one. (One that takes them after this look gets the stream and shuts
+                # it down: records sent before that may still run, none after.)
+                self._drop(conn)
+                return False
         try:
             self._ep.register(conn.fd, _READ)
         except (OSError, ValueError):  # stop() closed the epoll set meanwhile
