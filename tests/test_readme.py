@@ -222,7 +222,9 @@ def test_relative_links_reach_a_file_and_heading() -> None:
     """The README points into docs/ and benchmarks/: every such link names a file that
     exists, and a heading in it where it names one."""
     links = re.findall(r"\]\(([^)#:]+)(?:#([^)]+))?\)", FENCE.sub("", README.read_text()))
-    assert links, "the README links to its notes"
+    assert any(path == "docs/performance.md" and anchor for path, anchor in links), (
+        "the README links to headings of its measurement notes"
+    )
     for path, anchor in links:
         target = ROOT / path
         assert target.is_file(), f"README links to {path}, which does not exist"
