@@ -46,8 +46,12 @@ Connection.send_bytes + recv_bytes
 
 Before and after (``--before REV``, e.g. the commit before a change): the binder code of
 ``REV`` is extracted (``git archive``) into a temporary directory and a driver process runs
-this same script on it (``--driver``: an old client against an old service), in the same
-rounds as the current code, for the round trips, one-way throughput and the 64 MiB spill.
+this same script on it (``--driver``: an old client against an old service). A second
+driver process runs it on the current code, and the "before" rows compare the two drivers,
+measured in the same rounds, for the round trips, one-way throughput, the 64 MiB spill, a
+new connection and CPU per call. Both sides are then alike: a fresh process with one
+service and nothing else. (Measured from this process, which also hosts the other peers,
+the current code read 1.03x to 1.08x the CPU per round trip of an identical old copy.)
 
 CPU per call (before and after only): wall-clock times on a loaded machine move by tens of
 percent from run to run, CPU time much less. For the round trips, the calling thread's CPU
@@ -448,23 +452,14 @@ def service_cpu_per_oneway(proxy: Proxy, name: str, count: int, service_pid: int
     return (task_cpu_ns(service_pid) - before) / count
 
 
-class OldCode:
-    """A driver process running this script on the binder code of an older revision."""
+class Driver:
+    """A driver process running this script (``--driver``) on the binder code in ``src``:
+    the current code's, or an older revision's (``old``)."""
 
-    def __init__(self, revision: str) -> None:
-        root = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-        self.tmp = tempfile.mkdtemp(prefix="ashmem-bench-before-")
-        archive = subprocess.run(
-            ["git", "archive", revision, "src"], capture_output=True, check=True, cwd=root
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", self.tmp], input=archive, check=True)
-        env = dict(os.environ, PYTHONPATH=os.path.join(self.tmp, "src"))
+    tmp = ""
+
+    def __init__(self, src: str) -> None:
+        env = dict(os.environ, PYTHONPATH=src)
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--driver"],
             stdin=subprocess.PIPE,
@@ -473,7 +468,27 @@ class OldCode:
             text=True,
         )
         where = self.ask("where")
-        assert where.startswith(self.tmp), f"the driver imported ashmem from {where}"
+        assert where.startswith(src), f"the driver imported ashmem from {where}, not {src}"
+
+    @classmethod
+    def old(cls, revision: str) -> Driver:
+        """A driver on the binder code of ``revision``, extracted into a temporary
+        directory (removed by ``close``)."""
+        root = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+        tmp = tempfile.mkdtemp(prefix="ashmem-bench-before-")
+        archive = subprocess.run(
+            ["git", "archive", revision, "src"], capture_output=True, check=True, cwd=root
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        driver = cls(os.path.join(tmp, "src"))
+        driver.tmp = tmp
+        return driver
 
     def ask(self, command: str) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -488,12 +503,13 @@ class OldCode:
         with contextlib.suppress(OSError):
             self.ask("quit")
         self.proc.wait(30)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def driver() -> int:
     """``--driver``: serve measurement commands on stdin with whatever ashmem is importable
-    (the old code, see ``OldCode``); one number per line on stdout."""
+    (see ``Driver``); one number per line on stdout."""
     service = start_service(BenchService, f"bench.before.{os.getpid()}", timeout=30)
     proxy = service.binder
     region = ashmem.SharedMemory.create("bench-region", PAGE)
@@ -841,13 +857,16 @@ def main() -> int:
         # service and its threads, the old code's driver and its service, the Manager)
         # inherits it, so no peer's row depends on where the scheduler put its pair.
         pin(min(everywhere))
-    before: OldCode | None = None
+    before: Driver | None = None
+    now: Driver | None = None
     before_label = ""
     if "--before" in sys.argv:
         at = sys.argv.index("--before")
         revision = sys.argv[at + 1]
         del sys.argv[at : at + 2]
-        before = OldCode(revision)
+        before = Driver.old(revision)
+        # The current code, in a driver process of its own like the old code's.
+        now = Driver(os.path.dirname(os.path.dirname(os.path.abspath(ashmem.__file__))))
         before_label = revision
 
     def before_row(
@@ -965,14 +984,21 @@ def main() -> int:
         assert before is not None
         return lambda: before.measure(command)
 
-    def olds(**commands: str) -> dict[str, Callable[[], float]]:
-        return {} if before is None else {key: old(cmd) for key, cmd in commands.items()}
+    def new(command: str) -> Callable[[], float]:
+        assert now is not None
+        return lambda: now.measure(command)
+
+    def olds(command: str) -> dict[str, Callable[[], float]]:
+        """The before/after pair for ``command``: the old code's driver ("before") and the
+        current code's ("now"), measured in the same rounds as the rest."""
+        return {} if before is None else {"before": old(command), "now": new(command)}
 
     for warm in (binder_empty, binder_region, raw_empty, raw_region, pipe_empty, manager_empty):
         warm()
-    if before is not None:
-        before.measure(f"empty {calls}")
-        before.measure(f"region {calls}")
+    for side in (before, now):
+        if side is not None:
+            side.measure(f"empty {calls}")
+            side.measure(f"region {calls}")
     empty = interleaved(
         {
             "binder": binder_empty,
@@ -980,7 +1006,7 @@ def main() -> int:
             "seqpacket": seqpacket_empty,
             "pipe": pipe_empty,
             "manager": manager_empty,
-            **olds(before=f"empty {calls}"),
+            **olds(f"empty {calls}"),
         },
         rounds,
     )
@@ -990,31 +1016,24 @@ def main() -> int:
             "raw": raw_region,
             "pipe": pipe_region,
             "manager": manager_region,
-            **olds(before=f"region {calls}"),
+            **olds(f"region {calls}"),
         },
         rounds,
     )
     cpu: dict[str, float] = {}
     if before is not None:
-
-        def region_call() -> None:
-            with Parcel() as data:
-                data.write_shared_memory(region)
-                proxy.transact(REGION, data)
-
         # Three times the rounds, a third of the calls each: load from elsewhere comes and
         # goes within a second, and shorter rounds spread it more evenly over both sides.
         short = calls // 3
+        commands = {
+            "empty": f"cpu-empty {short}",
+            "region": f"cpu-region {short}",
+            "oneway": f"cpu-oneway {oneway_count // 8}",
+        }
         cpu = interleaved(
             {
-                "empty": lambda: cpu_per_call(lambda: proxy.transact(EMPTY), short, service.pid),
-                "empty-before": old(f"cpu-empty {short}"),
-                "region": lambda: cpu_per_call(region_call, short, service.pid),
-                "region-before": old(f"cpu-region {short}"),
-                "oneway": lambda: service_cpu_per_oneway(
-                    proxy, service.name, oneway_count // 8, service.pid
-                ),
-                "oneway-before": old(f"cpu-oneway {oneway_count // 8}"),
+                **{key: new(command) for key, command in commands.items()},
+                **{f"{key}-before": old(command) for key, command in commands.items()},
             },
             3 * rounds,
         )
@@ -1023,7 +1042,7 @@ def main() -> int:
         {
             "connect": lambda: per_call(lambda: proxy._connect(None).sock.close(), connects),
             "check": lambda: admission_cost(calls),
-            **olds(before=f"connect {connects}"),
+            **olds(f"connect {connects}"),
         },
         rounds,
     )
@@ -1054,7 +1073,7 @@ def main() -> int:
                 ]
             )
         if "before" in result:
-            rows.append(before_row(f"round trip, {label}", ours, result["before"]))
+            rows.append(before_row(f"round trip, {label}", result["now"], result["before"]))
         rows.append(
             [
                 f"round trip, {label}",
@@ -1108,7 +1127,7 @@ def main() -> int:
             "binder4": lambda: oneway_rate(proxy, service.name, 4, oneway_count // 4),
             "raw": raw_oneway,
             "pipe": pipe_oneway,
-            **olds(before=f"oneway {oneway_count}"),
+            **olds(f"oneway {oneway_count}"),
         },
         max(3, rounds // 2),
     )
@@ -1130,9 +1149,9 @@ def main() -> int:
         rows.append(
             before_row(
                 "one-way, 1 client process",
-                1e9 / throughput["binder1"],
+                1e9 / throughput["now"],
                 1e9 / throughput["before"],
-                shown=(f"{throughput['binder1']:,.0f} /s", f"{throughput['before']:,.0f} /s"),
+                shown=(f"{throughput['now']:,.0f} /s", f"{throughput['before']:,.0f} /s"),
             )
         )
     rows.append(
@@ -1196,15 +1215,16 @@ def main() -> int:
         return elapsed
 
     binder_big(), pipe_big(), binder_sealed()
-    if before is not None:
-        before.measure("big")
+    for side in (before, now):
+        if side is not None:
+            side.measure("big")
     big = interleaved(
         {
             "binder": binder_big,
             "sealed": binder_sealed,
             "pipe": pipe_big,
             "spill": spill_only,
-            **olds(before="big"),
+            **olds("big"),
         },
         big_rounds,
     )
@@ -1221,7 +1241,7 @@ def main() -> int:
         ]
     )
     if "before" in big:
-        rows.append(before_row("64 MiB payload, auto-spill", big["binder"], big["before"]))
+        rows.append(before_row("64 MiB payload, auto-spill", big["now"], big["before"]))
     rows.append(
         [
             "64 MiB already in a region",
@@ -1247,7 +1267,7 @@ def main() -> int:
         ]
     )
     if "before" in checks:
-        rows.append(before_row("new connection", checks["connect"], checks["before"]))
+        rows.append(before_row("new connection", checks["now"], checks["before"]))
     for key, what in (
         ("empty", "CPU per round trip (client + service), empty"),
         ("region", "CPU per round trip (client + service), region fd"),
@@ -1258,8 +1278,11 @@ def main() -> int:
     if before is not None:
         notes.append(
             f"'before' rows: the binder code of {before_label}, an old client against an old "
-            "service, measured in the same rounds as the current code (`--before REV`); "
-            "ratio is after / before for times, before / after for rates (above 1: slower now). "
+            "service, against the current code in a driver process alike (each a fresh "
+            "process with its own service), measured in the same rounds (`--before REV`); "
+            "so the ashmem.binder column of a 'before' row is that driver's figure, not the "
+            "row above's. Ratio is after / before for times, before / after for rates "
+            "(above 1: slower now). "
             f"CPU rows: {3 * rounds} rounds of {calls // 3} calls ({oneway_count // 8} one-way "
             "calls), the caller's thread CPU time plus all the service's threads'."
         )
@@ -1328,8 +1351,9 @@ def main() -> int:
     os.sched_setaffinity(0, everywhere)  # placement_table places everyone itself
     placement()
 
-    if before is not None:
-        before.close()
+    for side in (before, now):
+        if side is not None:
+            side.close()
     for proc in [*servers, *counters, big_server]:
         proc.kill()  # each holds copies of the others' sockets: no EOF would reach it
         proc.join(5)
