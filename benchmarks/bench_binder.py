@@ -51,7 +51,9 @@ driver process runs it on the current code, and the "before" rows compare the tw
 measured in the same rounds, for the round trips, one-way throughput, the 64 MiB spill, a
 new connection and CPU per call. Both sides are then alike: a fresh process with one
 service and nothing else. (Measured from this process, which also hosts the other peers,
-the current code read 1.03x to 1.08x the CPU per round trip of an identical old copy.)
+the current code read 1.03x to 1.08x the CPU per empty round trip of an identical old
+copy, and 1.01x to 1.05x with a region fd, in four fixed-layout runs.) ``--before`` is
+for the first table; ``--placement-only`` ignores it.
 
 CPU per call (before and after only): wall-clock times on a loaded machine move by tens of
 percent from run to run, CPU time much less. For the round trips, the calling thread's CPU
@@ -64,7 +66,7 @@ policy, the per-uid and pending-HELLO books: ``_ProcessState._admit_connection``
 in this process on a socketpair, with the books undone after each call).
 
 CPU placement in the table above: every process (this one, the servers, the binder
-service, the old code's driver and service, the Manager) runs on one CPU, the first this
+service, both ``--before`` drivers and their services, the Manager) runs on one CPU, the first this
 process may use. Left to the scheduler, each pair of processes landed on one core or on
 two from row to row, and the same raw ping-pong takes about 5 µs on one core and 75 µs
 across two here, so one row could read binder slower than a Manager call for no reason
@@ -114,6 +116,7 @@ slower for the life of the processes (``profile_layout.py``, three runs).
 from __future__ import annotations
 
 import array
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -393,9 +396,12 @@ def per_call(call: Callable[[], object], count: int) -> float:
 
 
 def interleaved(peers: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """The median of each peer's ``rounds`` samples, the peers taken in turn in every
+    round, in reverse order every other round (no peer always runs right after another)."""
     samples: dict[str, list[float]] = {name: [] for name in peers}
-    for _ in range(rounds):
-        for name, run in peers.items():
+    order = list(peers.items())
+    for r in range(rounds):
+        for name, run in order if r % 2 == 0 else reversed(order):
             samples[name].append(run())
     return {name: median(values) for name, values in samples.items()}
 
@@ -468,7 +474,9 @@ class Driver:
             text=True,
         )
         where = self.ask("where")
-        assert where.startswith(src), f"the driver imported ashmem from {where}, not {src}"
+        if not inside(where, src):
+            self.close()
+            raise RuntimeError(f"the --before driver imported ashmem from {where}, not {src}")
 
     @classmethod
     def old(cls, revision: str) -> Driver:
@@ -482,6 +490,9 @@ class Driver:
             cwd=os.path.dirname(os.path.abspath(__file__)),
         ).stdout.strip()
         tmp = tempfile.mkdtemp(prefix="ashmem-bench-before-")
+        # Removed by close(), or at exit if the run fails before it (the driver process
+        # itself ends when this one does: its stdin closes).
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         archive = subprocess.run(
             ["git", "archive", revision, "src"], capture_output=True, check=True, cwd=root
         ).stdout
@@ -489,6 +500,20 @@ class Driver:
         driver = cls(os.path.join(tmp, "src"))
         driver.tmp = tmp
         return driver
+
+    @classmethod
+    def current(cls) -> Driver:
+        """A driver on this checkout's code (``src`` beside ``benchmarks``), which this
+        process must be running too: the two sides of a "before" row measure the same
+        code that the other rows do."""
+        src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+        if not inside(ashmem.__file__, src):
+            raise RuntimeError(
+                f"this run imports ashmem from {ashmem.__file__}, not this checkout's {src}: "
+                "install it in place (pip install -e ., as the Makefile does) to compare it "
+                "with --before"
+            )
+        return cls(src)
 
     def ask(self, command: str) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -500,11 +525,23 @@ class Driver:
         return float(self.ask(command))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.ask("quit")
-        self.proc.wait(30)
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            with contextlib.suppress(OSError):
+                self.ask("quit")
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        finally:
+            if self.tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def inside(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or below it."""
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    return os.path.commonpath([path, directory]) == directory
 
 
 def driver() -> int:
@@ -846,7 +883,7 @@ def main() -> int:
     if "--driver" in sys.argv:
         return driver()
     if take_flag("--fixed-layout"):
-        # The whole run (servers, services, the old code's driver) without address-space
+        # The whole run (servers, services, both --before drivers) without address-space
         # layout randomization: what profile_layout.py finds behind binder's second speed.
         command = fixed_layout_command([sys.executable, *sys.argv])
         os.execvp(command[0], command)
@@ -854,7 +891,7 @@ def main() -> int:
     everywhere = os.sched_getaffinity(0)
     if not placement_only:
         # The first table on one CPU: every process started from here on (servers, the
-        # service and its threads, the old code's driver and its service, the Manager)
+        # service and its threads, both --before drivers and their services, the Manager)
         # inherits it, so no peer's row depends on where the scheduler put its pair.
         pin(min(everywhere))
     before: Driver | None = None
@@ -862,12 +899,8 @@ def main() -> int:
     before_label = ""
     if "--before" in sys.argv:
         at = sys.argv.index("--before")
-        revision = sys.argv[at + 1]
+        before_label = sys.argv[at + 1]
         del sys.argv[at : at + 2]
-        before = Driver.old(revision)
-        # The current code, in a driver process of its own like the old code's.
-        now = Driver(os.path.dirname(os.path.dirname(os.path.abspath(ashmem.__file__))))
-        before_label = revision
 
     def before_row(
         what: str, after_ns: float, before_ns: float, shown: tuple[str, str] | None = None
@@ -911,12 +944,22 @@ def main() -> int:
         )
 
     if placement_only:
+        if before_label:
+            print("--before compares the first table only: ignored with --placement-only")
         try:
             placement()
         finally:
             service.stop()
             region.close()
         return 0
+    if before_label:
+        before = Driver.old(before_label)
+        try:
+            # The current code, in a driver process of its own like the old code's.
+            now = Driver.current()
+        except BaseException:
+            before.close()
+            raise
 
     raw_a, raw_b = socket.socketpair()
     seq_rt_a, seq_rt_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
