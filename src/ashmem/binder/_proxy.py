@@ -75,7 +75,7 @@ _T = TypeVar("_T")
 _NO_FDS: list[int] = []  # shared, never mutated
 _NO_PARTS: list[Any] = []  # shared, never mutated
 _CALL_HEADER = _wire.PREFIXED.pack
-_CALL_PREFIX = _wire.pack(_wire.TRANSACTION, 0, 0, 0, 0)[:8]
+_CALL_PREFIX = _wire.CALL_PREFIX
 # A call carrying descriptors: the prefix up to the descriptor count, then count, reserved,
 # code and seq (``_wire.HEADER``).
 _FDS_HEADER = struct.Struct("<5sBHII").pack
