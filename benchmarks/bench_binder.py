@@ -66,9 +66,9 @@ policy, the per-uid and pending-HELLO books: ``_ProcessState._admit_connection``
 in this process on a socketpair, with the books undone after each call).
 
 CPU placement in the table above: every process (this one, the servers, the binder
-service, both ``--before`` drivers and their services, the Manager) runs on one CPU, the first this
-process may use. Left to the scheduler, each pair of processes landed on one core or on
-two from row to row, and the same raw ping-pong takes about 5 µs on one core and 75 µs
+service, both ``--before`` drivers and their services, the Manager) runs on one CPU, the
+first this process may use. Left to the scheduler, each pair of processes landed on one
+core or on two from row to row, and the same raw ping-pong takes about 5 µs on one core and 75 µs
 across two here, so one row could read binder slower than a Manager call for no reason
 but placement; the placement table below measures both placements on purpose.
 
@@ -896,6 +896,7 @@ def main() -> int:
         pin(min(everywhere))
     before: Driver | None = None
     now: Driver | None = None
+    drivers: list[Driver] = []  # both, with --before
     before_label = ""
     if "--before" in sys.argv:
         at = sys.argv.index("--before")
@@ -960,6 +961,7 @@ def main() -> int:
         except BaseException:
             before.close()
             raise
+        drivers = [before, now]
 
     raw_a, raw_b = socket.socketpair()
     seq_rt_a, seq_rt_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -1038,10 +1040,9 @@ def main() -> int:
 
     for warm in (binder_empty, binder_region, raw_empty, raw_region, pipe_empty, manager_empty):
         warm()
-    for side in (before, now):
-        if side is not None:
-            side.measure(f"empty {calls}")
-            side.measure(f"region {calls}")
+    for side in drivers:
+        side.measure(f"empty {calls}")
+        side.measure(f"region {calls}")
     empty = interleaved(
         {
             "binder": binder_empty,
@@ -1258,9 +1259,8 @@ def main() -> int:
         return elapsed
 
     binder_big(), pipe_big(), binder_sealed()
-    for side in (before, now):
-        if side is not None:
-            side.measure("big")
+    for side in drivers:
+        side.measure("big")
     big = interleaved(
         {
             "binder": binder_big,
@@ -1394,9 +1394,8 @@ def main() -> int:
     os.sched_setaffinity(0, everywhere)  # placement_table places everyone itself
     placement()
 
-    for side in (before, now):
-        if side is not None:
-            side.close()
+    for side in drivers:
+        side.close()
     for proc in [*servers, *counters, big_server]:
         proc.kill()  # each holds copies of the others' sockets: no EOF would reach it
         proc.join(5)
