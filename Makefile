@@ -30,13 +30,14 @@ rsyslog:
 	  else echo "no apt-get: the rsyslog forwarding tests will skip (fail under CI)"; fi; \
 	fi
 
-$(PKG_STAMP): pyproject.toml
+# The package builds one optional C file (ashmem/_speedups.c): rebuilt when it changes.
+$(PKG_STAMP): pyproject.toml setup.py src/ashmem/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(PKG_STAMP)
 
-$(TEST_STAMP): $(PKG_STAMP) pyproject.toml Makefile
+$(TEST_STAMP): $(PKG_STAMP) pyproject.toml setup.py Makefile
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(TEST_STAMP)
 
@@ -81,3 +82,4 @@ test-versions: rsyslog
 
 clean:
 	rm -rf $(VENV) .venv-3.* build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -f src/ashmem/_speedups.*.so

@@ -15,10 +15,11 @@ one place that builds and parses it, for ``fdpass`` and the binder wire.
 from __future__ import annotations
 
 import array
+import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["FD_SIZE", "rights", "take_fds"]
+__all__ = ["FD_SIZE", "SPEEDUPS", "recv_fds", "rights", "take_fds"]
 
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
@@ -45,3 +46,43 @@ def take_fds(ancdata: list[tuple[int, int, bytes]], into: list[int] | None = Non
             chunk.frombytes(data[: len(data) - len(data) % FD_SIZE])
             fds.extend(chunk)
     return fds
+
+
+def _recv_fds(
+    sock: socket.socket, bufsize: int, ancbufsize: int, flags: int
+) -> tuple[bytes, list[int] | None, int]:
+    """One ``recvmsg`` on ``sock``: its data, the ``SCM_RIGHTS`` descriptors it brought in
+    order (None for none; the caller owns them) and its flags (``MSG_TRUNC``,
+    ``MSG_CTRUNC``...). For sockets in blocking mode (a receive timeout, if any, set with
+    ``SO_RCVTIMEO``) or with ``MSG_DONTWAIT``: the compiled twin ignores a Python-level
+    ``settimeout``.
+
+    >>> a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    >>> r, w = os.pipe()
+    >>> _ = a.sendmsg([b"hi"], rights([r]))
+    >>> data, fds, mflags = recv_fds(b, 16, socket.CMSG_SPACE(FD_SIZE), 0)
+    >>> data, len(fds), mflags
+    (b'hi', 1, 0)
+    >>> for fd in (*fds, r, w): os.close(fd)
+    >>> a.close(); b.close()
+    """
+    data, anc, mflags, _ = sock.recvmsg(bufsize, ancbufsize, flags)
+    return data, (take_fds(anc) or None) if anc else None, mflags
+
+
+#: ``recv_fds``: compiled (``ashmem._speedups``, built at install where a C compiler is
+#: found; it hands a socket with a Python timeout to ``_recv_fds``) or the pure-Python
+#: ``_recv_fds`` above. ``ASHMEM_NO_SPEEDUPS=1`` in the environment picks the latter. The
+#: two behave alike (``tests/test_speedups.py``).
+recv_fds: Callable[[socket.socket, int, int, int], tuple[bytes, list[int] | None, int]] = _recv_fds
+#: Whether ``recv_fds`` is the compiled one.
+SPEEDUPS = False
+if not os.environ.get("ASHMEM_NO_SPEEDUPS"):
+    try:
+        from . import _speedups
+    except ImportError:
+        pass
+    else:
+        _speedups.set_fallback(_recv_fds)
+        recv_fds = _speedups.recv_fds
+        SPEEDUPS = True

@@ -1,0 +1,14 @@
+"""The one thing pyproject.toml cannot say in stable terms: an optional C extension.
+
+``ashmem._speedups`` (src/ashmem/_speedups.c) is a compiled twin of one function, the receive
+on binder's hot path. ``optional=True``: where it cannot be built (no C compiler or Python
+headers) the install goes on without it and the same code runs in pure Python.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension("ashmem._speedups", ["src/ashmem/_speedups.c"], optional=True),
+    ]
+)

@@ -1,0 +1,344 @@
+"""``recv_fds``: the compiled twin (``ashmem._speedups``) and the pure-Python one behave alike.
+
+Each test runs against both. The compiled one is what binder's receive paths use where it was
+built; the pure one is what runs without a C compiler, or with ``ASHMEM_NO_SPEEDUPS=1``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ashmem import _rights
+
+try:
+    from ashmem import _speedups
+except ImportError:  # not built here: only the pure one is tested (and CI fails below)
+    _speedups = None  # type: ignore[assignment]
+
+Recv = Callable[[socket.socket, int, int, int], tuple[bytes, "list[int] | None", int]]
+
+IMPLS = [pytest.param(_rights._recv_fds, id="pure")]
+IMPLS.append(
+    pytest.param(
+        _speedups.recv_fds if _speedups is not None else None,
+        id="compiled",
+        marks=pytest.mark.skipif(_speedups is None, reason="ashmem._speedups is not built"),
+    )
+)
+CMSG = socket.CMSG_SPACE(64 * _rights.FD_SIZE)
+CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+CUT = int(socket.MSG_TRUNC) | int(socket.MSG_CTRUNC)
+
+
+@pytest.fixture(params=IMPLS)
+def recv(request: pytest.FixtureRequest) -> Recv:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def test_the_compiled_one_is_built_and_chosen_under_ci() -> None:
+    # The Makefile builds it (gcc is there); a silent fall-back to pure Python would hide a
+    # broken build step and cost every binder call about a microsecond.
+    if not os.environ.get("CI"):
+        pytest.skip("checked under CI only")
+    assert _speedups is not None
+    assert _rights.SPEEDUPS
+    assert _rights.recv_fds is _speedups.recv_fds
+
+
+def test_a_message_without_descriptors(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    a, b = pair
+    a.send(b"hello")
+    data, fds, mflags = recv(b, 65536, CMSG, CLOEXEC)
+    assert (data, fds, mflags & CUT) == (b"hello", None, 0)
+    a.send(b"")
+    assert recv(b, 65536, CMSG, 0) == (b"", None, 0)
+
+
+def test_descriptors_come_in_order_new_and_close_on_exec(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        a.sendmsg([b"x" * 100], _rights.rights([w, r, w]))
+        data, fds, mflags = recv(b, 65536, CMSG, CLOEXEC)
+        assert (data, mflags & CUT) == (b"x" * 100, 0)
+        assert fds is not None and len(fds) == 3 and not {r, w} & set(fds)
+        try:
+            inodes = [os.fstat(fd).st_ino for fd in fds]
+            assert inodes == [os.fstat(w).st_ino, os.fstat(r).st_ino, os.fstat(w).st_ino]
+            assert not any(os.get_inheritable(fd) for fd in fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_long_message_is_cut_and_says_so(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    a, b = pair
+    a.send(bytes(range(200)))
+    data, fds, mflags = recv(b, 50, CMSG, 0)
+    assert data == bytes(range(50)) and fds is None
+    assert mflags & socket.MSG_TRUNC
+
+
+def test_descriptors_beyond_the_room_are_dropped_not_leaked(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        before = open_fds()
+        a.sendmsg([b"four"], _rights.rights([r, w, r, w]))
+        data, fds, mflags = recv(b, 64, socket.CMSG_SPACE(2 * _rights.FD_SIZE), CLOEXEC)
+        assert data == b"four" and mflags & socket.MSG_CTRUNC
+        assert fds is not None and len(fds) == 2
+        for fd in fds:
+            os.close(fd)
+        assert open_fds() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_no_room_for_descriptors_drops_them_all(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        before = open_fds()
+        a.sendmsg([b"x"], _rights.rights([r]))
+        data, fds, mflags = recv(b, 64, 0, 0)
+        assert (data, fds) == (b"x", None) and mflags & socket.MSG_CTRUNC
+        assert open_fds() == before
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_end_of_file(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    a, b = pair
+    a.shutdown(socket.SHUT_WR)
+    assert recv(b, 64, CMSG, 0) == (b"", None, 0)
+
+
+def test_nothing_waiting_with_dontwait_or_non_blocking(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    _, b = pair
+    with pytest.raises(BlockingIOError):
+        recv(b, 64, CMSG, socket.MSG_DONTWAIT)
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        recv(b, 64, CMSG, 0)
+
+
+def test_a_kernel_receive_timeout_reads_as_blocking_io_error(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    # binder's pool connections: blocking, with SO_RCVTIMEO (its LINGER).
+    _, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+    with pytest.raises(BlockingIOError):
+        recv(b, 64, CMSG, 0)
+
+
+def test_a_python_timeout_is_waited_for(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    a, b = pair
+    b.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        recv(b, 64, CMSG, 0)
+    a.send(b"late")
+    assert recv(b, 64, CMSG, 0) == (b"late", None, 0)
+
+
+def test_a_closed_socket(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    _, b = pair
+    b.close()
+    with pytest.raises(OSError) as info:
+        recv(b, 64, CMSG, 0)
+    assert info.value.errno == errno.EBADF
+
+
+def test_bad_sizes_are_value_errors(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
+    _, b = pair
+    with pytest.raises(ValueError):
+        recv(b, -1, CMSG, 0)
+    with pytest.raises(ValueError):
+        recv(b, 64, -1, 0)
+    with pytest.raises(TypeError):
+        recv(b, "64", CMSG, 0)  # type: ignore[arg-type]
+
+
+def test_a_buffer_larger_than_the_thread_buffer(recv: Recv) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        payload = os.urandom(100_000)
+        sender = threading.Thread(target=a.sendall, args=(payload,))
+        sender.start()
+        got = b""
+        while len(got) < len(payload):
+            data, fds, _ = recv(b, 200_000, CMSG, 0)
+            assert data and fds is None
+            got += data
+        sender.join(10)
+        assert got == payload
+
+
+def test_threads_receive_into_their_own_buffers(recv: Recv) -> None:
+    # Each thread's receives land in its own buffer: no thread sees another's bytes.
+    errors: list[str] = []
+    start = threading.Barrier(8, timeout=30)
+
+    def worker(index: int) -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            start.wait()
+            for round_ in range(300):
+                message = bytes([index]) * (1 + (index * 37 + round_) % 3000)
+                a.send(message)
+                data, _, _ = recv(b, 65536, CMSG, 0)
+                if data != message:
+                    errors.append(f"thread {index} round {round_}")
+                    return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
+def test_a_signal_runs_its_handler_and_the_receive_goes_on(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    # PEP 475: EINTR runs the handler and retries; the data sent after it is received.
+    a, b = pair
+    handled = threading.Event()
+    old = signal.signal(signal.SIGALRM, lambda *_: handled.set())
+
+    def send_after_the_handler() -> None:
+        if handled.wait(30):
+            a.send(b"after")
+
+    sender = threading.Thread(target=send_after_the_handler)
+    sender.start()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert recv(b, 64, CMSG, 0) == (b"after", None, 0)
+        assert handled.is_set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        sender.join(30)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
+def test_a_handler_that_raises_ends_the_receive(
+    recv: Recv, pair: tuple[socket.socket, ...]
+) -> None:
+    _, b = pair
+
+    class Stop(Exception):
+        pass
+
+    def handler(*_: object) -> None:
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Stop):
+            recv(b, 64, CMSG, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_the_two_agree_on_many_messages(pair: tuple[socket.socket, ...]) -> None:
+    if _speedups is None:
+        pytest.skip("ashmem._speedups is not built")
+    a, b = pair
+    r, w = os.pipe()
+    try:
+        for size in (0, 1, 15, 16, 17, 4095, 4096, 65535, 65536):
+            for nfds in (0, 1, 3):
+                results = []
+                for impl in (_rights._recv_fds, _speedups.recv_fds):
+                    a.sendmsg([bytes(size % 251 for _ in range(size))], _rights.rights([r] * nfds))
+                    data, fds, mflags = impl(b, 65536, CMSG, CLOEXEC)
+                    results.append((data, len(fds) if fds else 0, mflags))
+                    for fd in fds or ():
+                        os.close(fd)
+                assert results[0] == results[1], (size, nfds)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_binder_runs_without_the_compiled_one() -> None:
+    # ASHMEM_NO_SPEEDUPS=1 picks the pure path everywhere: a round trip with a descriptor,
+    # one with a timeout and a one-way call, in a fresh process.
+    script = r"""
+import os, sys
+from ashmem import _rights, SharedMemory
+from ashmem.binder import Binder, Parcel, add_service, get_service, FLAG_ONEWAY
+assert not _rights.SPEEDUPS and _rights.recv_fds is _rights._recv_fds
+
+class Echo(Binder):
+    def on_transact(self, code, data, reply, flags):
+        if code == 1:
+            region = data.read_shared_memory()
+            reply.write_shared_memory(region)
+            region.close()
+        return True
+
+region = SharedMemory.create("nospeedups", 4096)
+with add_service("test.nospeedups.%d" % os.getpid(), Echo()):
+    with get_service("test.nospeedups.%d" % os.getpid()) as proxy:
+        with Parcel() as data, Parcel() as reply:
+            data.write_shared_memory(region)
+            assert proxy.transact(1, data, reply, timeout=10)
+            back = reply.read_shared_memory()
+            assert back.size == 4096
+            back.close()
+        assert proxy.transact(2)
+        assert proxy.transact(3, None, None, FLAG_ONEWAY)
+        assert proxy.transact(2, timeout=10)
+region.close()
+print("ok")
+"""
+    env = dict(os.environ, ASHMEM_NO_SPEEDUPS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
