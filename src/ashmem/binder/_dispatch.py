@@ -47,7 +47,7 @@ _HEADER_SIZE = _wire.HEADER_SIZE
 _MAX_MESSAGE = _wire.MAX_MESSAGE
 _MAX_INLINE = _wire.MAX_INLINE
 _CMSG_SPACE = _wire.CMSG_SPACE
-_take_fds = _wire.take_fds
+_recv_fds = _wire.recv_fds
 _from_wire = Parcel._from_wire
 _REPLY_HEADER = _wire.PREFIXED.pack
 _REPLY_PREFIX = _wire.REPLY_PREFIX
@@ -118,19 +118,19 @@ class Dispatch(Gate):
             self._serve_stream(conn)
             return
         sock = conn.sock
-        recvmsg = sock.recvmsg
         identity = _per_thread.identity  # this thread's, set per plain call below
         flags = _RECV_NOWAIT
         while True:
             try:
-                msg, anc, mflags, _ = recvmsg(_MAX_MESSAGE, _CMSG_SPACE, flags)
+                msg, fds, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, flags)
             except BlockingIOError:  # nothing (more) to read, or the linger expired
                 self._rearm(conn)
                 return
             except OSError:
                 self._drop(conn)
                 return
-            fds = _take_fds(anc) if anc else _NO_FDS
+            if fds is None:
+                fds = _NO_FDS
             if not msg:
                 _wire.discard_fds(fds)
                 self._drop(conn, eof=not fds)

@@ -94,6 +94,7 @@ _CMSG_SPACE = _wire.CMSG_SPACE
 _HEADER_SIZE = _wire.HEADER_SIZE
 _REPLY_PREFIX = _wire.REPLY_PREFIX
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
+_recv_fds = _wire.recv_fds
 _TRUNCATED = _wire.TRUNCATED
 _STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
@@ -416,7 +417,7 @@ class Proxy(Closing):
                 sock.sendmsg([_CALL_HEADER(_CALL_PREFIX, code, seq), *parts], (), _SEND_FLAGS)
             else:
                 sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
-            msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+            msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
             if timeout is not None:
                 sock.settimeout(None)
         except BaseException as exc:
@@ -428,7 +429,7 @@ class Proxy(Closing):
             raise error from exc
         if (
             msg[:8] == _REPLY_PREFIX
-            and not anc
+            and received is None
             and len(msg) >= _HEADER_SIZE
             and not mflags & _TRUNCATED
         ):
@@ -446,7 +447,7 @@ class Proxy(Closing):
                 if reply is not None:
                     reply._adopt_bytes(msg, _HEADER_SIZE)
                 return status == _STATUS_OK
-        return self._wait(channel, seq, msg, anc, mflags, reply, code, timeout)
+        return self._wait(channel, seq, msg, received or _NO_FDS, mflags, reply, code, timeout)
 
     def _transact(
         self,
@@ -494,7 +495,7 @@ class Proxy(Closing):
                     _wire.send_message(
                         sock, _wire.TRANSACTION, 0, code, seq, outgoing, _wire.SEND_FLAGS
                     )
-                msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:
@@ -509,7 +510,7 @@ class Proxy(Closing):
                 outgoing.close()
         if (
             msg[:8] == _REPLY_PREFIX
-            and not anc
+            and received is None
             and len(msg) >= _HEADER_SIZE
             and not mflags & _TRUNCATED
         ):
@@ -522,31 +523,32 @@ class Proxy(Closing):
                 if reply is not None:
                     reply._adopt_bytes(msg, _HEADER_SIZE)
                 return status == _STATUS_OK
-        return self._wait(channel, seq, msg, anc, mflags, reply, code, timeout)
+        return self._wait(channel, seq, msg, received or _NO_FDS, mflags, reply, code, timeout)
 
     def _wait(
         self,
         channel: _Channel,
         seq: int,
         msg: bytes,
-        anc: list[tuple[int, int, bytes]],
+        fds: list[int],
         mflags: int,
         reply: Parcel | None,
         code: int,
         timeout: float | None,
     ) -> bool:
-        """Handle ``msg``, what came back for call ``seq`` on ``channel`` (which this call
-        owns), and wait on while the service calls back into us on it."""
+        """Handle ``msg`` and ``fds`` (owned), what came back for call ``seq`` on ``channel``
+        (which this call owns), and wait on while the service calls back into us on it."""
         sock = channel.sock
         while True:
-            result = self._finish(channel, seq, msg, anc, mflags, reply, code)
+            result = self._finish(channel, seq, msg, fds, mflags, reply, code)
             if result is not None:
                 return result
             # The service called back into us on this channel, and we answered: wait on.
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
-                msg, anc, mflags, _ = sock.recvmsg(_MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                fds = received or _NO_FDS
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:
@@ -580,14 +582,14 @@ class Proxy(Closing):
         channel: _Channel,
         seq: int,
         msg: bytes,
-        anc: list[tuple[int, int, bytes]],
+        fds: list[int],
         mflags: int,
         reply: Parcel | None,
         code: int,
     ) -> bool | None:
-        """Handle the reply to call ``seq`` received on ``channel`` (which this call owns).
-        None: it was a nested call from the service, answered here; wait on."""
-        fds = _wire.take_fds(anc) if anc else _NO_FDS
+        """Handle the reply to call ``seq`` received on ``channel`` (which this call owns),
+        with the descriptors that came with it (owned: closed on any error). None: it was a
+        nested call from the service, answered here; wait on."""
         try:
             if not msg:
                 reason = f"{self._label} died or closed the connection"
@@ -809,7 +811,8 @@ class Proxy(Closing):
                 if error is exc:
                     raise
                 raise error from exc
-            result = self._finish(channel, seq, msg, anc, mflags, reply, code)
+            fds = _wire.take_fds(anc) if anc else _NO_FDS
+            result = self._finish(channel, seq, msg, fds, mflags, reply, code)
             if result is not None:
                 return result
 

@@ -108,6 +108,7 @@ from typing import Any
 from .. import _sys, region
 from .._errors import MessageError
 from .._rights import FD_SIZE
+from .._rights import recv_fds as recv_fds
 from .._rights import rights as rights
 from .._rights import take_fds as take_fds
 from .._shared_memory import Mapping
@@ -536,7 +537,7 @@ class Stream:
         if self.error is not None:
             raise self.error
         try:
-            chunk, anc, mflags, _ = sock.recvmsg(MAX_MESSAGE, CMSG_SPACE, flags)
+            chunk, received, mflags = recv_fds(sock, MAX_MESSAGE, CMSG_SPACE, flags)
         except BlockingIOError:
             self.dry = True
             raise
@@ -544,9 +545,9 @@ class Stream:
             self.error = exc
             raise
         fds = self.fds
-        if anc:
-            fds += take_fds(anc)
-        if mflags & _CTRUNC or len(fds) > 2 * MAX_FDS or (anc and not chunk):
+        if received:
+            fds += received
+        if mflags & _CTRUNC or len(fds) > 2 * MAX_FDS or (received and not chunk):
             self.error = MessageError(
                 f"one-way stream: {len(fds)} descriptors arrived ahead of their records "
                 f"(at most {2 * MAX_FDS} may wait), or some were cut off (MSG_CTRUNC: over "
