@@ -99,10 +99,13 @@ least Python (bound)
     region: the caller attaches its descriptor to the header as it is (``SCM_RIGHTS``, no
     Parcel and no dup), and the server's data Parcel owns it and closes it (``close()``).
     Its ratio to the floor is the lowest any one-datagram-per-call design can reach here.
+    Both sides receive as binder does, with ``ashmem._rights.recv_fds`` (the compiled
+    ``ashmem._speedups`` where it is built, as binder's own receives), so the bound stays
+    under binder whichever receive this install has.
     One-way, as binder sends it: 16-byte records (the header of a one-way call with no
     payload) on a SOCK_STREAM socketpair, one ``send`` each with no check and no lock, to a
     forked ``least_stream_server`` that receives with room for descriptors, as much as is
-    queued per ``recvmsg``, and for each record unpacks and checks the header, makes a data
+    queued per receive, and for each record unpacks and checks the header, makes a data
     and a reply Parcel and calls ``on_transact``, which counts.
 
 ``--placement-only`` runs this table alone (it still rewrites its README section).
@@ -146,7 +149,15 @@ from _common import (
     take_flag,
     verdict,
 )
+from ashmem import _rights
 from ashmem.binder import FLAG_ONEWAY, Binder, Parcel, Proxy, _wire, get_service, start_service
+
+#: Which receive binder (and the bound) use in this process: the tables say it.
+RECEIVE = (
+    "compiled: ashmem._speedups"
+    if _rights.SPEEDUPS
+    else "pure Python: ashmem._speedups not built, or ASHMEM_NO_SPEEDUPS set"
+)
 
 FORK = multiprocessing.get_context("fork")
 EMPTY, REGION, ONEWAY, COUNT, BIG = 1, 2, 3, 4, 5
@@ -267,8 +278,9 @@ def counting_server(sock: socket.socket, count: int) -> None:
 
 
 # The least Python a binder call over SOCK_SEQPACKET needs (the placement table's bound):
-# the 16-byte header built and checked on both sides, ``recvmsg`` with room for descriptors
-# (a call may carry them), a data and a reply Parcel and ``on_transact`` in the server.
+# the 16-byte header built and checked on both sides, binder's receive with room for
+# descriptors (``_wire.recv_fds``; a call may carry them), a data and a reply Parcel and
+# ``on_transact`` in the server.
 # Nothing else binder does: no argument checks, channel pool, caller identity, thread pool,
 # limits or refusals.
 _LEAST_HEADER = struct.Struct("<8sII")
@@ -303,20 +315,19 @@ def least_server(sock: socket.socket) -> None:
     call_prefix, _, reply_prefix, fd_prefix = least_prefixes()
     service = LeastService()
     on_transact = service.on_transact
-    recvmsg, send = sock.recvmsg, sock.send
+    recv, send = _wire.recv_fds, sock.send
     pack, unpack = _LEAST_HEADER.pack, _LEAST_HEADER.unpack_from
     args = (_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
     while True:
-        msg, anc, mflags, _ = recvmsg(*args)
+        msg, fds, mflags = recv(sock, *args)
         if not msg:
             return
         if mflags & _wire.TRUNCATED or len(msg) < _wire.HEADER_SIZE:
             raise RuntimeError("least_server: unexpected message")
         prefix, code, seq = unpack(msg)
-        if anc:
+        if fds:
             # A call with one region: the Parcel owns the peer's descriptor and closes it
             # (``_PeerFds``: after one F_GET_SEALS for a memfd), as binder's does.
-            fds = _wire.take_fds(anc)
             if prefix != fd_prefix or len(fds) != 1:
                 raise RuntimeError("least_server: unexpected message")
             data = Parcel._from_wire(msg, _wire.HEADER_SIZE, fds)
@@ -336,15 +347,15 @@ def least_stream_server(sock: socket.socket, count: int) -> None:
     oneway_prefix = least_prefixes()[1]
     service = LeastService()
     on_transact = service.on_transact
-    recvmsg, unpack = sock.recvmsg, _LEAST_HEADER.unpack_from
+    recv, unpack = _wire.recv_fds, _LEAST_HEADER.unpack_from
     args = (_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
     header = _wire.HEADER_SIZE
     data, pos = b"", 0
     while True:
-        chunk, anc, _, _ = recvmsg(*args)
+        chunk, fds, _ = recv(sock, *args)
         if not chunk:
             return
-        if anc:
+        if fds:
             raise RuntimeError("least_stream_server: unexpected descriptors")
         data, pos = data[pos:] + chunk, 0
         while len(data) - pos >= header:
@@ -690,6 +701,7 @@ def placement_table(
     least_pack = _LEAST_HEADER.pack
     call_prefix, oneway_prefix, reply_prefix, fd_prefix = least_prefixes()
     least_seq = [0]
+    least_recv = _wire.recv_fds
     least_rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fd).tobytes())]
 
     def least_call(with_fd: bool = False) -> bool:
@@ -699,10 +711,10 @@ def placement_table(
             least_a.sendmsg([header], least_rights, _wire.SEND_FLAGS)
         else:
             least_a.send(least_pack(call_prefix, EMPTY, seq), _wire.SEND_FLAGS)
-        msg, anc, mflags, _ = least_a.recvmsg(*recv_args)
+        msg, fds, mflags = least_recv(least_a, *recv_args)
         if (
             msg[:8] == reply_prefix
-            and not anc
+            and not fds
             and len(msg) >= _wire.HEADER_SIZE
             and not mflags & _wire.TRUNCATED
         ):
@@ -842,14 +854,16 @@ def placement_table(
         "the wall-clock ratio." + (" `--quick`: short run, rough numbers." if quick else ""),
         "Bound columns: the least Python a binder call over the same socket needs, "
         "measured in the same rounds and placement (`least_server`: the 16-byte header "
-        "built and checked on both sides, `recvmsg` with room for descriptors, a data and a "
+        "built and checked on both sides, a receive with room for descriptors (binder's "
+        f"own, {RECEIVE}), a data and a "
         "reply Parcel and `on_transact` in the server; with a region, its descriptor sent "
         "as it is (no Parcel, no dup, on the caller's side) and owned and closed by the "
         "server's data Parcel; none of binder's argument checks, channel pool, caller "
         "identity, thread pool, limits or refusals). A target under the bound's ratio "
-        "cannot be met by any Python binder that sends one datagram per call. One-way "
+        "cannot be met by a binder with this receive that sends one datagram per call. "
+        "One-way "
         "bound: 16-byte records on a SOCK_STREAM pair, one bare `send` each, to a forked "
-        "`least_stream_server` that takes all that is queued per `recvmsg` and per record "
+        "`least_stream_server` that takes all that is queued per receive and per record "
         "checks the header, makes two Parcels and calls `on_transact`: what binder's "
         "one-way stream must do, and nothing more.",
         "Measured on a shared 2-core VM while other developers' jobs ran: absolute times "
@@ -1335,6 +1349,10 @@ def main() -> int:
         f"calls; {oneway_count} one-way calls; {big_rounds} rounds for 64 MiB). "
         "Every server is its own process. Run `python benchmarks/bench_binder.py`; the "
         "module docstring says exactly what each peer does."
+    )
+    notes.append(
+        f"Binder's receive (`ashmem._rights.recv_fds`): {RECEIVE}. The floor and raw peers "
+        "receive with Python's socket module."
     )
     notes.append(
         "Measured on a shared 2-core VM while other developers' jobs ran, with every "
