@@ -152,10 +152,11 @@ from _common import (
 from ashmem import _rights
 from ashmem.binder import FLAG_ONEWAY, Binder, Parcel, Proxy, _wire, get_service, start_service
 
-#: Which receive binder (and the bound) use in this process: the tables say it.
+#: Which receive binder (and the bound) use in this process: the tables say it. (A
+#: ``--driver`` runs this script on older code, which has no SPEEDUPS.)
 RECEIVE = (
     "compiled: ashmem._speedups"
-    if _rights.SPEEDUPS
+    if getattr(_rights, "SPEEDUPS", False)
     else "pure Python: ashmem._speedups not built, or ASHMEM_NO_SPEEDUPS set"
 )
 
