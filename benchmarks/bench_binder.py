@@ -99,14 +99,15 @@ least Python (bound)
     region: the caller attaches its descriptor to the header as it is (``SCM_RIGHTS``, no
     Parcel and no dup), and the server's data Parcel owns it and closes it (``close()``).
     Its ratio to the floor is the lowest any one-datagram-per-call design can reach here.
-    Both sides receive as binder does, with ``ashmem._rights.recv_fds`` (the compiled
-    ``ashmem._speedups`` where it is built, as binder's own receives), so the bound stays
-    under binder whichever receive this install has.
+    Both sides receive as binder's round trips do, with ``ashmem._rights.recv_fds`` (the
+    compiled ``ashmem._speedups`` where it is built), so the bound stays under binder
+    whichever receive this install has.
     One-way, as binder sends it: 16-byte records (the header of a one-way call with no
     payload) on a SOCK_STREAM socketpair, one ``send`` each with no check and no lock, to a
     forked ``least_stream_server`` that receives with room for descriptors, as much as is
-    queued per receive, and for each record unpacks and checks the header, makes a data
-    and a reply Parcel and calls ``on_transact``, which counts.
+    queued per ``recvmsg`` (as binder's stream does), and for each record unpacks and
+    checks the header, makes a data and a reply Parcel and calls ``on_transact``, which
+    counts.
 
 ``--placement-only`` runs this table alone (it still rewrites its README section).
 
@@ -348,15 +349,15 @@ def least_stream_server(sock: socket.socket, count: int) -> None:
     oneway_prefix = least_prefixes()[1]
     service = LeastService()
     on_transact = service.on_transact
-    recv, unpack = _wire.recv_fds, _LEAST_HEADER.unpack_from
+    recvmsg, unpack = sock.recvmsg, _LEAST_HEADER.unpack_from
     args = (_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
     header = _wire.HEADER_SIZE
     data, pos = b"", 0
     while True:
-        chunk, fds, _ = recv(sock, *args)
+        chunk, anc, _, _ = recvmsg(*args)
         if not chunk:
             return
-        if fds:
+        if anc:
             raise RuntimeError("least_stream_server: unexpected descriptors")
         data, pos = data[pos:] + chunk, 0
         while len(data) - pos >= header:
@@ -864,7 +865,7 @@ def placement_table(
         "cannot be met by a binder with this receive that sends one datagram per call. "
         "One-way "
         "bound: 16-byte records on a SOCK_STREAM pair, one bare `send` each, to a forked "
-        "`least_stream_server` that takes all that is queued per receive and per record "
+        "`least_stream_server` that takes all that is queued per `recvmsg` and per record "
         "checks the header, makes two Parcels and calls `on_transact`: what binder's "
         "one-way stream must do, and nothing more.",
         "Measured on a shared 2-core VM while other developers' jobs ran: absolute times "

@@ -536,8 +536,11 @@ class Stream:
         waiting), which every later call raises again."""
         if self.error is not None:
             raise self.error
+        # socket.recvmsg, not recv_fds: one receive here takes many records, so a cheaper
+        # receive saves little per record, and the runs that had it here read one-way
+        # calls no faster (docs/performance.md, the eighth pass).
         try:
-            chunk, received, mflags = recv_fds(sock, MAX_MESSAGE, CMSG_SPACE, flags)
+            chunk, anc, mflags, _ = sock.recvmsg(MAX_MESSAGE, CMSG_SPACE, flags)
         except BlockingIOError:
             self.dry = True
             raise
@@ -545,9 +548,9 @@ class Stream:
             self.error = exc
             raise
         fds = self.fds
-        if received:
-            fds += received
-        if mflags & _CTRUNC or len(fds) > 2 * MAX_FDS or (received and not chunk):
+        if anc:
+            fds += take_fds(anc)
+        if mflags & _CTRUNC or len(fds) > 2 * MAX_FDS or (anc and not chunk):
             self.error = MessageError(
                 f"one-way stream: {len(fds)} descriptors arrived ahead of their records "
                 f"(at most {2 * MAX_FDS} may wait), or some were cut off (MSG_CTRUNC: over "
