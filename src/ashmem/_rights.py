@@ -48,39 +48,50 @@ def take_fds(ancdata: list[tuple[int, int, bytes]], into: list[int] | None = Non
     return fds
 
 
+#: Limits of ``recv_fds`` (both versions): the compiled one receives into fixed buffers.
+MAX_RECV_BUFSIZE = 1 << 24
+MAX_RECV_ANCBUFSIZE = 4096
+
+
 def _recv_fds(
     sock: socket.socket, bufsize: int, ancbufsize: int, flags: int
 ) -> tuple[bytes, list[int] | None, int]:
-    """One ``recvmsg`` on ``sock``: its data, the ``SCM_RIGHTS`` descriptors it brought in
-    order (None for none; the caller owns them) and its flags (``MSG_TRUNC``,
-    ``MSG_CTRUNC``...). For sockets in blocking mode (a receive timeout, if any, set with
-    ``SO_RCVTIMEO``) or with ``MSG_DONTWAIT``: the compiled twin ignores a Python-level
-    ``settimeout``.
+    """One ``recvmsg`` on ``sock``: its data (at most ``bufsize`` bytes), the
+    ``SCM_RIGHTS`` descriptors it brought, in order (None for none; the caller owns them),
+    and its flags (``MSG_TRUNC``, ``MSG_CTRUNC``...). ``ValueError`` for ``bufsize`` over
+    ``MAX_RECV_BUFSIZE`` or ``ancbufsize`` over ``MAX_RECV_ANCBUFSIZE``. The pure-Python
+    version; ``recv_fds`` is the one to call.
 
     >>> a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     >>> r, w = os.pipe()
     >>> _ = a.sendmsg([b"hi"], rights([r]))
-    >>> data, fds, mflags = recv_fds(b, 16, socket.CMSG_SPACE(FD_SIZE), 0)
+    >>> data, fds, mflags = _recv_fds(b, 16, socket.CMSG_SPACE(FD_SIZE), 0)
     >>> data, len(fds), mflags
     (b'hi', 1, 0)
     >>> for fd in (*fds, r, w): os.close(fd)
     >>> a.close(); b.close()
     """
+    if not 0 <= bufsize <= MAX_RECV_BUFSIZE or not 0 <= ancbufsize <= MAX_RECV_ANCBUFSIZE:
+        raise ValueError(
+            f"bufsize must be 0..{MAX_RECV_BUFSIZE} and ancbufsize 0..{MAX_RECV_ANCBUFSIZE}, "
+            f"not {bufsize} and {ancbufsize}"
+        )
     data, anc, mflags, _ = sock.recvmsg(bufsize, ancbufsize, flags)
     return data, (take_fds(anc) or None) if anc else None, mflags
 
 
 #: ``recv_fds``: compiled (``ashmem._speedups``, built at install where a C compiler is
-#: found; it hands a socket with a Python timeout to ``_recv_fds``) or the pure-Python
-#: ``_recv_fds`` above. ``ASHMEM_NO_SPEEDUPS=1`` in the environment picks the latter. The
-#: two behave alike (``tests/test_speedups.py``).
+#: found; it hands a socket with a Python timeout, ``settimeout(t)`` with t > 0, to
+#: ``_recv_fds``) or the pure-Python ``_recv_fds`` above. ``ASHMEM_NO_SPEEDUPS`` set to
+#: anything but ``""`` or ``"0"`` picks the latter. The two behave alike
+#: (``tests/test_speedups.py``).
 recv_fds: Callable[[socket.socket, int, int, int], tuple[bytes, list[int] | None, int]] = _recv_fds
 #: Whether ``recv_fds`` is the compiled one.
 SPEEDUPS = False
-if not os.environ.get("ASHMEM_NO_SPEEDUPS"):
+if os.environ.get("ASHMEM_NO_SPEEDUPS", "") in ("", "0"):
     try:
         from . import _speedups
-    except ImportError:
+    except (ImportError, OSError):  # not built, or could not start: the pure path runs
         pass
     else:
         _speedups.set_fallback(_recv_fds)

@@ -13,7 +13,13 @@
  * building the result fails, closed. A socket with a Python timeout (settimeout(t), t > 0)
  * goes to the pure-Python version, which waits as sock.recvmsg does; in blocking and
  * non-blocking mode the one recvmsg(2) here behaves as CPython's. EINTR is retried after
- * running signal handlers (PEP 475).
+ * running signal handlers (PEP 475), reading the socket's descriptor again first.
+ *
+ * Limits shared with the pure version: bufsize 0..16 MiB, ancbufsize 0..4096 (room for
+ * SCM_MAX_FD descriptors and more). One difference: a receive of up to 64 KiB lands in a
+ * per-thread buffer and is copied out after, so if that copy fails (MemoryError) the
+ * message is lost, where CPython allocates first. One interpreter per process: the
+ * fallback and the per-thread buffers are process-wide.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -114,6 +120,19 @@ has_timeout(PyObject *sock)
     return timed;
 }
 
+static PyObject *
+call_fallback(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "recv_fds: no fallback set for timed sockets");
+        return NULL;
+    }
+    PyObject *func = Py_NewRef(fallback); /* set_fallback may replace it meanwhile */
+    PyObject *result = PyObject_Vectorcall(func, args, (size_t)nargs, NULL);
+    Py_DECREF(func);
+    return result;
+}
+
 static int
 socket_fd(PyObject *sock)
 {
@@ -142,15 +161,20 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "recv_fds() takes 4 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_ssize_t bufsize = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t bufsize = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
     if (bufsize == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    Py_ssize_t ancbufsize = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t ancbufsize = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
     if (ancbufsize == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    long flags = PyLong_AsLong(args[3]);
+    PyObject *flags_obj = PyNumber_Index(args[3]);
+    if (flags_obj == NULL) {
+        return NULL;
+    }
+    long flags = PyLong_AsLong(flags_obj);
+    Py_DECREF(flags_obj);
     if (flags == -1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -172,11 +196,7 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (timed) {
-        if (fallback == NULL) {
-            PyErr_SetString(PyExc_RuntimeError, "recv_fds: no fallback set for timed sockets");
-            return NULL;
-        }
-        return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
+        return call_fallback(args, nargs);
     }
     int fd = socket_fd(args[0]);
     if (fd < 0) {
@@ -223,11 +243,27 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(data);
             return NULL;
         }
+        /* A handler may have closed the socket, or given it a timeout: look again, as
+         * CPython reads the socket's descriptor again on every attempt. */
+        timed = has_timeout(args[0]);
+        fd = timed < 0 ? -1 : socket_fd(args[0]);
+        if (timed != 0 || fd < 0) {
+            Py_XDECREF(data);
+            if (timed > 0) {
+                return call_fallback(args, nargs);
+            }
+            return NULL;
+        }
     }
     if (n < 0) {
         Py_XDECREF(data);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n > bufsize) {
+        /* MSG_TRUNC in flags: the kernel returns the datagram's real length. Only bufsize
+         * bytes were stored; the rest never was (CPython, too, returns at most bufsize). */
+        n = bufsize;
     }
 
     int fds[MAX_ANCBUF / sizeof(int)];

@@ -402,6 +402,7 @@ class Proxy(Closing):
             channel = self._connect(timeout)
         sock = channel.sock
         seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        received = None
         try:
             if timeout is not None:
                 sock.settimeout(timeout)
@@ -423,6 +424,8 @@ class Proxy(Closing):
         except BaseException as exc:
             # The channel's state is unknown (a reply may still come): never reuse it.
             sock.close()
+            if received:  # a reply came, and then settimeout failed
+                _wire.discard_fds(received)
             error = self._failure(exc, code, timeout)
             if error is exc:
                 raise
@@ -486,6 +489,7 @@ class Proxy(Closing):
                 self._grant()
             sock = channel.sock
             seq = channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+            received = None
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
@@ -501,6 +505,8 @@ class Proxy(Closing):
             except BaseException as exc:
                 # The channel's state is unknown (a reply may still come): never reuse it.
                 sock.close()
+                if received:  # a reply came, and then settimeout failed
+                    _wire.discard_fds(received)
                 error = self._failure(exc, code, timeout)
                 if error is exc:
                     raise
@@ -544,6 +550,7 @@ class Proxy(Closing):
             if result is not None:
                 return result
             # The service called back into us on this channel, and we answered: wait on.
+            received = None
             try:
                 if timeout is not None:
                     sock.settimeout(timeout)
@@ -553,6 +560,8 @@ class Proxy(Closing):
                     sock.settimeout(None)
             except BaseException as exc:
                 sock.close()
+                if received:  # a reply came, and then settimeout failed
+                    _wire.discard_fds(received)
                 error = self._failure(exc, code, timeout)
                 if error is exc:
                     raise
