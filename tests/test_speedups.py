@@ -53,6 +53,19 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     b.close()
 
 
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+def close_all(fds: list[int] | None) -> None:
+    for fd in fds or ():
+        os.close(fd)
+
+
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 
@@ -77,25 +90,20 @@ def test_a_message_without_descriptors(recv: Recv, pair: tuple[socket.socket, ..
 
 
 def test_descriptors_come_in_order_new_and_close_on_exec(
-    recv: Recv, pair: tuple[socket.socket, ...]
+    recv: Recv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
-    r, w = os.pipe()
+    r, w = pipe
+    a.sendmsg([b"x" * 100], _rights.rights([w, r, w]))
+    data, fds, mflags = recv(b, 65536, CMSG, CLOEXEC)
+    assert (data, mflags & CUT) == (b"x" * 100, 0)
+    assert fds is not None and len(fds) == 3 and not {r, w} & set(fds)
     try:
-        a.sendmsg([b"x" * 100], _rights.rights([w, r, w]))
-        data, fds, mflags = recv(b, 65536, CMSG, CLOEXEC)
-        assert (data, mflags & CUT) == (b"x" * 100, 0)
-        assert fds is not None and len(fds) == 3 and not {r, w} & set(fds)
-        try:
-            inodes = [os.fstat(fd).st_ino for fd in fds]
-            assert inodes == [os.fstat(w).st_ino, os.fstat(r).st_ino, os.fstat(w).st_ino]
-            assert not any(os.get_inheritable(fd) for fd in fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        inodes = [os.fstat(fd).st_ino for fd in fds]
+        assert inodes == [os.fstat(w).st_ino, os.fstat(r).st_ino, os.fstat(w).st_ino]
+        assert not any(os.get_inheritable(fd) for fd in fds)
     finally:
-        os.close(r)
-        os.close(w)
+        close_all(fds)
 
 
 def test_a_long_message_is_cut_and_says_so(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
@@ -107,38 +115,29 @@ def test_a_long_message_is_cut_and_says_so(recv: Recv, pair: tuple[socket.socket
 
 
 def test_descriptors_beyond_the_room_are_dropped_not_leaked(
-    recv: Recv, pair: tuple[socket.socket, ...]
+    recv: Recv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
-    r, w = os.pipe()
-    try:
-        before = open_fds()
-        a.sendmsg([b"four"], _rights.rights([r, w, r, w]))
-        data, fds, mflags = recv(b, 64, socket.CMSG_SPACE(2 * _rights.FD_SIZE), CLOEXEC)
-        assert data == b"four" and mflags & socket.MSG_CTRUNC
-        assert fds is not None and len(fds) == 2
-        for fd in fds:
-            os.close(fd)
-        assert open_fds() == before
-    finally:
-        os.close(r)
-        os.close(w)
+    r, w = pipe
+    before = open_fds()
+    a.sendmsg([b"four"], _rights.rights([r, w, r, w]))
+    data, fds, mflags = recv(b, 64, socket.CMSG_SPACE(2 * _rights.FD_SIZE), CLOEXEC)
+    assert data == b"four" and mflags & socket.MSG_CTRUNC
+    assert fds is not None and len(fds) == 2
+    close_all(fds)
+    assert open_fds() == before
 
 
 def test_no_room_for_descriptors_drops_them_all(
-    recv: Recv, pair: tuple[socket.socket, ...]
+    recv: Recv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
 ) -> None:
     a, b = pair
-    r, w = os.pipe()
-    try:
-        before = open_fds()
-        a.sendmsg([b"x"], _rights.rights([r]))
-        data, fds, mflags = recv(b, 64, 0, 0)
-        assert (data, fds) == (b"x", None) and mflags & socket.MSG_CTRUNC
-        assert open_fds() == before
-    finally:
-        os.close(r)
-        os.close(w)
+    r, _ = pipe
+    before = open_fds()
+    a.sendmsg([b"x"], _rights.rights([r]))
+    data, fds, mflags = recv(b, 64, 0, 0)
+    assert (data, fds) == (b"x", None) and mflags & socket.MSG_CTRUNC
+    assert open_fds() == before
 
 
 def test_end_of_file(recv: Recv, pair: tuple[socket.socket, ...]) -> None:
@@ -211,45 +210,35 @@ def test_msg_trunc_in_flags_never_returns_more_than_bufsize(
 
 
 def test_a_cut_message_still_brings_its_descriptors(
-    recv: Recv, pair: tuple[socket.socket, ...]
+    recv: Recv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
 ) -> None:
     # binder closes what a cut message brought: it must get them to close them.
     a, b = pair
-    r, w = os.pipe()
-    try:
-        before = open_fds()
-        a.sendmsg([b"y" * 100], _rights.rights([r, w]))
-        data, fds, mflags = recv(b, 10, CMSG, CLOEXEC)
-        assert data == b"y" * 10 and mflags & socket.MSG_TRUNC
-        assert fds is not None and len(fds) == 2
-        for fd in fds:
-            os.close(fd)
-        assert open_fds() == before
-    finally:
-        os.close(r)
-        os.close(w)
+    r, w = pipe
+    before = open_fds()
+    a.sendmsg([b"y" * 100], _rights.rights([r, w]))
+    data, fds, mflags = recv(b, 10, CMSG, CLOEXEC)
+    assert data == b"y" * 10 and mflags & socket.MSG_TRUNC
+    assert fds is not None and len(fds) == 2
+    close_all(fds)
+    assert open_fds() == before
 
 
 def test_descriptors_after_another_control_message(
-    recv: Recv, pair: tuple[socket.socket, ...]
+    recv: Recv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
 ) -> None:
     # With SO_PASSCRED the kernel puts SCM_CREDENTIALS first: the descriptors are found in
     # the message after it, and the credentials are not taken for descriptors.
     a, b = pair
     b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    r, w = os.pipe()
-    try:
-        a.sendmsg([b"creds"], _rights.rights([r, w, r]))
-        room = socket.CMSG_SPACE(struct.calcsize("3i")) + CMSG
-        data, fds, mflags = recv(b, 64, room, CLOEXEC)
-        assert data == b"creds" and not mflags & CUT
-        assert fds is not None and len(fds) == 3
-        assert [os.fstat(fd).st_ino for fd in fds] == [os.fstat(x).st_ino for x in (r, w, r)]
-        for fd in fds:
-            os.close(fd)
-    finally:
-        os.close(r)
-        os.close(w)
+    r, w = pipe
+    a.sendmsg([b"creds"], _rights.rights([r, w, r]))
+    room = socket.CMSG_SPACE(struct.calcsize("3i")) + CMSG
+    data, fds, mflags = recv(b, 64, room, CLOEXEC)
+    assert data == b"creds" and not mflags & CUT
+    assert fds is not None and len(fds) == 3
+    assert [os.fstat(fd).st_ino for fd in fds] == [os.fstat(x).st_ino for x in (r, w, r)]
+    close_all(fds)
 
 
 def test_a_shutdown_from_another_thread_ends_a_blocked_receive(
