@@ -436,3 +436,119 @@ print("ok")
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# send_recv_fds: a request and its answer in one call (binder's empty call and reply).
+
+SendRecv = Callable[
+    [socket.socket, bytes, int, int, int, int], tuple[bytes, "list[int] | None", int]
+]
+SEND_RECV_IMPLS = [
+    pytest.param(_rights._send_recv_fds, id="pure"),
+    pytest.param(
+        _speedups.send_recv_fds if _speedups is not None else None,
+        id="compiled",
+        marks=pytest.mark.skipif(_speedups is None, reason="ashmem._speedups is not built"),
+    ),
+]
+
+
+@pytest.fixture(params=SEND_RECV_IMPLS)
+def send_recv(request: pytest.FixtureRequest) -> SendRecv:
+    return request.param  # type: ignore[no-any-return]
+
+
+def test_send_recv_sends_once_then_receives(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...], pipe: tuple[int, int]
+) -> None:
+    a, b = pair
+    r, _ = pipe
+    a.sendmsg([b"answer"], _rights.rights([r]))  # the answer waits already
+    data, fds, mflags = send_recv(b, b"request", 0, 64, CMSG, CLOEXEC)
+    assert data == b"answer" and not mflags & CUT
+    assert fds is not None and len(fds) == 1
+    close_all(fds)
+    assert a.recv(64) == b"request"
+    with pytest.raises(BlockingIOError):
+        a.recv(64, socket.MSG_DONTWAIT)  # sent once
+
+
+def test_a_failed_send_is_send_failed_and_receives_nothing(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    a.close()
+    with pytest.raises(_rights.SendFailed) as info:
+        send_recv(b, b"request", socket.MSG_NOSIGNAL, 64, CMSG, 0)
+    assert info.value.errno == errno.EPIPE
+
+
+def test_a_full_peer_is_send_failed_not_blocking_io_error(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    # binder's service tells "the caller does not read its replies" (drop it) from "no
+    # next call yet" (wait in epoll) by this.
+    a, b = pair
+    with pytest.raises(BlockingIOError):
+        while True:
+            b.send(b"x" * 1024, socket.MSG_DONTWAIT)
+    a.send(b"next call")
+    with pytest.raises(_rights.SendFailed) as info:
+        send_recv(b, b"reply", socket.MSG_DONTWAIT, 64, CMSG, 0)
+    assert info.value.errno == errno.EAGAIN
+    assert not isinstance(info.value, BlockingIOError)
+    assert b.recv(64) == b"next call"  # not taken
+
+
+def test_nothing_to_receive_after_the_send(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    with pytest.raises(BlockingIOError):
+        send_recv(b, b"reply", 0, 64, CMSG, socket.MSG_DONTWAIT)
+    assert a.recv(64) == b"reply"  # the send went
+
+
+def test_send_recv_with_a_python_timeout(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    b.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        send_recv(b, b"request", 0, 64, CMSG, 0)
+    assert a.recv(64) == b"request"
+    a.send(b"answer")
+    assert send_recv(b, b"again", 0, 64, CMSG, 0)[0] == b"answer"
+
+
+def test_send_recv_sends_bytes_only(send_recv: SendRecv, pair: tuple[socket.socket, ...]) -> None:
+    _, b = pair
+    with pytest.raises(TypeError):
+        send_recv(b, bytearray(b"x"), 0, 64, CMSG, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
+def test_a_signal_while_waiting_for_the_answer_sends_nothing_again(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    a, b = pair
+    handled = threading.Event()
+    old = signal.signal(signal.SIGALRM, lambda *_: handled.set())
+
+    def answer_after_the_handler() -> None:
+        if handled.wait(30):
+            a.send(b"answer")
+
+    answerer = threading.Thread(target=answer_after_the_handler)
+    answerer.start()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        assert send_recv(b, b"request", 0, 64, CMSG, 0)[0] == b"answer"
+        assert handled.is_set()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        answerer.join(30)
+    assert a.recv(64) == b"request"
+    with pytest.raises(BlockingIOError):
+        a.recv(64, socket.MSG_DONTWAIT)

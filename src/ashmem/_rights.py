@@ -15,11 +15,12 @@ one place that builds and parses it, for ``fdpass`` and the binder wire.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 from collections.abc import Callable, Sequence
 
-__all__ = ["FD_SIZE", "SPEEDUPS", "recv_fds", "rights", "take_fds"]
+__all__ = ["FD_SIZE", "SPEEDUPS", "SendFailed", "recv_fds", "rights", "send_recv_fds", "take_fds"]
 
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
@@ -80,12 +81,46 @@ def _recv_fds(
     return data, (take_fds(anc) or None) if anc else None, mflags
 
 
+class SendFailed(OSError):
+    """The send of ``send_recv_fds`` failed (its errno says why); nothing was received."""
+
+
+def _send_recv_fds(
+    sock: socket.socket,
+    data: bytes,
+    send_flags: int,
+    bufsize: int,
+    ancbufsize: int,
+    flags: int,
+) -> tuple[bytes, list[int] | None, int]:
+    """``sock.send(data, send_flags)``, then ``recv_fds(sock, bufsize, ancbufsize, flags)``:
+    a call's request and its answer, for a ``SOCK_SEQPACKET`` socket (a send there is whole
+    or fails). ``SendFailed`` (an ``OSError``, same errno) if the send fails, except a
+    Python timeout's ``TimeoutError``, raised as it is. The pure-Python version;
+    ``send_recv_fds`` is the one to call."""
+    if data.__class__ is not bytes:
+        raise TypeError(f"send_recv_fds() sends bytes, not {type(data).__name__}")
+    try:
+        sent = sock.send(data, send_flags)
+    except TimeoutError:  # settimeout(t): as sock.send raises it (the compiled one, too)
+        raise
+    except OSError as exc:
+        raise SendFailed(exc.errno, exc.strerror) from exc
+    if sent != len(data):
+        raise SendFailed(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+    return _recv_fds(sock, bufsize, ancbufsize, flags)
+
+
 #: ``recv_fds``: compiled (``ashmem._speedups``, built at install where a C compiler is
 #: found; it hands a socket with a Python timeout, ``settimeout(t)`` with t > 0, to
 #: ``_recv_fds``) or the pure-Python ``_recv_fds`` above. ``ASHMEM_NO_SPEEDUPS`` set to
 #: anything but ``""`` or ``"0"`` picks the latter. The two behave alike
 #: (``tests/test_speedups.py``).
 recv_fds: Callable[[socket.socket, int, int, int], tuple[bytes, list[int] | None, int]] = _recv_fds
+#: ``send_recv_fds``: the same choice, for ``_send_recv_fds``.
+send_recv_fds: Callable[
+    [socket.socket, bytes, int, int, int, int], tuple[bytes, list[int] | None, int]
+] = _send_recv_fds
 #: Whether ``recv_fds`` is the compiled one.
 SPEEDUPS = False
 if os.environ.get("ASHMEM_NO_SPEEDUPS", "") in ("", "0"):
@@ -94,6 +129,7 @@ if os.environ.get("ASHMEM_NO_SPEEDUPS", "") in ("", "0"):
     except (ImportError, OSError):  # not built, or could not start: the pure path runs
         pass
     else:
-        _speedups.set_fallback(_recv_fds)
+        _speedups.set_fallback(_recv_fds, _send_recv_fds, SendFailed)
         recv_fds = _speedups.recv_fds
+        send_recv_fds = _speedups.send_recv_fds
         SPEEDUPS = True

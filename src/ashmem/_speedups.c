@@ -1,12 +1,21 @@
-/* ashmem._speedups: an optional compiled twin of one pure-Python function.
+/* ashmem._speedups: optional compiled twins of two pure-Python functions (_rights.py).
  *
  * recv_fds(sock, bufsize, ancbufsize, flags) -> (data, fds or None, msg_flags)
  *
  * One recvmsg(2) on sock's descriptor, as sock.recvmsg(bufsize, ancbufsize, flags) followed
  * by _rights.take_fds() would do it, without building the ancillary list, the address or
- * the 4-tuple that binder's hot path throws away. _rights.py holds the pure-Python
- * version, which runs when this module is not built (no C compiler at install) or when
- * ASHMEM_NO_SPEEDUPS is set; tests/test_speedups.py checks that the two agree.
+ * the 4-tuple that binder's hot path throws away.
+ *
+ * send_recv_fds(sock, data, send_flags, bufsize, ancbufsize, flags) -> the same
+ *
+ * send(2) of data, then the same receive, in one release of the GIL: a binder call's
+ * request and its reply (the Proxy), or a reply and the next call (the service). A failed
+ * send raises _rights.SendFailed (an OSError with the send's errno), so that a caller can
+ * tell it from a receive that found nothing (BlockingIOError).
+ *
+ * _rights.py holds the pure-Python versions, which run when this module is not built (no C
+ * compiler at install) or when ASHMEM_NO_SPEEDUPS is set; tests/test_speedups.py checks
+ * that the two agree.
  *
  * What it trusts: nothing from the peer but the byte count and the control messages the
  * kernel formats. Every SCM_RIGHTS descriptor the kernel installed is returned or, when
@@ -93,8 +102,10 @@ collect_fds(struct msghdr *mh, int *out, Py_ssize_t cap)
     return count;
 }
 
-/* _rights._recv_fds, for sockets with a Python timeout (set_fallback). */
-static PyObject *fallback = NULL;
+/* _rights._recv_fds and _rights._send_recv_fds, for sockets with a Python timeout, and
+ * _rights.SendFailed (set_fallback). */
+static PyObject *fallbacks[2] = {NULL, NULL};
+static PyObject *send_failed = NULL;
 static PyObject *str_fileno = NULL;
 static PyObject *str_gettimeout = NULL;
 
@@ -121,13 +132,13 @@ has_timeout(PyObject *sock)
 }
 
 static PyObject *
-call_fallback(PyObject *const *args, Py_ssize_t nargs)
+call_fallback(int which, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (fallback == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "recv_fds: no fallback set for timed sockets");
+    if (fallbacks[which] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ashmem._speedups: no fallback set for timed sockets");
         return NULL;
     }
-    PyObject *func = Py_NewRef(fallback); /* set_fallback may replace it meanwhile */
+    PyObject *func = Py_NewRef(fallbacks[which]); /* set_fallback may replace it meanwhile */
     PyObject *result = PyObject_Vectorcall(func, args, (size_t)nargs, NULL);
     Py_DECREF(func);
     return result;
@@ -154,51 +165,60 @@ socket_fd(PyObject *sock)
     return (int)fd;
 }
 
-static PyObject *
-recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* bufsize, ancbufsize and flags from three arguments; -1 with an exception set if bad. */
+static int
+parse_sizes(PyObject *const *args, Py_ssize_t *bufsize, Py_ssize_t *ancbufsize, int *flags)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "recv_fds() takes 4 arguments (%zd given)", nargs);
-        return NULL;
+    *bufsize = PyNumber_AsSsize_t(args[0], PyExc_OverflowError);
+    if (*bufsize == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    Py_ssize_t bufsize = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
-    if (bufsize == -1 && PyErr_Occurred()) {
-        return NULL;
+    *ancbufsize = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (*ancbufsize == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    Py_ssize_t ancbufsize = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (ancbufsize == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    PyObject *flags_obj = PyNumber_Index(args[3]);
+    PyObject *flags_obj = PyNumber_Index(args[2]);
     if (flags_obj == NULL) {
-        return NULL;
+        return -1;
     }
-    long flags = PyLong_AsLong(flags_obj);
+    long value = PyLong_AsLong(flags_obj);
     Py_DECREF(flags_obj);
-    if (flags == -1 && PyErr_Occurred()) {
-        return NULL;
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    if (bufsize < 0 || bufsize > MAX_BUFSIZE) {
-        PyErr_Format(PyExc_ValueError, "bufsize must be 0..%d, not %zd", MAX_BUFSIZE, bufsize);
-        return NULL;
+    if (*bufsize < 0 || *bufsize > MAX_BUFSIZE) {
+        PyErr_Format(PyExc_ValueError, "bufsize must be 0..%d, not %zd", MAX_BUFSIZE, *bufsize);
+        return -1;
     }
-    if (ancbufsize < 0 || ancbufsize > MAX_ANCBUF) {
+    if (*ancbufsize < 0 || *ancbufsize > MAX_ANCBUF) {
         PyErr_Format(PyExc_ValueError, "ancbufsize must be 0..%d, not %zd", MAX_ANCBUF,
-                     ancbufsize);
-        return NULL;
+                     *ancbufsize);
+        return -1;
     }
-    if (flags < INT_MIN || flags > INT_MAX) {
+    if (value < INT_MIN || value > INT_MAX) {
         PyErr_SetString(PyExc_OverflowError, "flags out of range");
-        return NULL;
+        return -1;
     }
-    int timed = has_timeout(args[0]);
+    *flags = (int)value;
+    return 0;
+}
+
+/* The work of recv_fds and send_recv_fds. With out != NULL, first send(2) those outlen
+ * bytes with send_flags (in the same release of the GIL as the receive), and raise
+ * send_failed (an OSError subclass) if that fails. A socket with a Python timeout goes
+ * to the pure-Python twin: call_fallback(which, args, nargs). */
+static PyObject *
+receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, const char *out,
+        Py_ssize_t outlen, int send_flags, Py_ssize_t bufsize, Py_ssize_t ancbufsize, int flags)
+{
+    int timed = has_timeout(sock);
     if (timed < 0) {
         return NULL;
     }
     if (timed) {
-        return call_fallback(args, nargs);
+        return call_fallback(which, args, nargs);
     }
-    int fd = socket_fd(args[0]);
+    int fd = socket_fd(sock);
     if (fd < 0) {
         return NULL;
     }
@@ -224,8 +244,9 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     } control;
     struct iovec iov = {target, (size_t)bufsize};
     struct msghdr mh;
-    ssize_t n;
-    int err;
+    ssize_t n = -1, sent = 0;
+    int err = 0, send_err = 0;
+    int sending = out != NULL;
     for (;;) {
         memset(&mh, 0, sizeof mh);
         mh.msg_iov = &iov;
@@ -233,24 +254,55 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         mh.msg_control = ancbufsize ? control.buf : NULL;
         mh.msg_controllen = (size_t)ancbufsize;
         Py_BEGIN_ALLOW_THREADS
-        n = recvmsg(fd, &mh, (int)flags);
-        err = errno;
+        if (sending) {
+            sent = send(fd, out, (size_t)outlen, send_flags);
+            send_err = errno;
+        }
+        if (!sending || sent >= 0) {
+            n = recvmsg(fd, &mh, flags);
+            err = errno;
+        }
         Py_END_ALLOW_THREADS
-        if (n >= 0 || err != EINTR) {
+        if (sending) {
+            if (sent < 0 && send_err != EINTR) {
+                Py_XDECREF(data);
+                errno = send_err;
+                PyErr_SetFromErrno(send_failed != NULL ? send_failed : PyExc_OSError);
+                return NULL;
+            }
+            if (sent >= 0 && sent != outlen) {
+                /* A SOCK_SEQPACKET or SOCK_DGRAM send is whole or fails: only a stream
+                 * socket could take part of it, and these functions are not for those. */
+                Py_XDECREF(data);
+                errno = EMSGSIZE;
+                PyErr_SetFromErrno(send_failed != NULL ? send_failed : PyExc_OSError);
+                return NULL;
+            }
+            if (sent >= 0) {
+                sending = 0;
+            }
+        }
+        if (!sending && (n >= 0 || err != EINTR)) {
             break;
         }
+        /* EINTR, in the send or the receive. */
         if (PyErr_CheckSignals() < 0) {
             Py_XDECREF(data);
             return NULL;
         }
         /* A handler may have closed the socket, or given it a timeout: look again, as
          * CPython reads the socket's descriptor again on every attempt. */
-        timed = has_timeout(args[0]);
-        fd = timed < 0 ? -1 : socket_fd(args[0]);
+        timed = has_timeout(sock);
+        fd = timed < 0 ? -1 : socket_fd(sock);
         if (timed != 0 || fd < 0) {
             Py_XDECREF(data);
             if (timed > 0) {
-                return call_fallback(args, nargs);
+                if (sending) {
+                    return call_fallback(which, args, nargs);
+                }
+                /* Sent already (or nothing to send): only the receive is left to do. */
+                PyObject *rest[4] = {sock, args[nargs - 3], args[nargs - 2], args[nargs - 1]};
+                return call_fallback(0, rest, 4);
             }
             return NULL;
         }
@@ -316,20 +368,83 @@ recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-set_fallback(PyObject *Py_UNUSED(module), PyObject *func)
+set_fallback(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    if (!PyCallable_Check(func)) {
-        PyErr_SetString(PyExc_TypeError, "set_fallback() needs a callable");
+    PyObject *recv, *send_recv, *failed;
+    if (!PyArg_ParseTuple(args, "OOO:set_fallback", &recv, &send_recv, &failed)) {
         return NULL;
     }
-    Py_INCREF(func);
-    Py_XSETREF(fallback, func);
+    if (!PyCallable_Check(recv) || !PyCallable_Check(send_recv) || !PyType_Check(failed) ||
+        !PyType_IsSubtype((PyTypeObject *)failed, (PyTypeObject *)PyExc_OSError)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_fallback(recv, send_recv, failed): two callables and an OSError "
+                        "subclass");
+        return NULL;
+    }
+    Py_XSETREF(fallbacks[0], Py_NewRef(recv));
+    Py_XSETREF(fallbacks[1], Py_NewRef(send_recv));
+    Py_XSETREF(send_failed, Py_NewRef(failed));
     Py_RETURN_NONE;
 }
 
+static PyObject *
+recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "recv_fds() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t bufsize, ancbufsize;
+    int flags;
+    if (parse_sizes(args + 1, &bufsize, &ancbufsize, &flags) < 0) {
+        return NULL;
+    }
+    return receive(args[0], 0, args, nargs, NULL, 0, 0, bufsize, ancbufsize, flags);
+}
+
+static PyObject *
+send_recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "send_recv_fds() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError, "send_recv_fds() sends bytes, not %.100s",
+                     Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    PyObject *flags_obj = PyNumber_Index(args[2]);
+    if (flags_obj == NULL) {
+        return NULL;
+    }
+    long send_flags = PyLong_AsLong(flags_obj);
+    Py_DECREF(flags_obj);
+    if (send_flags == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (send_flags < INT_MIN || send_flags > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "send_flags out of range");
+        return NULL;
+    }
+    Py_ssize_t bufsize, ancbufsize;
+    int flags;
+    if (parse_sizes(args + 3, &bufsize, &ancbufsize, &flags) < 0) {
+        return NULL;
+    }
+    /* args[1] is held by the caller for the whole call: its buffer stays put. */
+    return receive(args[0], 1, args, nargs, PyBytes_AS_STRING(args[1]),
+                   PyBytes_GET_SIZE(args[1]), (int)send_flags, bufsize, ancbufsize, flags);
+}
+
 static PyMethodDef methods[] = {
-    {"set_fallback", set_fallback, METH_O,
-     "set_fallback(func): what recv_fds calls for a socket with a Python timeout."},
+    {"set_fallback", set_fallback, METH_VARARGS,
+     "set_fallback(recv, send_recv, failed): the pure-Python twins, called for a socket "
+     "with a Python timeout, and the OSError subclass a failed send raises."},
+    {"send_recv_fds", (PyCFunction)(void (*)(void))send_recv_fds, METH_FASTCALL,
+     "send_recv_fds(sock, data, send_flags, bufsize, ancbufsize, flags) -> as recv_fds\n\n"
+     "send(2) data, then recv_fds, in one call. A failed send raises the failed type given "
+     "to set_fallback. See ashmem._rights.send_recv_fds."},
     {"recv_fds", (PyCFunction)(void (*)(void))recv_fds, METH_FASTCALL,
      "recv_fds(sock, bufsize, ancbufsize, flags) -> (data, fds or None, msg_flags)\n\n"
      "One recvmsg(2) on sock; the SCM_RIGHTS descriptors received, in order (None if "

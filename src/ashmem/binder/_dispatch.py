@@ -48,6 +48,8 @@ _MAX_MESSAGE = _wire.MAX_MESSAGE
 _MAX_INLINE = _wire.MAX_INLINE
 _CMSG_SPACE = _wire.CMSG_SPACE
 _recv_fds = _wire.recv_fds
+_send_recv_fds = _wire.send_recv_fds
+_SendFailed = _wire.SendFailed
 _from_wire = Parcel._from_wire
 _REPLY_HEADER = _wire.PREFIXED.pack
 _REPLY_PREFIX = _wire.REPLY_PREFIX
@@ -120,9 +122,21 @@ class Dispatch(Gate):
         sock = conn.sock
         identity = _per_thread.identity  # this thread's, set per plain call below
         flags = _RECV_NOWAIT
+        # An empty reply to send before waiting on for the next call: both in one call
+        # (one release of the GIL), when this thread lingers here after a plain call.
+        pending: bytes | None = None
         while True:
             try:
-                msg, fds, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, flags)
+                if pending is None:
+                    msg, fds, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, flags)
+                else:
+                    reply_header, pending = pending, None
+                    msg, fds, mflags = _send_recv_fds(
+                        sock, reply_header, _SEND_NOWAIT, _MAX_MESSAGE, _CMSG_SPACE, flags
+                    )
+            except _SendFailed:  # the caller went away, or does not read its replies
+                self._drop(conn)
+                return
             except BlockingIOError:  # nothing (more) to read, or the linger expired
                 self._rearm(conn)
                 return
@@ -191,6 +205,12 @@ class Dispatch(Gate):
                         # that hangs up must not leave its descriptors with us).
                         data.close()
                     if reply._wire_empty():
+                        if self._idle > 0 and not self._stopping:
+                            # Lingering: sent at the top of the loop, with the next receive.
+                            pending = _REPLY_HEADER(_REPLY_PREFIX, status, seq)
+                            data = reply = binder = None  # type: ignore[assignment]
+                            flags = _wire.RECV_FLAGS
+                            continue
                         try:
                             sock.send(_REPLY_HEADER(_REPLY_PREFIX, status, seq), _SEND_NOWAIT)
                         except OSError:  # the caller went away, or does not read its replies

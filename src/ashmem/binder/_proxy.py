@@ -95,6 +95,7 @@ _HEADER_SIZE = _wire.HEADER_SIZE
 _REPLY_PREFIX = _wire.REPLY_PREFIX
 _CODE_SEQ = _wire.CODE_SEQ.unpack_from
 _recv_fds = _wire.recv_fds
+_send_recv_fds = _wire.send_recv_fds
 _TRUNCATED = _wire.TRUNCATED
 _STATUS_OK = _wire.STATUS_OK
 _live: weakref.WeakSet[Proxy] = weakref.WeakSet()
@@ -414,11 +415,19 @@ class Proxy(Closing):
                     [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds).tobytes())],
                     _SEND_FLAGS,
                 )
+                msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
             elif parts:
                 sock.sendmsg([_CALL_HEADER(_CALL_PREFIX, code, seq), *parts], (), _SEND_FLAGS)
-            else:
-                sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
-            msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+            else:  # the header alone: sent and answered in one call
+                msg, received, mflags = _send_recv_fds(
+                    sock,
+                    _CALL_HEADER(_CALL_PREFIX, code, seq),
+                    _SEND_FLAGS,
+                    _MAX_MESSAGE,
+                    _CMSG_SPACE,
+                    _RECV_FLAGS,
+                )
             if timeout is not None:
                 sock.settimeout(None)
         except BaseException as exc:
@@ -494,12 +503,19 @@ class Proxy(Closing):
                 if timeout is not None:
                     sock.settimeout(timeout)
                 if outgoing is _wire.EMPTY:
-                    sock.send(_CALL_HEADER(_CALL_PREFIX, code, seq), _SEND_FLAGS)
+                    msg, received, mflags = _send_recv_fds(
+                        sock,
+                        _CALL_HEADER(_CALL_PREFIX, code, seq),
+                        _SEND_FLAGS,
+                        _MAX_MESSAGE,
+                        _CMSG_SPACE,
+                        _RECV_FLAGS,
+                    )
                 else:
                     _wire.send_message(
                         sock, _wire.TRANSACTION, 0, code, seq, outgoing, _wire.SEND_FLAGS
                     )
-                msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
+                    msg, received, mflags = _recv_fds(sock, _MAX_MESSAGE, _CMSG_SPACE, _RECV_FLAGS)
                 if timeout is not None:
                     sock.settimeout(None)
             except BaseException as exc:

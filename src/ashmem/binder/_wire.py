@@ -108,8 +108,10 @@ from typing import Any
 from .. import _sys, region
 from .._errors import MessageError
 from .._rights import FD_SIZE
+from .._rights import SendFailed as SendFailed
 from .._rights import recv_fds as recv_fds
 from .._rights import rights as rights
+from .._rights import send_recv_fds as send_recv_fds
 from .._rights import take_fds as take_fds
 from .._shared_memory import Mapping
 from ._errors import BadParcel
