@@ -99,9 +99,10 @@ least Python (bound)
     region: the caller attaches its descriptor to the header as it is (``SCM_RIGHTS``, no
     Parcel and no dup), and the server's data Parcel owns it and closes it (``close()``).
     Its ratio to the floor is the lowest any one-datagram-per-call design can reach here.
-    Both sides receive as binder's round trips do, with ``ashmem._rights.recv_fds`` (the
-    compiled ``ashmem._speedups`` where it is built), so the bound stays under binder
-    whichever receive this install has.
+    Both sides send and receive as binder's round trips do, with ``ashmem._rights``'s
+    ``recv_fds`` and ``send_recv_fds`` (the compiled ``ashmem._speedups`` where it is
+    built: an empty call and its reply each sent together with the receive that follows),
+    so the bound stays under binder whichever build this install has.
     One-way, as binder sends it: 16-byte records (the header of a one-way call with no
     payload) on a SOCK_STREAM socketpair, one ``send`` each with no check and no lock, to a
     forked ``least_stream_server`` that receives with room for descriptors, as much as is
@@ -124,11 +125,13 @@ import atexit
 import contextlib
 import multiprocessing
 import os
+import shlex
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -153,7 +156,7 @@ from _common import (
 from ashmem import _rights
 from ashmem.binder import FLAG_ONEWAY, Binder, Parcel, Proxy, _wire, get_service, start_service
 
-#: Which receive binder (and the bound) use in this process: the tables say it. (A
+#: Which receives binder (and the bound) use in this process: the tables say it. (A
 #: ``--driver`` runs this script on older code, which has no SPEEDUPS.)
 RECEIVE = (
     "compiled: ashmem._speedups"
@@ -317,11 +320,15 @@ def least_server(sock: socket.socket) -> None:
     call_prefix, _, reply_prefix, fd_prefix = least_prefixes()
     service = LeastService()
     on_transact = service.on_transact
-    recv, send = _wire.recv_fds, sock.send
+    recv, send_recv = _wire.recv_fds, _wire.send_recv_fds
     pack, unpack = _LEAST_HEADER.pack, _LEAST_HEADER.unpack_from
     args = (_wire.MAX_MESSAGE, _wire.CMSG_SPACE, _wire.RECV_FLAGS)
+    reply = None  # sent with the next receive, as binder's service does
     while True:
-        msg, fds, mflags = recv(sock, *args)
+        if reply is None:
+            msg, fds, mflags = recv(sock, *args)
+        else:
+            msg, fds, mflags = send_recv(sock, reply, _wire.SEND_FLAGS, *args)
         if not msg:
             return
         if mflags & _wire.TRUNCATED or len(msg) < _wire.HEADER_SIZE:
@@ -335,10 +342,10 @@ def least_server(sock: socket.socket) -> None:
             data = Parcel._from_wire(msg, _wire.HEADER_SIZE, fds)
             status = 0 if on_transact(code, data, Parcel(), 0) else 1
             data.close()
-            send(pack(reply_prefix, status, seq), _wire.SEND_FLAGS)
+            reply = pack(reply_prefix, status, seq)
         elif prefix == call_prefix:
             status = 0 if on_transact(code, Parcel(), Parcel(), 0) else 1
-            send(pack(reply_prefix, status, seq), _wire.SEND_FLAGS)
+            reply = pack(reply_prefix, status, seq)
         else:
             raise RuntimeError("least_server: unexpected message")
 
@@ -471,6 +478,28 @@ def service_cpu_per_oneway(proxy: Proxy, name: str, count: int, service_pid: int
     return (task_cpu_ns(service_pid) - before) / count
 
 
+def build_speedups(src: str) -> None:
+    """Compile ``ashmem/_speedups.c`` in ``src`` in place, if that revision has one, as the
+    install does (this Python's compiler and flags): an old revision's driver then runs
+    what an install of it would, not its pure-Python fallback. Raises if it cannot."""
+    source = os.path.join(src, "ashmem", "_speedups.c")
+    if not os.path.exists(source):
+        return
+    config = sysconfig.get_config_vars()
+    target = os.path.join(src, "ashmem", "_speedups" + str(config["EXT_SUFFIX"]))
+    command = [
+        *shlex.split(str(config.get("CC") or "cc")),
+        *shlex.split(str(config.get("CFLAGS") or "")),
+        *shlex.split(str(config.get("CCSHARED") or "-fPIC")),
+        "-shared",
+        "-I" + sysconfig.get_paths()["include"],
+        source,
+        "-o",
+        target,
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+
+
 class Driver:
     """A driver process running this script (``--driver``) on the binder code in ``src``:
     the current code's, or an older revision's (``old``)."""
@@ -510,6 +539,7 @@ class Driver:
             ["git", "archive", revision, "src"], capture_output=True, check=True, cwd=root
         ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        build_speedups(os.path.join(tmp, "src"))
         driver = cls(os.path.join(tmp, "src"))
         driver.tmp = tmp
         return driver
@@ -703,7 +733,7 @@ def placement_table(
     least_pack = _LEAST_HEADER.pack
     call_prefix, oneway_prefix, reply_prefix, fd_prefix = least_prefixes()
     least_seq = [0]
-    least_recv = _wire.recv_fds
+    least_recv, least_send_recv = _wire.recv_fds, _wire.send_recv_fds
     least_rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fd).tobytes())]
 
     def least_call(with_fd: bool = False) -> bool:
@@ -711,9 +741,11 @@ def placement_table(
         if with_fd:
             header = least_pack(fd_prefix, REGION, seq)
             least_a.sendmsg([header], least_rights, _wire.SEND_FLAGS)
-        else:
-            least_a.send(least_pack(call_prefix, EMPTY, seq), _wire.SEND_FLAGS)
-        msg, fds, mflags = least_recv(least_a, *recv_args)
+            msg, fds, mflags = least_recv(least_a, *recv_args)
+        else:  # sent and answered in one call, as binder's empty call is
+            msg, fds, mflags = least_send_recv(
+                least_a, least_pack(call_prefix, EMPTY, seq), _wire.SEND_FLAGS, *recv_args
+            )
         if (
             msg[:8] == reply_prefix
             and not fds
@@ -856,8 +888,8 @@ def placement_table(
         "the wall-clock ratio." + (" `--quick`: short run, rough numbers." if quick else ""),
         "Bound columns: the least Python a binder call over the same socket needs, "
         "measured in the same rounds and placement (`least_server`: the 16-byte header "
-        "built and checked on both sides, a receive with room for descriptors (binder's "
-        f"own, {RECEIVE}), a data and a "
+        "built and checked on both sides, binder's own send and receive with room for "
+        f"descriptors ({RECEIVE}), a data and a "
         "reply Parcel and `on_transact` in the server; with a region, its descriptor sent "
         "as it is (no Parcel, no dup, on the caller's side) and owned and closed by the "
         "server's data Parcel; none of binder's argument checks, channel pool, caller "
@@ -1353,7 +1385,8 @@ def main() -> int:
         "module docstring says exactly what each peer does."
     )
     notes.append(
-        f"Binder's receive (`ashmem._rights.recv_fds`): {RECEIVE}. The floor and raw peers "
+        f"Binder's receives (`ashmem._rights.recv_fds`, `send_recv_fds`): {RECEIVE}. "
+        "The floor and raw peers "
         "receive with Python's socket module."
     )
     notes.append(

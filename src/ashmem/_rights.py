@@ -1,5 +1,7 @@
 """``SCM_RIGHTS``: descriptors as ancillary data of an ``AF_UNIX`` message, both ways. The
-one place that builds and parses it, for ``fdpass`` and the binder wire.
+one place that builds and parses it, for ``fdpass`` and the binder wire; and the receives
+binder's hot path makes (``recv_fds``, ``send_recv_fds``), compiled where
+``ashmem._speedups`` was built.
 
 >>> import os, socket
 >>> a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -121,7 +123,7 @@ recv_fds: Callable[[socket.socket, int, int, int], tuple[bytes, list[int] | None
 send_recv_fds: Callable[
     [socket.socket, bytes, int, int, int, int], tuple[bytes, list[int] | None, int]
 ] = _send_recv_fds
-#: Whether ``recv_fds`` is the compiled one.
+#: Whether ``recv_fds`` and ``send_recv_fds`` are the compiled ones.
 SPEEDUPS = False
 if os.environ.get("ASHMEM_NO_SPEEDUPS", "") in ("", "0"):
     try:
