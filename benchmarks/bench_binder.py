@@ -497,7 +497,11 @@ def build_speedups(src: str) -> None:
         "-o",
         target,
     ]
-    subprocess.run(command, check=True, capture_output=True)
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode:
+        raise RuntimeError(
+            f"--before: could not build {source} ({' '.join(command)}):\n{built.stderr}"
+        )
 
 
 class Driver:

@@ -24,6 +24,10 @@ try:
     from ashmem import _speedups
 except ImportError:  # not built here: only the pure one is tested (and CI fails below)
     _speedups = None  # type: ignore[assignment]
+else:
+    # What ashmem._rights does at import, unless ASHMEM_NO_SPEEDUPS is set: the compiled
+    # functions are tested as ashmem configures them, whichever the environment says.
+    _speedups.set_fallback(_rights._recv_fds, _rights._send_recv_fds, _rights.SendFailed)
 
 Recv = Callable[[socket.socket, int, int, int], tuple[bytes, "list[int] | None", int]]
 
@@ -522,9 +526,53 @@ def test_send_recv_with_a_python_timeout(
 
 
 def test_send_recv_sends_bytes_only(send_recv: SendRecv, pair: tuple[socket.socket, ...]) -> None:
-    _, b = pair
+    class Bytes(bytes):
+        pass
+
+    a, b = pair
     with pytest.raises(TypeError):
         send_recv(b, bytearray(b"x"), 0, 64, CMSG, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        send_recv(b, Bytes(b"x"), 0, 64, CMSG, 0)
+    with pytest.raises(BlockingIOError):
+        a.recv(64, socket.MSG_DONTWAIT)  # nothing was sent
+
+
+def test_bad_sizes_send_nothing(send_recv: SendRecv, pair: tuple[socket.socket, ...]) -> None:
+    a, b = pair
+    with pytest.raises(ValueError):
+        send_recv(b, b"request", 0, -1, CMSG, 0)
+    with pytest.raises(ValueError):
+        send_recv(b, b"request", 0, 64, _rights.MAX_RECV_ANCBUFSIZE + 1, 0)
+    with pytest.raises(BlockingIOError):
+        a.recv(64, socket.MSG_DONTWAIT)
+
+
+def test_a_closed_socket_is_a_failed_send(
+    send_recv: SendRecv, pair: tuple[socket.socket, ...]
+) -> None:
+    _, b = pair
+    b.close()
+    with pytest.raises(_rights.SendFailed) as info:
+        send_recv(b, b"request", 0, 64, CMSG, 0)
+    assert info.value.errno == errno.EBADF
+
+
+def test_a_cut_send_receives_nothing(send_recv: SendRecv, pipe: tuple[int, int]) -> None:
+    # Only a stream socket can take part of a send: that is a failed send (EMSGSIZE), and
+    # the message waiting, with its descriptor, is left where it is.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        a.sendmsg([b"waiting"], _rights.rights([pipe[0]]))
+        before = open_fds()
+        with pytest.raises(_rights.SendFailed) as info:
+            send_recv(b, bytes(1 << 20), socket.MSG_DONTWAIT, 64, CMSG, CLOEXEC)
+        assert info.value.errno == errno.EMSGSIZE
+        assert open_fds() == before
+        data, fds, _ = _rights._recv_fds(b, 64, CMSG, CLOEXEC)
+        assert data == b"waiting" and fds is not None and len(fds) == 1
+        close_all(fds)
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")

@@ -102,6 +102,8 @@ def _send_recv_fds(
     ``send_recv_fds`` is the one to call."""
     if data.__class__ is not bytes:
         raise TypeError(f"send_recv_fds() sends bytes, not {type(data).__name__}")
+    if not 0 <= bufsize <= MAX_RECV_BUFSIZE or not 0 <= ancbufsize <= MAX_RECV_ANCBUFSIZE:
+        _recv_fds(sock, bufsize, ancbufsize, flags)  # raises ValueError; nothing is sent
     try:
         sent = sock.send(data, send_flags)
     except TimeoutError:  # settimeout(t): as sock.send raises it (the compiled one, too)

@@ -144,6 +144,32 @@ call_fallback(int which, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* Raise send_failed (set_fallback) with errno err: a send that failed, told apart from
+ * the receive's errors. RuntimeError if set_fallback was never called. */
+static void
+raise_send_failed(int err)
+{
+    if (send_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ashmem._speedups: set_fallback was never called");
+        return;
+    }
+    PyObject *type = Py_NewRef(send_failed); /* set_fallback may replace it meanwhile */
+    errno = err;
+    PyErr_SetFromErrno(type);
+    Py_DECREF(type);
+}
+
+/* socket_fd failed before the send went: a closed socket is a failed send (EBADF), as
+ * sock.send would report it; any other error stays as it is. */
+static void
+closed_while_sending(void)
+{
+    if (PyErr_ExceptionMatches(PyExc_OSError)) {
+        PyErr_Clear();
+        raise_send_failed(EBADF);
+    }
+}
+
 static int
 socket_fd(PyObject *sock)
 {
@@ -220,6 +246,9 @@ receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, cons
     }
     int fd = socket_fd(sock);
     if (fd < 0) {
+        if (out != NULL) {
+            closed_while_sending();
+        }
         return NULL;
     }
 
@@ -258,7 +287,7 @@ receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, cons
             sent = send(fd, out, (size_t)outlen, send_flags);
             send_err = errno;
         }
-        if (!sending || sent >= 0) {
+        if (!sending || sent == outlen) {
             n = recvmsg(fd, &mh, flags);
             err = errno;
         }
@@ -267,7 +296,7 @@ receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, cons
             if (sent < 0 && send_err != EINTR) {
                 Py_XDECREF(data);
                 errno = send_err;
-                PyErr_SetFromErrno(send_failed != NULL ? send_failed : PyExc_OSError);
+                raise_send_failed(send_err);
                 return NULL;
             }
             if (sent >= 0 && sent != outlen) {
@@ -275,7 +304,7 @@ receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, cons
                  * socket could take part of it, and these functions are not for those. */
                 Py_XDECREF(data);
                 errno = EMSGSIZE;
-                PyErr_SetFromErrno(send_failed != NULL ? send_failed : PyExc_OSError);
+                raise_send_failed(EMSGSIZE);
                 return NULL;
             }
             if (sent >= 0) {
@@ -296,6 +325,9 @@ receive(PyObject *sock, int which, PyObject *const *args, Py_ssize_t nargs, cons
         fd = timed < 0 ? -1 : socket_fd(sock);
         if (timed != 0 || fd < 0) {
             Py_XDECREF(data);
+            if (timed == 0 && sending) {
+                closed_while_sending();
+            }
             if (timed > 0) {
                 if (sending) {
                     return call_fallback(which, args, nargs);
@@ -409,7 +441,7 @@ send_recv_fds(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         PyErr_Format(PyExc_TypeError, "send_recv_fds() takes 6 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (!PyBytes_Check(args[1])) {
+    if (!PyBytes_CheckExact(args[1])) {
         PyErr_Format(PyExc_TypeError, "send_recv_fds() sends bytes, not %.100s",
                      Py_TYPE(args[1])->tp_name);
         return NULL;

@@ -591,6 +591,10 @@ class Proxy(Closing):
             state.grant(creds.uid)
 
     def _failure(self, exc: BaseException, code: int, timeout: float | None) -> BaseException:
+        if isinstance(exc, _wire.SendFailed):
+            # Our callers see the send's OSError as sock.send raises it (the subclass its
+            # errno picks: BlockingIOError, BrokenPipeError...), not the internal type.
+            exc = OSError(exc.errno, exc.strerror)
         if isinstance(exc, TimeoutError):
             return TimeoutError(
                 f"transaction {code} to {self._label} got no reply within {timeout} s; it may "
