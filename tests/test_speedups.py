@@ -6,6 +6,7 @@ built; the pure one is what runs without a C compiler, or with ``ASHMEM_NO_SPEED
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -306,29 +307,37 @@ def test_threads_receive_into_their_own_buffers(recv: Recv) -> None:
     assert errors == []
 
 
+@contextlib.contextmanager
+def alarm_then(action: Callable[[], object]) -> Iterator[threading.Event]:
+    """SIGALRM in 50 ms, whose handler sets the event yielded; another thread then runs
+    ``action`` (sends what the interrupted call waits for)."""
+    handled = threading.Event()
+    old = signal.signal(signal.SIGALRM, lambda *_: handled.set())
+
+    def run() -> None:
+        if handled.wait(30):
+            action()
+
+    helper = threading.Thread(target=run)
+    helper.start()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        yield handled
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        helper.join(30)
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
 def test_a_signal_runs_its_handler_and_the_receive_goes_on(
     recv: Recv, pair: tuple[socket.socket, ...]
 ) -> None:
     # PEP 475: EINTR runs the handler and retries; the data sent after it is received.
     a, b = pair
-    handled = threading.Event()
-    old = signal.signal(signal.SIGALRM, lambda *_: handled.set())
-
-    def send_after_the_handler() -> None:
-        if handled.wait(30):
-            a.send(b"after")
-
-    sender = threading.Thread(target=send_after_the_handler)
-    sender.start()
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with alarm_then(lambda: a.send(b"after")) as handled:
         assert recv(b, 64, CMSG, 0) == (b"after", None, 0)
         assert handled.is_set()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        sender.join(30)
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
@@ -580,23 +589,9 @@ def test_a_signal_while_waiting_for_the_answer_sends_nothing_again(
     send_recv: SendRecv, pair: tuple[socket.socket, ...]
 ) -> None:
     a, b = pair
-    handled = threading.Event()
-    old = signal.signal(signal.SIGALRM, lambda *_: handled.set())
-
-    def answer_after_the_handler() -> None:
-        if handled.wait(30):
-            a.send(b"answer")
-
-    answerer = threading.Thread(target=answer_after_the_handler)
-    answerer.start()
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with alarm_then(lambda: a.send(b"answer")) as handled:
         assert send_recv(b, b"request", 0, 64, CMSG, 0)[0] == b"answer"
         assert handled.is_set()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        answerer.join(30)
     assert a.recv(64) == b"request"
     with pytest.raises(BlockingIOError):
         a.recv(64, socket.MSG_DONTWAIT)
